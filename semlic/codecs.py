@@ -1,0 +1,221 @@
+"""Still-image codecs behind one interface: bytes in, 8-bit arrays out.
+
+Each codec has a stable numeric id (stored in .sem layer headers) and a name (used in
+Parquet rows and on the command line). All of them go through Pillow and its plugins:
+
+========================  ===  ========  ==================================================
+name                       id  lossless  backend, quality knob
+========================  ===  ========  ==================================================
+png                         1  yes       Pillow zlib, ``optimize=True``
+webp_lossless               2  yes       Pillow libwebp, ``lossless=True, method=6``
+jxl_lossless                3  yes       pillow-jxl-plugin (libjxl), ``lossless=True``
+hevc                        4  no        pillow-heif: libheif + x265 intra, ``qp`` 0..51
+jpeg                        5  no        Pillow libjpeg, ``quality`` 1..95 (4:2:0)
+jpeg2000                    6  no        Pillow OpenJPEG, 9/7 wavelet, ``quality`` = ratio
+webp                        7  no        Pillow libwebp, ``quality`` 0..100
+avif                        8  no        Pillow libavif (aom), ``quality`` 0..100
+jxl                         9  no        pillow-jxl-plugin, ``quality`` 0..100
+========================  ===  ========  ==================================================
+
+HEVC is the BPG equivalent: x265 at a fixed QP with psycho-visual RD off (``psy-rd 0``),
+full-range BT.601 YCbCr, chroma 4:4:4 or 4:2:0. BPG's own container is a few bytes; the
+HEIF container libheif writes adds about 300-400 bytes (ftyp + meta boxes). semlic keeps
+the HEIF file as it is and *counts* those bytes (see reports/calibration.md for the
+measured size and its effect on BD-PSNR against CompressAI's BPG curve).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from .errors import CodecUnavailableError, ConfigError, LayerError
+
+Image.MAX_IMAGE_PIXELS = None  # sizes are checked by semlic itself (format.MAX_SIDE)
+
+
+def _plugins() -> None:
+    """Register the HEIF and JPEG XL plugins with Pillow (idempotent)."""
+    try:
+        import pillow_heif
+
+        pillow_heif.register_heif_opener()
+    except ImportError:  # pragma: no cover - checked by CodecUnavailableError at use
+        pass
+    try:
+        import pillow_jxl  # noqa: F401  (registers itself on import)
+    except ImportError:  # pragma: no cover
+        pass
+
+
+_plugins()
+
+
+def _to_pil(image: np.ndarray) -> Image.Image:
+    if image.dtype != np.uint8:
+        raise ConfigError(f"codecs take uint8 arrays, got {image.dtype}")
+    if image.ndim == 2:
+        return Image.fromarray(image, "L")
+    if image.ndim == 3 and image.shape[2] == 3:
+        return Image.fromarray(image, "RGB")
+    raise ConfigError(f"codecs take HxW or HxWx3 arrays, got shape {image.shape}")
+
+
+def _from_pil(im: Image.Image, channels: int) -> np.ndarray:
+    mode = "L" if channels == 1 else "RGB"
+    if im.mode != mode:
+        im = im.convert(mode)
+    return np.asarray(im, dtype=np.uint8).copy()
+
+
+def _save(im: Image.Image, fmt: str, **kwargs) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format=fmt, **kwargs)
+    return buf.getvalue()
+
+
+@dataclass(frozen=True)
+class ImageCodec:
+    """One codec: ``encode(array, quality) -> bytes`` and ``decode(bytes, channels)``."""
+
+    name: str
+    codec_id: int
+    lossless: bool
+    pil_format: str
+    _encode: Callable[[Image.Image, object, dict], bytes] = field(repr=False)
+    quality_name: str = "quality"
+    default_sweep: tuple = ()
+    higher_is_better: bool = True  # does a larger quality value mean more bits?
+
+    def encode(self, image: np.ndarray, quality=None, **options) -> bytes:
+        """Code an HxW (grey) or HxWx3 (RGB) uint8 array."""
+        _check_available(self)
+        im = _to_pil(image)
+        if not self.lossless and quality is None:
+            raise ConfigError(f"codec {self.name} needs a {self.quality_name}")
+        return self._encode(im, quality, options)
+
+    def decode(self, data: bytes, channels: int = 3) -> np.ndarray:
+        """Decode bytes made by :meth:`encode` into an HxW (channels=1) or HxWx3 array."""
+        _check_available(self)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with Image.open(io.BytesIO(data), formats=[self.pil_format]) as im:
+                    im.load()
+                    return _from_pil(im, channels)
+        except Exception as exc:  # Pillow raises many types for bad data
+            raise LayerError(f"{self.name} layer could not be decoded: {exc}") from exc
+
+
+# --- encoders --------------------------------------------------------------------------------
+def _png(im, quality, opts):
+    return _save(im, "PNG", optimize=True)
+
+
+def _webp_lossless(im, quality, opts):
+    return _save(im, "WEBP", lossless=True, quality=100, method=opts.get("method", 6), exact=True)
+
+
+def _jxl_lossless(im, quality, opts):
+    return _save(im, "JXL", lossless=True, effort=opts.get("effort", 7), num_threads=1)
+
+
+def _hevc(im, qp, opts):
+    import pillow_heif
+
+    qp = int(qp)
+    if not 0 <= qp <= 51:
+        raise ConfigError(f"HEVC QP must be in 0..51, got {qp}")
+    chroma = str(opts.get("chroma", "444"))
+    if chroma not in ("444", "420"):
+        raise ConfigError(f"HEVC chroma must be '444' or '420', got {chroma!r}")
+    if im.mode == "L":
+        im = im.convert("RGB")  # libheif codes monochrome poorly; label maps never go here
+    heif = pillow_heif.from_pillow(im)
+    buf = io.BytesIO()
+    heif.save(
+        buf,
+        format="HEIF",
+        quality=-1,
+        chroma=int(chroma),
+        enc_params={"x265:qp": str(qp), "x265:psy-rd": "0", "x265:pools": "1", "x265:frame-threads": "1"},
+        save_to_12bit=False,
+    )
+    return buf.getvalue()
+
+
+def _jpeg(im, quality, opts):
+    return _save(im, "JPEG", quality=int(quality), subsampling=opts.get("subsampling", "4:2:0"))
+
+
+def _jpeg2000(im, ratio, opts):
+    ratio = float(ratio)
+    if ratio <= 1:
+        raise ConfigError(f"JPEG 2000 compression ratio must be > 1, got {ratio}")
+    return _save(
+        im, "JPEG2000", irreversible=True, quality_mode="rates", quality_layers=[ratio], mct=1, no_jp2=True
+    )
+
+
+def _webp(im, quality, opts):
+    return _save(im, "WEBP", quality=int(quality), method=opts.get("method", 4))
+
+
+def _avif(im, quality, opts):
+    return _save(
+        im, "AVIF", quality=int(quality), subsampling=opts.get("subsampling", "4:4:4"),
+        speed=opts.get("speed", 6), max_threads=1,
+    )
+
+
+def _jxl(im, quality, opts):
+    return _save(im, "JXL", quality=int(quality), effort=opts.get("effort", 7), num_threads=1)
+
+
+CODECS: dict[str, ImageCodec] = {
+    c.name: c
+    for c in (
+        ImageCodec("png", 1, True, "PNG", _png),
+        ImageCodec("webp_lossless", 2, True, "WEBP", _webp_lossless),
+        ImageCodec("jxl_lossless", 3, True, "JXL", _jxl_lossless),
+        ImageCodec("hevc", 4, False, "HEIF", _hevc, "qp", tuple(range(47, 11, -5)), higher_is_better=False),
+        ImageCodec("jpeg", 5, False, "JPEG", _jpeg, "quality", (5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95)),
+        ImageCodec("jpeg2000", 6, False, "JPEG2000", _jpeg2000, "ratio",
+                   (400, 200, 100, 64, 40, 24, 16, 10, 6, 4), higher_is_better=False),
+        ImageCodec("webp", 7, False, "WEBP", _webp, "quality", (5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95)),
+        ImageCodec("avif", 8, False, "AVIF", _avif, "quality", (5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95)),
+        ImageCodec("jxl", 9, False, "JXL", _jxl, "quality", (10, 20, 30, 40, 50, 60, 70, 80, 90, 95)),
+    )
+}
+CODECS_BY_ID: dict[int, ImageCodec] = {c.codec_id: c for c in CODECS.values()}
+LOSSLESS = tuple(n for n, c in CODECS.items() if c.lossless)
+
+
+def get_codec(name: str) -> ImageCodec:
+    try:
+        return CODECS[name]
+    except KeyError:
+        raise ConfigError(f"unknown codec {name!r}; known: {', '.join(CODECS)}") from None
+
+
+def _check_available(codec: ImageCodec) -> None:
+    from PIL import features
+
+    ok = {
+        "HEIF": lambda: "HEIF" in Image.SAVE,
+        "JXL": lambda: "JXL" in Image.SAVE,
+        "AVIF": lambda: features.check("avif"),
+        "WEBP": lambda: features.check("webp"),
+        "JPEG2000": lambda: features.check("jpg_2000"),
+    }.get(codec.pil_format, lambda: True)()
+    if not ok:
+        raise CodecUnavailableError(
+            f"codec {codec.name} needs Pillow support for {codec.pil_format}; "
+            "install semlic's dependencies (pillow-heif, pillow-jxl-plugin, Pillow >= 11.3)"
+        )
