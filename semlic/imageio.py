@@ -1,0 +1,108 @@
+"""Reading and writing images as 8-bit RGB arrays, with documented conversions.
+
+Every codec in semlic works on 8-bit sRGB, HxWx3 ``uint8`` arrays. :func:`load_image`
+converts what it can and refuses the rest:
+
+=================  ===========================================================================
+input mode         conversion
+=================  ===========================================================================
+RGB                as is
+L, 1 (grey)        replicated to three equal channels
+P, PA (palette)    expanded through the palette to RGB (palette transparency dropped)
+RGBA, LA           alpha dropped: the colour channels are kept as stored (not composited);
+                   the codecs code colour only, so the reconstruction has no alpha
+I;16*, I (16 bit)  grey: scaled to 8 bits with rounding, v8 = round(v16 / 257), replicated
+RGB 16-bit PNG     Pillow itself reduces it to 8 bits by keeping the high byte (v8 = v16 >> 8)
+F (float)          refused (no defined range)
+CMYK, YCbCr, LAB,  refused: semlic does not do colour management; convert to sRGB first
+HSV
+=================  ===========================================================================
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from . import codecs as _codecs  # noqa: F401  (registers the HEIF / JPEG XL openers)
+from .errors import UnreadableImageError, UnsupportedImageModeError
+
+_REFUSED = {"CMYK": "CMYK", "YCbCr": "YCbCr", "LAB": "CIE L*a*b*", "HSV": "HSV", "F": "32-bit float"}
+
+
+def pil_to_rgb(im: Image.Image, source: str = "image") -> np.ndarray:
+    """Convert a decoded Pillow image to HxWx3 uint8 following the table above."""
+    mode = im.mode
+    if mode in _REFUSED:
+        raise UnsupportedImageModeError(
+            f"{source}: colour model {_REFUSED[mode]} (Pillow mode {mode}) is not supported; "
+            "expected an RGB, grey, palette or 16-bit image (convert it to sRGB first)"
+        )
+    if mode == "RGB":
+        return np.asarray(im, dtype=np.uint8).copy()
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        grey = np.asarray(im).astype(np.float64) / 257.0
+        grey = np.clip(np.rint(grey), 0, 255).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if mode == "RGBA":
+        return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()  # drops alpha, no compositing
+    if mode in ("L", "1", "LA", "P", "PA", "La", "RGBa", "RGBX"):
+        return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    raise UnsupportedImageModeError(f"{source}: Pillow mode {mode} is not supported")
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file into an HxWx3 uint8 RGB array (conversions: module docstring)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UnreadableImageError(f"{path}: no such file")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return pil_to_rgb(im, str(path))
+    except UnsupportedImageModeError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise UnreadableImageError(f"{path}: not a readable image ({exc})") from exc
+
+
+def load_label_map(path: str | os.PathLike) -> np.ndarray:
+    """Read a label map (class index per pixel) stored as an 8-bit grey or palette PNG."""
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode not in ("L", "P"):
+                raise UnsupportedImageModeError(
+                    f"{path}: a label map must be an 8-bit grey or palette image, found mode {im.mode}"
+                )
+            return np.asarray(im, dtype=np.uint8).copy()
+    except FileNotFoundError as exc:
+        raise UnreadableImageError(f"{path}: no such file") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise UnreadableImageError(f"{path}: not a readable label map ({exc})") from exc
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename: never half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def save_png(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Save an HxW or HxWx3 uint8 array as PNG, atomically."""
+    import io
+
+    buf = io.BytesIO()
+    mode = "L" if array.ndim == 2 else "RGB"
+    Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8), mode).save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
