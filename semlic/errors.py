@@ -95,3 +95,45 @@ class CodecUnavailableError(SemlicError):
     """A codec whose Pillow plugin is not installed."""
 
     exit_code = 6
+
+
+class LabelMapError(ImageInputError):
+    """A label map whose size or values do not fit: values outside 0..num_classes-1 other than
+    the ignore index, or a label map whose size differs from its image's."""
+
+
+# --- data sets ------------------------------------------------------------------------------
+class DatasetError(ConfigError):
+    """A data set that cannot be listed or read (exit code 2, like any configuration error)."""
+
+
+class UnknownDatasetError(DatasetError):
+    """A data set name or split that is not in the registry (semlic.data.datasets.DATASETS)."""
+
+
+class DatasetRootError(DatasetError):
+    """The data set root directory is missing (or was not given)."""
+
+
+class DatasetLayoutError(DatasetError):
+    """The root exists but is not laid out as the data set's own layout says, or a file in it
+    does not match its partner (missing label, image and label of different sizes, label values
+    outside the data set's class range)."""
+
+
+class DownloadError(SemlicError):
+    """A download that failed (network error, interrupted transfer, bad archive)."""
+
+
+class DownloadChecksumError(DownloadError):
+    """A downloaded file whose checksum differs from the published one (the file is removed)."""
+
+
+class ManualDownloadError(DownloadError):
+    """A data set that cannot be downloaded automatically (Cityscapes: registration required)."""
+
+    exit_code = 2
+
+
+class TrailingBytesError(FormatError):
+    """Bytes follow the last declared layer: the file was altered or concatenated."""

@@ -1,0 +1,165 @@
+"""Losses of DSSLIC's base training (makbari7/DSSLIC, pix2pixHD).
+
+- LSGAN (Mao et al. 2017): mean squared error of each discriminator scale's patch map
+  against 1 (real) or 0 (fake); no sigmoid.
+- Discriminator feature matching (pix2pixHD eq. 4): L1 between the intermediate features
+  of D on the real and the reconstructed image, weight ``lambda_feat * (1 / num_D) *
+  (4 / (n_layers + 1))`` per layer (10 * 0.5 * 1 for the reference).
+- VGG19 perceptual (Johnson et al. 2016, as in pix2pixHD): L1 between features at relu1_1,
+  relu2_1, relu3_1, relu4_1, relu5_1 with weights 1/32, 1/16, 1/8, 1/4, 1. The torchvision
+  VGG19 architecture; its weights come from a local file (or torchvision's download where a
+  network exists). Without weights the term is switched off with a warning: a random VGG is
+  never used. Unlike pix2pixHD, inputs are mapped from [-1, 1] to ImageNet normalisation,
+  the statistics the weights were trained on.
+- SSIM (Wang et al. 2004) with the reference constants: 11x11 Gaussian window, sigma 1.5,
+  no padding, C1 = 0.01**2, C2 = 0.03**2, computed on the [-1, 1] images as the reference did.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+
+def lsgan_loss(patch_maps: list[list[torch.Tensor]], target_is_real: bool) -> torch.Tensor:
+    """Sum over discriminator scales of MSE(final patch map, 1 or 0)."""
+    loss = 0.0
+    for scale in patch_maps:
+        pred = scale[-1]
+        target = torch.ones_like(pred) if target_is_real else torch.zeros_like(pred)
+        loss = loss + F.mse_loss(pred, target)
+    return loss
+
+
+def feature_matching_loss(fake: list[list[torch.Tensor]], real: list[list[torch.Tensor]],
+                          n_layers: int = 3) -> torch.Tensor:
+    """pix2pixHD feature matching, un-weighted by lambda (the caller multiplies)."""
+    num_d = len(fake)
+    feat_w, d_w = 4.0 / (n_layers + 1), 1.0 / num_d
+    loss = 0.0
+    for fake_scale, real_scale in zip(fake, real):
+        for f, r in zip(fake_scale[:-1], real_scale[:-1]):
+            loss = loss + d_w * feat_w * F.l1_loss(f, r.detach())
+    return loss
+
+
+def gaussian_window(size: int = 11, sigma: float = 1.5, channels: int = 3) -> torch.Tensor:
+    coords = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
+    g = torch.exp(-(coords**2) / (2 * sigma**2))
+    g = g / g.sum()
+    window = torch.outer(g, g)
+    return window.expand(channels, 1, size, size).contiguous()
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor, window_size: int = 11, sigma: float = 1.5,
+         c1: float = 0.01**2, c2: float = 0.03**2) -> torch.Tensor:
+    """Mean SSIM of two (N, C, H, W) batches, 'valid' convolution (no padding).
+
+    Images smaller than the window are compared with a window shrunk to their size.
+    """
+    channels = x.shape[1]
+    size = min(window_size, x.shape[-1], x.shape[-2])
+    window = gaussian_window(size, sigma, channels).to(x.device, x.dtype)
+
+    def blur(t):
+        return F.conv2d(t, window, groups=channels)
+
+    mu_x, mu_y = blur(x), blur(y)
+    sigma_x = blur(x * x) - mu_x**2
+    sigma_y = blur(y * y) - mu_y**2
+    sigma_xy = blur(x * y) - mu_x * mu_y
+    num = (2 * mu_x * mu_y + c1) * (2 * sigma_xy + c2)
+    den = (mu_x**2 + mu_y**2 + c1) * (sigma_x + sigma_y + c2)
+    return (num / den).mean()
+
+
+# VGG19 ``features`` indices of relu1_1, relu2_1, relu3_1, relu4_1, relu5_1 (torchvision layout).
+VGG_LAYERS = (1, 6, 11, 20, 29)
+VGG_WEIGHTS = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1.0)
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class VGGPerceptualLoss(nn.Module):
+    """L1 over VGG19 features; frozen. Build it with :func:`load_vgg_loss`."""
+
+    def __init__(self, features: nn.Sequential):
+        super().__init__()
+        self.features = features[: VGG_LAYERS[-1] + 1].eval()
+        for p in self.features.parameters():
+            p.requires_grad_(False)
+        self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1))
+
+    def _taps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = ((x + 1) / 2 - self.mean) / self.std
+        taps = []
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i in VGG_LAYERS:
+                taps.append(x)
+        return taps
+
+    def forward(self, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        loss = 0.0
+        for w, f, r in zip(VGG_WEIGHTS, self._taps(fake), self._taps(real)):
+            loss = loss + w * F.l1_loss(f, r.detach())
+        return loss
+
+    def train(self, mode: bool = True):  # stays in eval mode
+        return super().train(False)
+
+
+def load_vgg_loss(weights: str | os.PathLike | None) -> VGGPerceptualLoss | None:
+    """VGG19 perceptual loss from local weights, torchvision's download, or None.
+
+    ``weights``: a path to a torchvision-layout VGG19 state dict (``.pth`` or
+    ``.safetensors``; the full model or only ``features.*``), the string ``"download"``
+    (torchvision's ImageNet weights, needs network access), or None. Returns None, with a
+    warning, when no weights can be had: the caller then drops the VGG term.
+    """
+    from torchvision.models import vgg19
+
+    if weights is None:
+        log.warning("no VGG19 weights given: the VGG perceptual loss is switched off")
+        return None
+    if str(weights) == "download":
+        try:
+            from torchvision.models import VGG19_Weights
+
+            model = vgg19(weights=VGG19_Weights.IMAGENET1K_V1)
+        except Exception as exc:  # no network, no cache
+            log.warning("VGG19 weights could not be downloaded (%s): the VGG loss is switched off", exc)
+            return None
+        return VGGPerceptualLoss(model.features)
+    path = Path(weights)
+    if not path.is_file():
+        raise CheckpointError(f"VGG19 weights file {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    state = {k[len("features."):] if k.startswith("features.") else k: v for k, v in state.items()}
+    state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
+    model = vgg19(weights=None)
+    features = model.features[: VGG_LAYERS[-1] + 1]
+    expected = features.state_dict()
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        raise CheckpointError(f"{path}: not a torchvision VGG19 state dict (missing {missing[:3]})")
+    for k, v in expected.items():
+        if state[k].shape != v.shape:
+            raise CheckpointError(f"{path}: {k} has shape {tuple(state[k].shape)}, expected {tuple(v.shape)}")
+    features.load_state_dict({k: state[k] for k in expected})
+    return VGGPerceptualLoss(features)

@@ -1,0 +1,98 @@
+"""`semlic encode | decode | info` from a shell user's point of view, input modes included."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from semlic.cli import main
+from semlic.imageio import load_image, save_png
+from tests.conftest import make_image
+
+
+@pytest.fixture()
+def seg_path(tmp_path):
+    _, seg = make_image(21, 34)
+    path = tmp_path / "seg.png"
+    save_png(path, seg)
+    return path
+
+
+def _modes(image: np.ndarray):
+    """The same picture saved in the modes a user may hand in."""
+    rgb = Image.fromarray(image, "RGB")
+    grey16 = (np.asarray(rgb.convert("L")).astype(np.uint16) * 257)
+    return {
+        "rgb": rgb,
+        "grey": rgb.convert("L"),
+        "rgba": rgb.convert("RGBA"),
+        "palette": rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=64),
+        "grey16": Image.fromarray(grey16),
+    }
+
+
+@pytest.mark.parametrize("mode", ["rgb", "grey", "rgba", "palette", "grey16"])
+def test_encode_decode_info_every_input_mode(tmp_path, tiny_model_path, seg_path, mode, capsys):
+    image, _ = make_image(21, 34, seed=5)
+    src = tmp_path / f"in_{mode}.png"
+    _modes(image)[mode].save(src)
+    expected_input = load_image(src)
+    assert expected_input.shape == (21, 34, 3)
+    if mode in ("grey", "grey16"):
+        assert (expected_input[..., 0] == expected_input[..., 1]).all()
+    sem, out = tmp_path / "x.sem", tmp_path / "out.png"
+    assert main(["encode", str(src), str(sem), "--model", str(tiny_model_path), "--seg", str(seg_path),
+                 "--qp", "12", "--chroma", "444"]) == 0
+    assert main(["decode", str(sem), str(out), "--model", str(tiny_model_path)]) == 0
+    decoded = load_image(out)
+    assert decoded.shape == expected_input.shape
+    assert np.abs(decoded.astype(int) - expected_input).mean() < 6
+    capsys.readouterr()
+    assert main(["info", str(sem), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert [lay["role"] for lay in info["layers"]] == ["header", "segmentation", "compact", "residual"]
+    assert sum(lay["bits"] for lay in info["layers"]) == 8 * sem.stat().st_size
+    assert info["bpp"] == pytest.approx(8 * sem.stat().st_size / (21 * 34))
+
+
+def test_grey16_is_rounded_not_truncated(tmp_path):
+    values = np.array([[0, 128, 129, 65535, 32896 + 128]], dtype=np.uint16)
+    path = tmp_path / "g16.png"
+    Image.fromarray(values).save(path)
+    np.testing.assert_array_equal(load_image(path)[..., 0], [[0, 0, 1, 255, 128]])
+
+
+def test_cmyk_and_unreadable_files_are_refused(tmp_path, tiny_model_path, seg_path, capsys):
+    cmyk = tmp_path / "cmyk.jpg"
+    Image.new("CMYK", (34, 21), (10, 20, 30, 40)).save(cmyk)
+    assert main(["encode", str(cmyk), str(tmp_path / "a.sem"), "--model", str(tiny_model_path),
+                 "--seg", str(seg_path)]) == 3
+    assert "CMYK" in capsys.readouterr().err
+    broken = tmp_path / "broken.png"
+    good = tmp_path / "good.png"
+    save_png(good, make_image(21, 34)[0])
+    broken.write_bytes(good.read_bytes()[:60])
+    assert main(["encode", str(broken), str(tmp_path / "b.sem"), "--model", str(tiny_model_path),
+                 "--seg", str(seg_path)]) == 3
+    assert "not a readable image" in capsys.readouterr().err
+    assert not (tmp_path / "a.sem").exists() and not (tmp_path / "b.sem").exists()
+
+
+def test_corrupt_file_and_wrong_model_exit_codes(tmp_path, tiny_model_path, seg_path, capsys):
+    src = tmp_path / "in.png"
+    save_png(src, make_image(21, 34)[0])
+    sem = tmp_path / "x.sem"
+    assert main(["encode", str(src), str(sem), "--model", str(tiny_model_path), "--seg", str(seg_path)]) == 0
+    truncated = tmp_path / "t.sem"
+    truncated.write_bytes(sem.read_bytes()[:-7])
+    assert main(["decode", str(truncated), str(tmp_path / "o.png"), "--model", str(tiny_model_path)]) == 4
+    assert "remain" in capsys.readouterr().err
+    assert not (tmp_path / "o.png").exists()
+    assert main(["info", str(tmp_path / "missing.sem")]) == 3
+    assert main(["encode", str(src), str(sem), "--model", str(tmp_path / "nope.safetensors"),
+                 "--seg", str(seg_path)]) == 5
+    assert main(["encode", str(src), str(tmp_path / "c.sem"), "--model", str(tiny_model_path)]) == 2
+    assert "--seg" in capsys.readouterr().err
