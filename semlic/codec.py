@@ -91,8 +91,8 @@ def _decode_layer(layer: fmt.Layer, channels: int, shape: tuple[int, int]) -> np
 def predict(model: DSSLIC, compact: np.ndarray, seg_padded: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """x' = RecNet(s, c^) from the 8-bit compact image, cropped to ``size`` = (H, W), uint8."""
     device = _device(model)
-    onehot = model.seg_onehot(torch.from_numpy(seg_padded).to(device)[None])
-    recon = model.reconstruct(_to_tensor(compact, device), onehot)
+    labels = torch.from_numpy(seg_padded).to(device)[None].long()
+    recon = model.reconstruct(_to_tensor(compact, device), labels)
     return _to_uint8(recon[..., : size[0], : size[1]])
 
 
@@ -124,8 +124,8 @@ def encode(image: np.ndarray, segmentation: np.ndarray, model: DSSLIC, residual_
     image_padded, seg_padded = pad_to_multiple(image, multiple), pad_to_multiple(segmentation, multiple)
     with torch.inference_mode():
         device = _device(model)
-        onehot = model.seg_onehot(torch.from_numpy(seg_padded).to(device)[None])
-        compact = _to_uint8(model.compact(_to_tensor(image_padded, device), onehot))
+        labels = torch.from_numpy(seg_padded).to(device)[None].long()
+        compact = _to_uint8(model.compact(_to_tensor(image_padded, device), labels))
     timings["compnet_s"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -133,12 +133,12 @@ class _Trainer:
                 self.disc.to(memory_format=torch.channels_last)
         self.forward_g = torch.compile(self._forward_g) if (cuda and cfg.compile) else self._forward_g
 
-    def _forward_g(self, x, onehot):
-        compact = self.generator.compact(x, onehot)
+    def _forward_g(self, x, seg):
+        compact = self.generator.compact(x, seg)
         if self.cfg.quantize_compact:  # straight-through 8-bit rounding, as the codec sees it
             q = torch.round((compact.float() + 1) * 127.5).clamp(0, 255) / 127.5 - 1
             compact = compact + (q - compact).detach()
-        return self.generator.reconstruct(compact, onehot)
+        return self.generator.reconstruct(compact, seg)
 
     def step(self, x: torch.Tensor, seg: torch.Tensor, lr: float, perceptual: bool) -> dict[str, float]:
         cfg = self.cfg
@@ -151,7 +151,7 @@ class _Trainer:
             x, onehot = x.contiguous(memory_format=torch.channels_last), onehot.contiguous(memory_format=torch.channels_last)
         losses: dict[str, torch.Tensor] = {}
         with self.autocast:
-            recon = self.forward_g(x, onehot)
+            recon = self.forward_g(x, seg)
             losses["l1"] = cfg.lambda_l1 * F.l1_loss(recon.float(), x)
             losses["ssim"] = -cfg.lambda_ssim * ssim(recon.float(), x)
             if self.disc is not None:

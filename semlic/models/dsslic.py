@@ -68,16 +68,16 @@ class DSSLIC(nn.Module):
     def seg_onehot(self, seg: torch.Tensor) -> torch.Tensor:
         return one_hot(seg, self.config.label_nc)
 
-    def compact(self, image: torch.Tensor, seg_onehot: torch.Tensor) -> torch.Tensor:
-        return self.compnet(image, seg_onehot)
+    def compact(self, image: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
+        return self.compnet(image, seg)
 
     def upsample(self, compact: torch.Tensor) -> torch.Tensor:
         return upsample(compact, self.config.alpha, self.config.align_corners)
 
-    def reconstruct(self, compact: torch.Tensor, seg_onehot: torch.Tensor) -> torch.Tensor:
-        """RecNet: x' = up(c) + FineNet(s, up(c))."""
+    def reconstruct(self, compact: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
+        """RecNet: x' = up(c) + FineNet(s, up(c)); seg (N, H, W) integer labels."""
         up = self.upsample(compact)
-        return up + self.finenet(seg_onehot, up)
+        return up + self.finenet(seg, up)
 
 
 def build_discriminator(config: DSSLICConfig, ndf: int = 64, n_layers: int = 3, num_d: int = 2) -> MultiscaleDiscriminator:

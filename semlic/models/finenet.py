@@ -2,7 +2,8 @@
 
 Wang et al. 2018 (pix2pixHD) global generator with ngf 64, as modified by DSSLIC (section
 3.2): c7s1-64, d128, d256, d512, 9 x r512, u256, u128, u64, c7s1-3, tanh. Its input is
-cat(one-hot s, up(c)); its output f is *added* to up(c): x' = up(c) + f (no clamp).
+cat(one-hot s, up(c)) (computed as
+look-ups on the CPU: blocks.label_image_conv); its output f is *added* to up(c): x' = up(c) + f (no clamp).
 
 Shapes: (N, label_nc + 3, H, W), H and W multiples of 2**n_down -> f (N, 3, H, W) in [-1, 1].
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import ResnetBlock, conv7_block, down_block, up_block
+from .blocks import ResnetBlock, conv7_block, down_block, label_image_conv, up_block
 
 
 class FineNet(nn.Module):
@@ -29,6 +30,9 @@ class FineNet(nn.Module):
             layers.append(up_block(widths[i], widths[i - 1], norm))
         layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, image_nc, 7), nn.Tanh()]
         self.model = nn.Sequential(*layers)
+        self.label_nc = label_nc
 
-    def forward(self, seg_onehot: torch.Tensor, upsampled_compact: torch.Tensor) -> torch.Tensor:
-        return self.model(torch.cat([seg_onehot, upsampled_compact], dim=1))
+    def forward(self, labels: torch.Tensor, upsampled_compact: torch.Tensor) -> torch.Tensor:
+        """labels (N, H, W) integer (fed as one-hot), up(c) (N, 3, H, W) -> f (N, 3, H, W)."""
+        x = label_image_conv(self.model[0], labels, upsampled_compact, self.label_nc)
+        return self.model[1:](x)
