@@ -137,3 +137,13 @@ class ManualDownloadError(DownloadError):
 
 class TrailingBytesError(FormatError):
     """Bytes follow the last declared layer: the file was altered or concatenated."""
+
+
+class ModelMismatchError(ModelError):
+    """Models that do not fit together: a segmenter, an enhancer and a base model whose class
+    counts differ (EDMS chains PSPNet -> SMapNet -> FineNet over one label set)."""
+
+
+class MissingModelError(ModelError):
+    """A method needs a model that was not given (an EDMS file decodes only with its PSPNet,
+    and with its SMapNet for ``edms``)."""

@@ -1,0 +1,210 @@
+"""PSPNet: Zhao, Shi, Qi, Wang & Jia, "Pyramid Scene Parsing Network", CVPR 2017.
+
+The segmentation network of DSSLIC and EDMS, following the authors' code (hszhao/semseg):
+
+* dilated ResNet backbone (:mod:`semlic.segnet.backbone`), output stride 8;
+* pyramid pooling module: for each bin b in (1, 2, 3, 6), adaptive average pooling to b x b,
+  1x1 conv C -> C/4 (2048 -> 512 in the paper), BN, ReLU, bilinear upsampling back to the
+  feature size; the four maps are concatenated with the input (C + 4 * C/4 = 2C channels);
+* head: 3x3 conv 2C -> 512, BN, ReLU, Dropout2d(0.1), 1x1 conv -> classes;
+* auxiliary head on layer3 (3x3 conv -> 256, BN, ReLU, Dropout2d(0.1), 1x1 conv), used only
+  in training, with loss weight 0.4 ("deep supervision");
+* logits upsampled bilinearly to the input size.
+
+Inputs are N x 3 x H x W float RGB in [0, 1]; the model normalises them with the ImageNet mean
+and standard deviation itself (what both torchvision's and CSAILVision's weights expect, and
+the same as hszhao's mean/std on 0..255). ``forward`` returns N x K x H x W logits in eval mode
+and ``(logits, aux_logits)``, both N x K x H x W, in training mode when the aux head exists.
+
+Differences from hszhao/semseg, each a configuration key: the stem is torchvision's 7x7 conv
+unless ``deep_stem`` (hszhao and CSAILVision use three 3x3 convs); bilinear interpolation uses
+``align_corners=False`` unless set (hszhao: True, CSAILVision: False); hszhao dilates the first
+block of layer3/layer4 too (``uniform_dilation``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from .backbone import RESNET_LAYOUTS, STAGE_DILATIONS, ResNetBackbone
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class PSPNetConfig:
+    """Architecture of a PSPNet; the defaults are the paper's ResNet-50 model (with torchvision's stem).
+
+    ``ppm_channels`` None means in_channels // len(ppm_bins) (2048 / 4 = 512 in the paper).
+    ``aux_weight`` 0 builds no auxiliary head.
+    """
+
+    num_classes: int
+    backbone: str = "resnet50"
+    base_channels: int = 64
+    deep_stem: bool = False
+    output_stride: int = 8
+    uniform_dilation: bool = False
+    ppm_bins: tuple[int, ...] = (1, 2, 3, 6)
+    ppm_channels: int | None = None
+    head_channels: int = 512
+    aux_channels: int = 256
+    aux_weight: float = 0.4
+    dropout: float = 0.1
+    ignore_index: int = 255
+    align_corners: bool = False
+    pixel_mean: tuple[float, float, float] = field(default=IMAGENET_MEAN)
+    pixel_std: tuple[float, float, float] = field(default=IMAGENET_STD)
+
+    def __post_init__(self) -> None:
+        for name in ("ppm_bins", "pixel_mean", "pixel_std"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        problems = []
+        if self.num_classes < 2 or self.num_classes > 255:
+            problems.append(f"num_classes must be 2..255 (label maps are 8-bit), found {self.num_classes}")
+        if self.backbone not in RESNET_LAYOUTS:
+            problems.append(f"backbone must be one of {sorted(RESNET_LAYOUTS)}, found {self.backbone!r}")
+        if self.output_stride not in STAGE_DILATIONS:
+            problems.append(f"output_stride must be one of {sorted(STAGE_DILATIONS)}, found {self.output_stride}")
+        if 0 <= self.ignore_index < self.num_classes:
+            problems.append(f"ignore_index {self.ignore_index} collides with a class index 0..{self.num_classes - 1}")
+        if not self.ppm_bins or min(self.ppm_bins) < 1:
+            problems.append(f"ppm_bins must be positive bin sizes, found {self.ppm_bins}")
+        if min(self.base_channels, self.head_channels, self.aux_channels, self.ppm_channels or 1) < 1:
+            problems.append("channel counts must be positive")
+        if len(self.pixel_mean) != 3 or len(self.pixel_std) != 3:
+            problems.append("pixel_mean and pixel_std need three values (R, G, B)")
+        if problems:
+            raise ConfigError("PSPNet config: " + "; ".join(problems))
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "PSPNetConfig":
+        """Build from a plain dict (YAML/JSON); unknown keys are refused by name."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"PSPNet config: unknown keys {unknown}; known keys are {sorted(known)}")
+        if "num_classes" not in values:
+            raise ConfigError("PSPNet config: num_classes is required")
+        try:
+            return cls(**values)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"PSPNet config: a value has the wrong type ({exc})") from exc
+
+    def to_dict(self) -> dict:
+        """Plain dict (lists for tuples) that :meth:`from_dict` reads back."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+def _conv_bn_relu_dropout_classifier(in_channels: int, mid_channels: int, classes: int,
+                                     dropout: float) -> nn.Sequential:
+    """3x3 conv -> BN -> ReLU -> Dropout2d -> 1x1 conv (indices 0, 1, 4 hold weights)."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, mid_channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(mid_channels),
+        nn.ReLU(inplace=True),
+        nn.Dropout2d(dropout),
+        nn.Conv2d(mid_channels, classes, 1),
+    )
+
+
+class PyramidPooling(nn.Module):
+    """Pyramid pooling module: N x C x h x w -> N x (C + len(bins) * branch_channels) x h x w."""
+
+    def __init__(self, in_channels: int, branch_channels: int, bins: tuple[int, ...], align_corners: bool) -> None:
+        super().__init__()
+        self.stages = nn.ModuleList(
+            nn.Sequential(
+                nn.AdaptiveAvgPool2d(bin_size),
+                nn.Conv2d(in_channels, branch_channels, 1, bias=False),
+                nn.BatchNorm2d(branch_channels),
+                nn.ReLU(inplace=True),
+            )
+            for bin_size in bins
+        )
+        self.align_corners = align_corners
+        self.out_channels = in_channels + len(bins) * branch_channels
+
+    def forward(self, features: Tensor) -> Tensor:
+        size = features.shape[-2:]
+        pooled = [
+            F.interpolate(stage(features), size=size, mode="bilinear", align_corners=self.align_corners)
+            for stage in self.stages
+        ]
+        return torch.cat([features, *pooled], dim=1)
+
+
+class PSPNet(nn.Module):
+    """Pyramid Scene Parsing Network (module docstring); build it from a :class:`PSPNetConfig`."""
+
+    def __init__(self, config: PSPNetConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone = ResNetBackbone(
+            config.backbone, config.base_channels, config.deep_stem, config.output_stride, config.uniform_dilation
+        )
+        channels = self.backbone.out_channels
+        branch_channels = config.ppm_channels or channels // len(config.ppm_bins)
+        self.ppm = PyramidPooling(channels, branch_channels, config.ppm_bins, config.align_corners)
+        self.head = _conv_bn_relu_dropout_classifier(
+            self.ppm.out_channels, config.head_channels, config.num_classes, config.dropout
+        )
+        self.aux_head = None
+        if config.aux_weight > 0:
+            self.aux_head = _conv_bn_relu_dropout_classifier(
+                self.backbone.layer3_channels, config.aux_channels, config.num_classes, config.dropout
+            )
+        self.register_buffer("pixel_mean", torch.tensor(config.pixel_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(config.pixel_std).view(1, 3, 1, 1), persistent=False)
+        for module in [self.ppm, self.head] + ([self.aux_head] if self.aux_head is not None else []):
+            for layer in module.modules():
+                if isinstance(layer, nn.Conv2d):
+                    nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the newly added layers (PPM, head, aux head): trained at 10x the base lr."""
+        modules = [self.ppm, self.head] + ([self.aux_head] if self.aux_head is not None else [])
+        return [p for module in modules for p in module.parameters()]
+
+    def features(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """Normalise N x 3 x H x W images in [0, 1]; return the backbone's (layer3, layer4) maps."""
+        return self.backbone((images - self.pixel_mean) / self.pixel_std)
+
+    def forward(self, images: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        size = images.shape[-2:]
+        layer3, layer4 = self.features(images)
+        logits = self._upsample(self.head(self.ppm(layer4)), size)
+        if self.training and self.aux_head is not None:
+            return logits, self._upsample(self.aux_head(layer3), size)
+        return logits
+
+    def _upsample(self, logits: Tensor, size: torch.Size) -> Tensor:
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=self.config.align_corners)
+
+
+def _cross_entropy(logits: Tensor, labels: Tensor, ignore_index: int) -> Tensor:
+    """Mean cross-entropy over the labelled pixels; 0 (not NaN) for a batch with none."""
+    total = F.cross_entropy(logits.float(), labels, ignore_index=ignore_index, reduction="sum")
+    return total / (labels != ignore_index).sum().clamp(min=1)
+
+
+def pspnet_loss(outputs: Tensor | tuple[Tensor, Tensor], labels: Tensor,
+                config: PSPNetConfig) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Cross-entropy with ignore index on the main logits, plus ``aux_weight`` x the aux loss.
+
+    ``outputs``: what :class:`PSPNet` returns in training mode; ``labels``: N x H x W int64.
+    Returns ``(total, main, aux or None)``, computed in float32.
+    """
+    logits, aux_logits = outputs if isinstance(outputs, tuple) else (outputs, None)
+    main = _cross_entropy(logits, labels, config.ignore_index)
+    if aux_logits is None:
+        return main, main, None
+    aux = _cross_entropy(aux_logits, labels, config.ignore_index)
+    return main + config.aux_weight * aux, main, aux

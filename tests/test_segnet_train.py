@@ -1,0 +1,151 @@
+"""PSPNet training: it learns, it resumes exactly, its schedule, augmentation and config."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from semlic.errors import ConfigError
+from semlic.segnet import PSPNet, PSPNetConfig, SegnetTrainConfig, evaluate_segnet, load_segnet, train_segnet
+from semlic.segnet.augment import PAD_COLOUR, random_crop, random_scale
+from semlic.segnet.prepared import AugmentedTrainingSet, list_prepared
+from semlic.segnet.schedule import PlannedBatches, make_sgd, poly_lr, set_learning_rate
+from semlic.segnet.train_config import load_train_config
+
+from .test_segnet_support import one_thread  # noqa: F401 (autouse fixture)
+from .test_segnet_support import TINY_MODEL, prepare_synthetic
+
+
+@pytest.fixture(scope="module")
+def synthetic_dir(tmp_path_factory):
+    return prepare_synthetic(tmp_path_factory.mktemp("prepared"), size=96, limit=24)
+
+
+def tiny_train_config(**changes) -> dict:
+    values = {"model": dict(TINY_MODEL), "iterations": 6, "batch_size": 2, "crop_size": 48,
+              "scale_range": [0.75, 1.25], "base_lr": 0.02, "checkpoint_every": 3, "log_every": 1}
+    return {**values, **changes}
+
+
+@pytest.mark.slow
+def test_tiny_pspnet_learns_the_synthetic_set(synthetic_dir, tmp_path):
+    config = tiny_train_config(iterations=120, batch_size=8, crop_size=64, base_lr=0.03, checkpoint_every=1000,
+                               log_every=20, eval_split="val")
+    torch.manual_seed(0)  # the same initial weights as the training run (seed 0)
+    before = evaluate_segnet(PSPNet(PSPNetConfig(**TINY_MODEL)), synthetic_dir, "val")
+    result = train_segnet(config, synthetic_dir, tmp_path / "segnet.safetensors", progress=False)
+    after = result["eval"]
+    log = pd.read_parquet(tmp_path / "segnet.train_log.parquet")
+    print(f"\nmIoU {before['miou']:.3f} -> {after['miou']:.3f}; loss {log['loss'].iloc[0]:.3f} -> "
+          f"{log['loss'].iloc[-1]:.3f}; train {result['train_images_per_s']:.1f} images/s, "
+          f"inference {after['images_per_s']:.1f} images/s")
+    assert result["completed"] and result["step"] == 120
+    assert list(log["step"]) == [20, 40, 60, 80, 100, 120]
+    assert log["loss"].iloc[-1] < 0.6 * log["loss"].iloc[0]
+    assert after["miou"] > 0.35 and after["miou"] > before["miou"] + 0.25
+    assert after["pixel_accuracy"] > 0.6
+    reloaded = evaluate_segnet(load_segnet(tmp_path / "segnet.safetensors"), synthetic_dir, "val")
+    assert reloaded["miou"] == pytest.approx(after["miou"])
+
+
+def test_resume_continues_the_same_run(synthetic_dir, tmp_path):
+    config = tiny_train_config()
+    straight = train_segnet(config, synthetic_dir, tmp_path / "a" / "segnet.safetensors", progress=False)
+    first = train_segnet(config, synthetic_dir, tmp_path / "b" / "segnet.safetensors", stop_at_step=4,
+                         progress=False)
+    assert not first["completed"] and first["step"] == 4 and first["model_path"] is None
+    assert not (tmp_path / "b" / "segnet.safetensors").exists()
+    second = train_segnet(config, synthetic_dir, tmp_path / "b" / "segnet.safetensors", resume=True, progress=False)
+    assert second["completed"] and second["step"] == 6 and straight["step"] == 6
+    expected = load_segnet(tmp_path / "a" / "segnet.safetensors").state_dict()
+    for key, value in load_segnet(tmp_path / "b" / "segnet.safetensors").state_dict().items():
+        assert torch.equal(value, expected[key]), key
+    log_straight = pd.read_parquet(tmp_path / "a" / "segnet.train_log.parquet")
+    log_resumed = pd.read_parquet(tmp_path / "b" / "segnet.train_log.parquet")
+    assert list(log_resumed["step"]) == [1, 2, 3, 4, 5, 6]
+    pd.testing.assert_frame_equal(log_resumed.drop(columns="images_per_s"), log_straight.drop(columns="images_per_s"))
+
+
+def test_resume_with_other_settings_is_refused(synthetic_dir, tmp_path):
+    out = tmp_path / "segnet.safetensors"
+    train_segnet(tiny_train_config(), synthetic_dir, out, stop_at_step=2, progress=False)
+    with pytest.raises(ConfigError, match="base_lr"):
+        train_segnet(tiny_train_config(base_lr=0.1), synthetic_dir, out, resume=True, progress=False)
+    resumed = train_segnet(tiny_train_config(num_workers=1), synthetic_dir, out, resume=True, progress=False)
+    assert resumed["completed"] and out.is_file()  # the worker count does not change the result
+
+
+def test_time_limit_stops_resumably(synthetic_dir, tmp_path):
+    out = tmp_path / "segnet.safetensors"
+    first = train_segnet(tiny_train_config(), synthetic_dir, out, time_limit_s=0.0, progress=False)
+    assert not first["completed"] and first["step"] == 1 and not out.exists()
+    second = train_segnet(tiny_train_config(), synthetic_dir, out, resume=True, progress=False)
+    assert second["completed"] and second["step"] == 6 and out.is_file()
+
+
+def test_planned_batches_resume_mid_epoch_and_cover_each_epoch():
+    straight = list(PlannedBatches(10, 3, seed=5, start_step=0, total_steps=9))
+    assert list(PlannedBatches(10, 3, seed=5, start_step=4, total_steps=9)) == straight[4:]
+    for epoch in range(3):  # 3 steps per epoch, 9 distinct images per epoch
+        keys = [key for batch in straight[3 * epoch : 3 * epoch + 3] for key in batch]
+        assert {e for e, _ in keys} == {epoch} and len({i for _, i in keys}) == 9
+    small = list(PlannedBatches(2, 4, seed=0, start_step=0, total_steps=2))  # fewer images than a batch
+    assert all(len(batch) == 4 for batch in small)
+
+
+def test_poly_schedule_and_head_learning_rate():
+    assert poly_lr(0.01, 0, 100, 0.9) == 0.01
+    assert poly_lr(0.01, 50, 100, 0.9) == pytest.approx(0.01 * 0.5**0.9)
+    model = PSPNet(PSPNetConfig(**TINY_MODEL))
+    optimizer = make_sgd(model, 0.01, 10.0, 0.9, 1e-4)
+    set_learning_rate(optimizer, 0.005)
+    backbone_group, head_group = optimizer.param_groups
+    assert backbone_group["lr"] == 0.005 and head_group["lr"] == pytest.approx(0.05)
+    assert len(backbone_group["params"]) == len(list(model.backbone.parameters()))
+    assert optimizer.defaults["momentum"] == 0.9 and optimizer.defaults["weight_decay"] == 1e-4
+
+
+def test_augmentation_pads_with_ignore_and_keeps_label_values():
+    rng = np.random.default_rng(0)
+    image = np.full((10, 12, 3), 7, dtype=np.uint8)
+    label = np.arange(120, dtype=np.uint8).reshape(10, 12) % 3
+    cropped_image, cropped_label = random_crop(image, label, rng, (16, 20), ignore_index=255)
+    assert cropped_image.shape == (16, 20, 3) and cropped_label.shape == (16, 20)
+    assert (cropped_label == 255).sum() == 16 * 20 - 120 and (cropped_image == 7).all(axis=2).sum() == 120
+    assert (cropped_image[cropped_label == 255] == PAD_COLOUR).all()
+    scaled_image, scaled_label = random_scale(image, label, np.random.default_rng(1), (1.5, 1.5))
+    assert scaled_label.shape == (15, 18) and scaled_image.shape == (15, 18, 3)
+    assert set(np.unique(scaled_label)) <= {0, 1, 2}  # nearest neighbour: no invented classes
+
+
+def test_augmented_samples_depend_only_on_their_key(synthetic_dir):
+    samples = list_prepared(synthetic_dir, "train")
+    dataset = AugmentedTrainingSet(samples, (32, 40), (0.5, 2.0), True, 8, 255, seed=3)
+    image, label = dataset[(2, 5)]
+    assert image.shape == (3, 32, 40) and image.dtype == torch.float32 and 0 <= image.min() <= image.max() <= 1
+    assert label.shape == (32, 40) and label.dtype == torch.int64
+    again = AugmentedTrainingSet(samples, (32, 40), (0.5, 2.0), True, 8, 255, seed=3)[(2, 5)]
+    assert torch.equal(image, again[0]) and torch.equal(label, again[1])
+    assert not torch.equal(image, dataset[(3, 5)][0])
+
+
+def test_train_config_validation_and_files(tmp_path):
+    with pytest.raises(ConfigError, match="exactly one of iterations and epochs"):
+        SegnetTrainConfig.from_dict(tiny_train_config(epochs=2))
+    with pytest.raises(ConfigError, match="batch_size must be >= 2"):
+        SegnetTrainConfig.from_dict(tiny_train_config(batch_size=1))
+    with pytest.raises(ConfigError, match="unknown keys \\['learning_rate'\\]"):
+        SegnetTrainConfig.from_dict(tiny_train_config(learning_rate=0.1))
+    with pytest.raises(ConfigError, match="model"):
+        SegnetTrainConfig.from_dict({"iterations": 3})
+    (tmp_path / "segnet.yaml").write_text(
+        "model:\n  num_classes: 8\n  backbone: resnet18\nepochs: 2\ncrop_size: [64, 80]\n"
+    )
+    config = load_train_config(tmp_path / "segnet.yaml")
+    assert config.crop_size == (64, 80) and config.epochs == 2 and config.model.backbone == "resnet18"
+    assert SegnetTrainConfig.from_dict(config.to_dict()) == config
+    (tmp_path / "broken.yaml").write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_train_config(tmp_path / "broken.yaml")
