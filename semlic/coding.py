@@ -67,7 +67,7 @@ def _segmentation(sample: CodingSample, image: np.ndarray, models: SemanticModel
 
 
 def code_semantic(samples: Sequence[CodingSample], models: SemanticModels, *, dataset: str, method: str = "dsslic",
-                  residual_qps: Sequence[int] = PAPER_RESIDUAL_QPS, chroma: str = "420", lossless: str = "best",
+                  residual_qps: Sequence[int] = PAPER_RESIDUAL_QPS, chroma: str = "420", lossless: str = codec.LOSSLESS_DEFAULT,
                   out_dir: str | Path | None = None, params_hash: str = "", git_rev: str | None = None,
                   progress: bool = True) -> list[dict]:
     """Code every sample at every residual QP with ``method``; return rows sorted by the schema key."""
