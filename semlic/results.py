@@ -1,0 +1,223 @@
+"""Result rows (DESIGN.md section 6) and their deterministic Parquet files.
+
+Long format: one row per (dataset, image_id, method, quality). The columns are
+:data:`SCHEMA`; ``layer_bits`` is a ``map<string, int64>`` from layer name to its bits
+(a baseline has one layer named after its codec, HEVC splits its HEIF file into
+``hevc_mdat`` and ``heif_container``; a .sem file names its header and layers). The layer
+bits always add up to ``bits_total = 8 * bytes_total``: every byte of the file is counted.
+
+Files are reproducible byte for byte, so DVC hashes stay stable across reruns:
+rows sorted by (dataset, method, image_id, quality), duplicates refused, one fixed schema
+built without pandas (no index metadata), fixed writer options, written to a temporary file
+and renamed. :func:`write_partitioned` writes a hive tree
+``root/method=<m>/dataset=<d>/part-0.parquet`` that DuckDB reads in place::
+
+    duckdb.sql("select method, avg(bpp) from read_parquet('root/**/*.parquet', "
+               "hive_partitioning=true) group by method")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import subprocess
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from . import metrics
+from .errors import ConfigError
+
+SCHEMA = pa.schema([
+    pa.field("dataset", pa.string(), nullable=False),
+    pa.field("image_id", pa.string(), nullable=False),
+    pa.field("method", pa.string(), nullable=False),
+    pa.field("quality", pa.float64(), nullable=False),   # the codec's knob: QP, quality or ratio
+    pa.field("quality_name", pa.string(), nullable=False),
+    pa.field("height", pa.int32(), nullable=False),
+    pa.field("width", pa.int32(), nullable=False),
+    pa.field("bytes_total", pa.int64(), nullable=False),
+    pa.field("bits_total", pa.int64(), nullable=False),
+    pa.field("layer_bits", pa.map_(pa.string(), pa.int64()), nullable=False),
+    pa.field("bpp", pa.float64(), nullable=False),
+    pa.field("bits_per_subpixel", pa.float64(), nullable=False),
+    pa.field("psnr_rgb", pa.float64(), nullable=False),
+    pa.field("psnr_channel_mean", pa.float64(), nullable=False),
+    pa.field("ms_ssim", pa.float64(), nullable=False),    # NaN below 161 px (semlic.metrics)
+    pa.field("enc_s", pa.float64(), nullable=False),
+    pa.field("dec_s", pa.float64(), nullable=False),
+    pa.field("device", pa.string(), nullable=False),
+    pa.field("git_rev", pa.string(), nullable=False),
+    pa.field("params_hash", pa.string(), nullable=False),
+])
+COLUMNS = tuple(SCHEMA.names)
+SORT_KEY = ("dataset", "method", "image_id", "quality")
+PARTITION_KEYS = ("method", "dataset")
+PART_FILE = "part-0.parquet"
+_PARTITION_VALUE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+_WRITE_OPTIONS = dict(compression="zstd", compression_level=3, use_dictionary=True,
+                      write_statistics=True, data_page_version="1.0", version="2.6")
+
+
+def check_partition_value(name: str, value: str) -> None:
+    """Refuse a dataset or method name that cannot be a hive partition folder (``a/b``, ``x=y``)."""
+    if not isinstance(value, str) or not _PARTITION_VALUE.match(value):
+        raise ConfigError(f"{name} must be a name of letters, digits and _.+- (a hive partition value), "
+                          f"got {value!r}")
+
+
+def make_row(*, dataset: str, image_id: str, method: str, quality: float, quality_name: str,
+             height: int, width: int, bytes_total: int, layer_bits: Mapping[str, int] | None = None,
+             psnr_rgb: float, psnr_channel_mean: float, ms_ssim: float, enc_s: float, dec_s: float,
+             device: str, git_rev: str, params_hash: str) -> dict:
+    """One result row; bpp and bits per sub-pixel are derived from ``bytes_total``.
+
+    ``layer_bits`` defaults to a single layer named ``method`` holding the whole file.
+    """
+    check_partition_value("dataset", dataset)
+    check_partition_value("method", method)
+    if not isinstance(image_id, str) or not image_id:
+        raise ConfigError(f"image_id must be a non-empty string, got {image_id!r}")
+    if not math.isfinite(float(quality)):
+        raise ConfigError(f"quality must be finite, got {quality!r}")
+    bits_total = 8 * int(bytes_total)
+    layers = {method: bits_total} if layer_bits is None else {str(k): int(v) for k, v in layer_bits.items()}
+    if sum(layers.values()) != bits_total:
+        raise ConfigError(f"layer bits {layers} add up to {sum(layers.values())}, "
+                          f"expected bits_total = 8 * {bytes_total} = {bits_total}")
+    return {
+        "dataset": dataset, "image_id": image_id, "method": method,
+        "quality": float(quality), "quality_name": quality_name,
+        "height": int(height), "width": int(width),
+        "bytes_total": int(bytes_total), "bits_total": bits_total,
+        "layer_bits": dict(sorted(layers.items())),
+        "bpp": metrics.bpp(bytes_total, height, width),
+        "bits_per_subpixel": metrics.bits_per_subpixel(bytes_total, height, width),
+        "psnr_rgb": float(psnr_rgb), "psnr_channel_mean": float(psnr_channel_mean), "ms_ssim": float(ms_ssim),
+        "enc_s": float(enc_s), "dec_s": float(dec_s),
+        "device": device, "git_rev": git_rev, "params_hash": params_hash,
+    }
+
+
+def _sort_key(row: Mapping) -> tuple:
+    return tuple(row[k] for k in SORT_KEY)
+
+
+def rows_to_table(rows: Iterable[Mapping]) -> pa.Table:
+    """Rows -> one sorted :data:`SCHEMA` table; refuses wrong columns and duplicate keys."""
+    rows = list(rows)
+    for row in rows:
+        if set(row) != set(COLUMNS):
+            missing, extra = set(COLUMNS) - set(row), set(row) - set(COLUMNS)
+            raise ConfigError(f"a result row must have exactly the schema's columns; "
+                              f"missing {sorted(missing)}, unexpected {sorted(extra)}")
+    rows.sort(key=_sort_key)
+    for previous, current in zip(rows, rows[1:]):
+        if _sort_key(previous) == _sort_key(current):
+            raise ConfigError(f"two rows share (dataset, method, image_id, quality) = {_sort_key(current)}")
+    ordered = [{c: row[c] for c in COLUMNS} for row in rows]
+    for row in ordered:  # maps are written in key order
+        row["layer_bits"] = sorted(dict(row["layer_bits"]).items())
+    try:
+        return pa.Table.from_pylist(ordered, schema=SCHEMA)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
+        raise ConfigError(f"result rows do not fit the schema: {exc}") from exc
+
+
+def _write_table(table: pa.Table, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        pq.write_table(table, tmp, **_WRITE_OPTIONS)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_rows(rows: Iterable[Mapping], path: str | os.PathLike) -> Path:
+    """Write rows to one Parquet file, sorted, atomically; the same rows give the same bytes."""
+    path = Path(path)
+    _write_table(rows_to_table(rows), path)
+    return path
+
+
+def write_partitioned(rows: Iterable[Mapping], root: str | os.PathLike) -> list[Path]:
+    """Write ``root/method=<m>/dataset=<d>/part-0.parquet``, one file per partition in ``rows``.
+
+    Each file holds the partition's rows without the two partition columns (they are in the
+    path). Partitions under ``root`` that ``rows`` does not touch are left as they are.
+    """
+    table = rows_to_table(rows)
+    root = Path(root)
+    written = []
+    keys = sorted(set(zip(*(table.column(k).to_pylist() for k in PARTITION_KEYS))))
+    for method, dataset in keys:
+        mask = pc.and_(pc.equal(table["method"], method), pc.equal(table["dataset"], dataset))
+        part = table.filter(mask).drop_columns(list(PARTITION_KEYS))
+        path = root / f"method={method}" / f"dataset={dataset}" / PART_FILE
+        _write_table(part, path)
+        written.append(path)
+    return written
+
+
+def _partition_values(path: Path, root: Path) -> dict[str, str]:
+    values = {}
+    for segment in path.relative_to(root).parts[:-1]:
+        key, sep, value = segment.partition("=")
+        if sep and key in PARTITION_KEYS:
+            values[key] = value
+    return values
+
+
+def read_table(root: str | os.PathLike) -> pa.Table:
+    """Read a file from :func:`write_rows` or a tree from :func:`write_partitioned`, sorted."""
+    root = Path(root)
+    files = [root] if root.is_file() else sorted(root.glob("**/*.parquet"))
+    if not files:
+        raise ConfigError(f"{root}: no Parquet result files found")
+    tables = []
+    for path in files:
+        table = pq.read_table(path)
+        for key, value in _partition_values(path, root).items() if root.is_dir() else ():
+            if key not in table.column_names:
+                table = table.append_column(key, pa.array([value] * table.num_rows, pa.string()))
+        missing = set(COLUMNS) - set(table.column_names)
+        if missing:
+            raise ConfigError(f"{path}: not a semlic result file, missing columns {sorted(missing)}")
+        tables.append(table.select(list(COLUMNS)).cast(SCHEMA))
+    table = pa.concat_tables(tables)
+    return table.sort_by([(k, "ascending") for k in SORT_KEY])
+
+
+def read_rows(root: str | os.PathLike) -> list[dict]:
+    """Rows as dicts (``layer_bits`` as a dict), in the file order (sorted)."""
+    rows = read_table(root).to_pylist()
+    for row in rows:
+        row["layer_bits"] = dict(row["layer_bits"])
+    return rows
+
+
+def git_revision(repo: str | os.PathLike | None = None) -> str:
+    """Short git revision of ``repo`` (default: the checkout holding semlic), or "unknown"."""
+    repo = Path(repo) if repo is not None else Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
+def params_hash(params: Mapping) -> str:
+    """First 12 hex digits of the SHA-256 of ``params`` as canonical JSON (sorted keys, no spaces)."""
+    try:
+        text = json.dumps(params, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"parameters must be JSON data (str, numbers, lists, dicts): {exc}") from exc
+    return hashlib.sha256(text.encode("ascii")).hexdigest()[:12]
