@@ -33,7 +33,7 @@ def state_fingerprint(state: dict[str, torch.Tensor]) -> bytes:
         h.update(name.encode())
         h.update(str(t.dtype).encode())
         h.update(str(tuple(t.shape)).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.digest()[:8]
 
 

@@ -24,6 +24,8 @@ COMMAND_MODULES = (
     "semlic.baselines",       # baselines
     "semlic.data.commands",   # prepare, download
     "semlic.segnet.commands", # train-segnet, segment
+    "semlic.edms_commands",   # smap-pairs, train-smapnet
+    "semlic.study",           # study-report
 )
 
 

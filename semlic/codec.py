@@ -1,4 +1,4 @@
-"""The layered DSSLIC codec, done right: the decoder sees only the file.
+"""The layered DSSLIC and EDMS codecs, done right: the decoder sees only the file.
 
 Akbari et al. 2019, Algorithm 1, with the fixes REFERENCE.md calls for:
 
@@ -14,6 +14,12 @@ encode(x, s):
   5. s coded losslessly at its original size.
 decode(file): s^ and c^ from their layers, x' = RecNet(s^, c^), x~ = clip(round(x' + r^)).
 
+EDMS (Hoang et al. 2020; ``method="edms"`` or ``"edms_noenh"``): steps 1, 2 and 4 as above
+(CompNet still sees the original segmentation s), but no segmentation layer: step 3 uses
+s^ = argmax SMapNet(PSPNet(up(c^))) (or PSPNet's own map), which the decoder derives from c^
+the same way (:mod:`semlic.edms`). The header fingerprint then names the base model, the
+PSPNet and the SMapNet together (:func:`semlic.edms.decoder_fingerprint`).
+
 The encoder computes its reconstruction by decoding its own residual bytes, so the decoder
 reproduces it exactly on the same device and thread settings (see the tests).
 """
@@ -26,12 +32,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from . import edms
 from . import format as fmt
 from .codecs import CODECS_BY_ID, LOSSLESS, get_codec
-from .errors import ConfigError, FingerprintMismatchError, LayerError
-from .models import DSSLIC
+from .errors import ConfigError, FingerprintMismatchError, LayerError, UnknownMethodError
+from .models import DSSLIC, SMapNet
 
-LOSSLESS_DEFAULT = "best"  # try every lossless codec per layer and keep the smallest (reports/lossless.md)
+CODEC_METHODS = ("dsslic",) + edms.EDMS_METHODS
+
+LOSSLESS_DEFAULT = "jxl_lossless"  # smallest on label maps and compact images; "best" tries all (reports/lossless.md)
 
 
 @dataclass
@@ -41,6 +50,7 @@ class EncodeResult:
     reconstruction: np.ndarray      # x~ (H, W, 3) uint8: what the decoder will output
     layer_bits: dict[str, int]
     timings: dict[str, float] = field(default_factory=dict)
+    matched_segmentation: np.ndarray | None = None   # EDMS: s^ (padded H, W) uint8, as the decoder derives it
 
 
 def pad_to_multiple(array: np.ndarray, multiple: int) -> np.ndarray:
@@ -88,6 +98,14 @@ def _decode_layer(layer: fmt.Layer, channels: int, shape: tuple[int, int]) -> np
 
 
 @torch.inference_mode()
+def compact_image(model: DSSLIC, image_padded: np.ndarray, seg_padded: np.ndarray) -> np.ndarray:
+    """c^ = CompNet(x, s) rounded to 8 bits: (H / alpha, W / alpha, 3) uint8 from padded x and s."""
+    device = _device(model)
+    labels = torch.from_numpy(np.ascontiguousarray(seg_padded)).to(device)[None].long()
+    return _to_uint8(model.compact(_to_tensor(image_padded, device), labels))
+
+
+@torch.inference_mode()
 def predict(model: DSSLIC, compact: np.ndarray, seg_padded: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """x' = RecNet(s, c^) from the 8-bit compact image, cropped to ``size`` = (H, W), uint8."""
     device = _device(model)
@@ -104,9 +122,22 @@ def _add_residual(prediction: np.ndarray, residual: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(prediction.astype(np.float32) + residual), 0, 255).astype(np.uint8)
 
 
+def _method_fingerprint(method: str, model: DSSLIC, segnet, smapnet: SMapNet | None) -> bytes:
+    if method not in CODEC_METHODS:
+        raise UnknownMethodError(f"method {method!r} is not coded by this codec; "
+                                 f"choose one of {', '.join(CODEC_METHODS)}")
+    return edms.decoder_fingerprint(method, model, segnet, smapnet)
+
+
 def encode(image: np.ndarray, segmentation: np.ndarray, model: DSSLIC, residual_qp: int | None = 27, *,
-           chroma: str = "420", lossless: str = LOSSLESS_DEFAULT) -> EncodeResult:
-    """Code an (H, W, 3) uint8 image with its (H, W) uint8 segmentation map into a .sem file."""
+           chroma: str = "420", lossless: str = LOSSLESS_DEFAULT, method: str = "dsslic", segnet=None,
+           smapnet: SMapNet | None = None) -> EncodeResult:
+    """Code an (H, W, 3) uint8 image with its (H, W) uint8 segmentation map into a .sem file.
+
+    ``method``: ``dsslic`` sends the map; ``edms`` / ``edms_noenh`` send only compact +
+    residual and need ``segnet`` (a PSPNet) and, for ``edms``, ``smapnet``: the same weights
+    must decode it. The segmentation map feeds CompNet in every method.
+    """
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ConfigError(f"image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
     if segmentation.shape != image.shape[:2]:
@@ -114,28 +145,29 @@ def encode(image: np.ndarray, segmentation: np.ndarray, model: DSSLIC, residual_
     label_nc = model.config.label_nc
     if segmentation.size and int(segmentation.max()) >= label_nc:
         raise ConfigError(f"segmentation label {int(segmentation.max())} >= the model's label_nc {label_nc}")
-    fingerprint = getattr(model, "fingerprint", None)
-    if fingerprint is None:
-        raise ConfigError("model has no fingerprint: load it with semlic.training.load_dsslic")
+    fingerprint = _method_fingerprint(method, model, segnet, smapnet)
     h, w = image.shape[:2]
     multiple = model.config.multiple
     timings: dict[str, float] = {}
     t = time.perf_counter()
     image_padded, seg_padded = pad_to_multiple(image, multiple), pad_to_multiple(segmentation, multiple)
-    with torch.inference_mode():
-        device = _device(model)
-        labels = torch.from_numpy(seg_padded).to(device)[None].long()
-        compact = _to_uint8(model.compact(_to_tensor(image_padded, device), labels))
+    compact = compact_image(model, image_padded, seg_padded)
     timings["compnet_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     layers = []
-    seg_codec, seg_bytes = _code_lossless(segmentation, lossless)
-    layers.append(fmt.Layer(fmt.ROLE_SEGMENTATION, seg_codec, seg_bytes))
+    if method == "dsslic":
+        seg_codec, seg_bytes = _code_lossless(segmentation, lossless)
+        layers.append(fmt.Layer(fmt.ROLE_SEGMENTATION, seg_codec, seg_bytes))
     comp_codec, comp_bytes = _code_lossless(compact, lossless)
     layers.append(fmt.Layer(fmt.ROLE_COMPACT, comp_codec, comp_bytes))
     timings["lossless_s"] = time.perf_counter() - t
 
+    matched = None
+    if method != "dsslic":
+        t = time.perf_counter()
+        matched = seg_padded = edms.matched_segmentation(compact, model, segnet, smapnet if method == "edms" else None)
+        timings["segmentation_s"] = time.perf_counter() - t
     t = time.perf_counter()
     prediction = predict(model, compact, seg_padded, (h, w))
     timings["recnet_s"] = time.perf_counter() - t
@@ -155,35 +187,56 @@ def encode(image: np.ndarray, segmentation: np.ndarray, model: DSSLIC, residual_
         reconstruction = _add_residual(prediction, _residual_decode(decoded, res_min, res_max))
         timings["residual_s"] = time.perf_counter() - t
 
-    sem = fmt.SemFile("dsslic", w, h, multiple, fingerprint, residual_qp, res_min, res_max, tuple(layers))
+    sem = fmt.SemFile(method, w, h, multiple, fingerprint, residual_qp, res_min, res_max, tuple(layers))
     data = fmt.pack(sem)
     layer_bits = {"header": 8 * fmt.HEADER_BYTES, **{lay.role_name: lay.bits for lay in layers}}
     assert sum(layer_bits.values()) == 8 * len(data)
-    return EncodeResult(data, prediction, reconstruction, layer_bits, timings)
+    return EncodeResult(data, prediction, reconstruction, layer_bits, timings, matched)
 
 
-def decode(data: bytes, model: DSSLIC, *, return_prediction: bool = False):
-    """Decode a .sem file with the model it was made with; returns (H, W, 3) uint8."""
+def _check_layers(sem: fmt.SemFile) -> None:
+    """dsslic: segmentation + compact (+ residual); EDMS: compact (+ residual), no segmentation."""
+    roles = [lay.role_name for lay in sem.layers]
+    wants_segmentation = sem.method == "dsslic"
+    if sem.layer(fmt.ROLE_COMPACT) is None or (sem.layer(fmt.ROLE_SEGMENTATION) is None) == wants_segmentation:
+        needed = ("segmentation and compact layers" if wants_segmentation
+                  else "a compact layer and no segmentation layer")
+        raise LayerError(f"a {sem.method} file needs {needed}; found {roles}")
+
+
+def decode(data: bytes, model: DSSLIC, *, return_prediction: bool = False, segnet=None,
+           smapnet: SMapNet | None = None):
+    """Decode a .sem file with the models it was made with; returns (H, W, 3) uint8.
+
+    An EDMS file needs its ``segnet`` (and ``smapnet`` for ``edms``); ``smapnet`` is unused
+    for ``edms_noenh``, and both are unused for ``dsslic``.
+    """
     sem = fmt.unpack(data)
-    fingerprint = getattr(model, "fingerprint", None)
+    if sem.method in edms.EDMS_METHODS:
+        edms.check_models(sem.method, model, segnet, smapnet)
+    fingerprint = (_method_fingerprint(sem.method, model, segnet, smapnet)
+                   if getattr(model, "fingerprint", None) is not None else None)
     if fingerprint != sem.fingerprint:
+        what = {"dsslic": "model", "edms": "base model + PSPNet + SMapNet"}.get(sem.method, "base model + PSPNet")
         raise FingerprintMismatchError(
-            f"the file was made with model {sem.fingerprint.hex()}, the loaded model is "
-            f"{fingerprint.hex() if fingerprint else 'unfingerprinted'}: load the matching checkpoint")
+            f"the file was made with {what} {sem.fingerprint.hex()}, the loaded {what} is "
+            f"{fingerprint.hex() if fingerprint else 'unfingerprinted'}: load the matching checkpoint(s)")
     if sem.multiple != model.config.multiple:
         raise LayerError(f"file declares input multiple {sem.multiple}, the model needs {model.config.multiple}")
-    seg_layer, comp_layer = sem.layer(fmt.ROLE_SEGMENTATION), sem.layer(fmt.ROLE_COMPACT)
-    if seg_layer is None or comp_layer is None:
-        raise LayerError(f"a {sem.method} file needs segmentation and compact layers; found "
-                         f"{[lay.role_name for lay in sem.layers]}")
+    _check_layers(sem)
     h, w = sem.height, sem.width
     ph, pw = sem.padded_size
     alpha = model.config.alpha
-    segmentation = _decode_layer(seg_layer, 1, (h, w))
-    if int(segmentation.max()) >= model.config.label_nc:
-        raise LayerError(f"segmentation label {int(segmentation.max())} >= the model's label_nc {model.config.label_nc}")
-    compact = _decode_layer(comp_layer, 3, (ph // alpha, pw // alpha))
-    prediction = predict(model, compact, pad_to_multiple(segmentation, sem.multiple), (h, w))
+    compact = _decode_layer(sem.layer(fmt.ROLE_COMPACT), 3, (ph // alpha, pw // alpha))
+    if sem.method == "dsslic":
+        segmentation = _decode_layer(sem.layer(fmt.ROLE_SEGMENTATION), 1, (h, w))
+        if int(segmentation.max()) >= model.config.label_nc:
+            raise LayerError(f"segmentation label {int(segmentation.max())} >= the model's label_nc "
+                             f"{model.config.label_nc}")
+        seg_padded = pad_to_multiple(segmentation, sem.multiple)
+    else:
+        seg_padded = edms.matched_segmentation(compact, model, segnet, smapnet if sem.method == "edms" else None)
+    prediction = predict(model, compact, seg_padded, (h, w))
     reconstruction = prediction
     res_layer = sem.layer(fmt.ROLE_RESIDUAL)
     if res_layer is not None:

@@ -1,4 +1,8 @@
-"""``semlic encode | decode | info | train-base``: the codec and its training from a shell."""
+"""``semlic encode | decode | info | train-base``: the codec and its training from a shell.
+
+``encode --method dsslic|edms|edms_noenh``: EDMS files need ``--segnet`` (the PSPNet both ends
+run on up(c^)) and, for ``edms``, ``--smapnet``; ``decode`` takes the same two options.
+"""
 
 from __future__ import annotations
 
@@ -25,24 +29,36 @@ def _read_bytes(path: str) -> bytes:
         raise UnreadableImageError(f"{path}: is a directory, expected a file") from None
 
 
-def _segmentation_for(image: np.ndarray, args) -> np.ndarray:
+def _load_edms_models(args):
+    """(PSPNet or None, SMapNet or None) from --segnet / --smapnet, on --device."""
+    segnet = smapnet = None
+    if args.segnet:
+        from .segnet.checkpoint import load_segnet
+        from .segnet.inference import resolve_device
+
+        segnet = load_segnet(args.segnet, resolve_device(args.device))
+    if args.smapnet:
+        from .smapnet_training import load_smapnet
+
+        smapnet = load_smapnet(args.smapnet, args.device)
+    return segnet, smapnet
+
+
+def _segmentation_for(image: np.ndarray, args, segnet=None) -> np.ndarray:
     if args.seg:
         seg = load_label_map(args.seg)
         if seg.shape != image.shape[:2]:
             raise ConfigError(f"segmentation map {args.seg} is {seg.shape[1]}x{seg.shape[0]}, "
                               f"the image is {image.shape[1]}x{image.shape[0]}")
         return seg
-    if args.segnet:
-        import torch
-
-        from .segnet.checkpoint import load_segnet
-        from .segnet.inference import predict_labels, resolve_device
+    if segnet is not None:
+        from .segnet.inference import predict_labels
         from .segnet.prepared import image_to_tensor
 
-        device = resolve_device(args.device)
-        segnet = load_segnet(args.segnet, device)
+        device = next(segnet.parameters()).device
         return predict_labels(segnet, image_to_tensor(image)[None].to(device))[0].cpu().numpy()
-    raise ConfigError("DSSLIC sends a segmentation map: give --seg LABELS.png or --segnet PSPNET.safetensors")
+    raise ConfigError("CompNet needs the image's segmentation map: "
+                      "give --seg LABELS.png or --segnet PSPNET.safetensors")
 
 
 def cmd_encode(args) -> int:
@@ -50,9 +66,11 @@ def cmd_encode(args) -> int:
 
     image = load_image(args.image)
     model = load_dsslic(args.model, args.device)
-    seg = _segmentation_for(image, args)
+    segnet, smapnet = _load_edms_models(args)
+    seg = _segmentation_for(image, args, segnet)
     qp = None if args.qp < 0 else args.qp
-    result = codec.encode(image, seg, model, qp, chroma=args.chroma, lossless=args.lossless)
+    result = codec.encode(image, seg, model, qp, chroma=args.chroma, lossless=args.lossless, method=args.method,
+                          segnet=segnet, smapnet=smapnet)
     atomic_write_bytes(args.out, result.data)
     h, w = image.shape[:2]
     print(f"{args.out}: {len(result.data)} bytes, {8 * len(result.data) / (h * w):.4f} bpp ({w}x{h})")
@@ -64,7 +82,8 @@ def cmd_decode(args) -> int:
 
     data = _read_bytes(args.file)
     model = load_dsslic(args.model, args.device)
-    image = codec.decode(data, model)
+    segnet, smapnet = _load_edms_models(args)
+    image = codec.decode(data, model, segnet=segnet, smapnet=smapnet)
     save_png(args.out, image)
     print(f"{args.out}: {image.shape[1]}x{image.shape[0]}")
     return 0
@@ -115,13 +134,17 @@ def cmd_train_base(args) -> int:
 
 
 def register_cli(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("encode", help="code an image into a .sem file (DSSLIC)")
+    p = sub.add_parser("encode", help="code an image into a .sem file (DSSLIC or EDMS)")
     p.add_argument("image")
     p.add_argument("out")
     p.add_argument("--model", required=True, help="base model (base.safetensors from train-base)")
     p.add_argument("--qp", type=int, default=27, help="HEVC QP of the residual, 0..51; -1 sends no residual")
     p.add_argument("--seg", help="segmentation map PNG (class index per pixel)")
-    p.add_argument("--segnet", help="PSPNet checkpoint to compute the segmentation map")
+    p.add_argument("--segnet", help="PSPNet checkpoint: computes the segmentation map when --seg is absent; "
+                                    "EDMS methods also run it on up(c^)")
+    p.add_argument("--method", choices=codec.CODEC_METHODS, default="dsslic",
+                   help="dsslic sends the map; edms / edms_noenh derive it at both ends")
+    p.add_argument("--smapnet", help="SMapNet checkpoint (method edms)")
     p.add_argument("--chroma", choices=("420", "444"), default="420", help="residual chroma format")
     p.add_argument("--lossless", choices=("best",) + LOSSLESS, default=codec.LOSSLESS_DEFAULT)
     p.add_argument("--device", default="cpu")
@@ -131,6 +154,8 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("file")
     p.add_argument("out")
     p.add_argument("--model", required=True)
+    p.add_argument("--segnet", help="PSPNet checkpoint (EDMS files)")
+    p.add_argument("--smapnet", help="SMapNet checkpoint (edms files)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_decode)
 

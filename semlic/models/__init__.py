@@ -1,6 +1,7 @@
 """Networks, registered by the name of their paper (CompressAI style).
 
-``MODELS["dsslic"]`` builds the DSSLIC generator (CompNet + FineNet). Presets give the
+``MODELS["dsslic"]`` builds the DSSLIC generator (CompNet + FineNet), ``MODELS["smapnet"]``
+EDMS's segmentation enhancer. Presets give the
 paper configuration and the tiny one used by tests and the offline default.
 """
 
@@ -11,8 +12,9 @@ from .compnet import CompNet
 from .discriminator import MultiscaleDiscriminator, NLayerDiscriminator
 from .dsslic import DSSLIC, DSSLICConfig, build_discriminator
 from .finenet import FineNet
+from .smapnet import SMAPNET_PRESETS, SMapNet, SMapNetConfig, smapnet_config
 
-MODELS = {"dsslic": DSSLIC}
+MODELS = {"dsslic": DSSLIC, "smapnet": SMapNet}
 
 PRESETS = {
     # Akbari et al. 2019: ngf 64, alpha 8, 9 residual blocks at 512 channels (ADE20K: 151 labels).
@@ -32,4 +34,5 @@ def dsslic_config(preset: str = "paper", **overrides) -> DSSLICConfig:
 __all__ = [
     "CompNet", "FineNet", "DSSLIC", "DSSLICConfig", "MultiscaleDiscriminator", "NLayerDiscriminator",
     "build_discriminator", "dsslic_config", "one_hot", "upsample", "MODELS", "PRESETS",
+    "SMapNet", "SMapNetConfig", "SMAPNET_PRESETS", "smapnet_config",
 ]
