@@ -40,6 +40,9 @@ from .models import DSSLIC, SMapNet
 
 CODEC_METHODS = ("dsslic",) + edms.EDMS_METHODS
 
+# EDMS decision margin below which the encoder sends its class (reports/edms_agreement.md:
+# class scores differed by at most 7.3e-5 between 1 and 2 CPU threads).
+AGREEMENT_TAU = 2e-4
 LOSSLESS_DEFAULT = "jxl_lossless"  # smallest on label maps and compact images; "best" tries all (reports/lossless.md)
 
 
@@ -131,12 +134,16 @@ def _method_fingerprint(method: str, model: DSSLIC, segnet, smapnet: SMapNet | N
 
 def encode(image: np.ndarray, segmentation: np.ndarray, model: DSSLIC, residual_qp: int | None = 27, *,
            chroma: str = "420", lossless: str = LOSSLESS_DEFAULT, method: str = "dsslic", segnet=None,
-           smapnet: SMapNet | None = None) -> EncodeResult:
+           smapnet: SMapNet | None = None, agreement_tau: float = AGREEMENT_TAU) -> EncodeResult:
     """Code an (H, W, 3) uint8 image with its (H, W) uint8 segmentation map into a .sem file.
 
     ``method``: ``dsslic`` sends the map; ``edms`` / ``edms_noenh`` send only compact +
     residual and need ``segnet`` (a PSPNet) and, for ``edms``, ``smapnet``: the same weights
     must decode it. The segmentation map feeds CompNet in every method.
+
+    ``agreement_tau`` (EDMS): pixels whose top-2 class-score margin is below it get the
+    encoder's class sent in a sparse correction layer, so a decoder whose scores differ by
+    less than tau / 2 (another thread count or device) derives the same s^; 0 sends none.
     """
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ConfigError(f"image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
@@ -166,7 +173,13 @@ def encode(image: np.ndarray, segmentation: np.ndarray, model: DSSLIC, residual_
     matched = None
     if method != "dsslic":
         t = time.perf_counter()
-        matched = seg_padded = edms.matched_segmentation(compact, model, segnet, smapnet if method == "edms" else None)
+        scores = edms.matched_scores(compact, model, segnet, smapnet if method == "edms" else None)
+        matched = seg_padded = scores[0].argmax(0).to(torch.uint8).cpu().numpy()
+        if agreement_tau > 0:
+            correction = edms.correction_map(scores, agreement_tau)
+            if correction.any():
+                sparse = get_codec("sparse_labels")
+                layers.append(fmt.Layer(fmt.ROLE_CORRECTION, sparse.codec_id, sparse.encode(correction)))
         timings["segmentation_s"] = time.perf_counter() - t
     t = time.perf_counter()
     prediction = predict(model, compact, seg_padded, (h, w))
@@ -202,6 +215,8 @@ def _check_layers(sem: fmt.SemFile) -> None:
         needed = ("segmentation and compact layers" if wants_segmentation
                   else "a compact layer and no segmentation layer")
         raise LayerError(f"a {sem.method} file needs {needed}; found {roles}")
+    if wants_segmentation and sem.layer(fmt.ROLE_CORRECTION) is not None:
+        raise LayerError(f"a dsslic file has no segmentation correction layer; found {roles}")
 
 
 def decode(data: bytes, model: DSSLIC, *, return_prediction: bool = False, segnet=None,
@@ -236,6 +251,9 @@ def decode(data: bytes, model: DSSLIC, *, return_prediction: bool = False, segne
         seg_padded = pad_to_multiple(segmentation, sem.multiple)
     else:
         seg_padded = edms.matched_segmentation(compact, model, segnet, smapnet if sem.method == "edms" else None)
+        correction = sem.layer(fmt.ROLE_CORRECTION)
+        if correction is not None:
+            seg_padded = edms.apply_correction(seg_padded, _decode_layer(correction, 1, (ph, pw)))
     prediction = predict(model, compact, seg_padded, (h, w))
     reconstruction = prediction
     res_layer = sem.layer(fmt.ROLE_RESIDUAL)

@@ -194,8 +194,17 @@ CODECS: dict[str, ImageCodec] = {
         ImageCodec("jxl", 9, False, "JXL", _jxl, "quality", (10, 20, 30, 40, 50, 60, 70, 80, 90, 95)),
     )
 }
+LOSSLESS = tuple(n for n, c in CODECS.items() if c.lossless)  # image codecs for the image-like layers
+
+
+def _register_sparse() -> None:
+    from .sparse import SparseLabelCodec
+
+    CODECS["sparse_labels"] = SparseLabelCodec()  # id 10: EDMS segmentation corrections (semlic/sparse.py)
+
+
+_register_sparse()
 CODECS_BY_ID: dict[int, ImageCodec] = {c.codec_id: c for c in CODECS.values()}
-LOSSLESS = tuple(n for n, c in CODECS.items() if c.lossless)
 
 
 def get_codec(name: str) -> ImageCodec:
@@ -208,6 +217,8 @@ def get_codec(name: str) -> ImageCodec:
 def _check_available(codec: ImageCodec) -> None:
     from PIL import features
 
+    if codec.pil_format is None:
+        return
     ok = {
         "HEIF": lambda: "HEIF" in Image.SAVE,
         "JXL": lambda: "JXL" in Image.SAVE,

@@ -70,7 +70,7 @@ def cmd_encode(args) -> int:
     seg = _segmentation_for(image, args, segnet)
     qp = None if args.qp < 0 else args.qp
     result = codec.encode(image, seg, model, qp, chroma=args.chroma, lossless=args.lossless, method=args.method,
-                          segnet=segnet, smapnet=smapnet)
+                          segnet=segnet, smapnet=smapnet, agreement_tau=args.agreement_tau)
     atomic_write_bytes(args.out, result.data)
     h, w = image.shape[:2]
     print(f"{args.out}: {len(result.data)} bytes, {8 * len(result.data) / (h * w):.4f} bpp ({w}x{h})")
@@ -145,6 +145,8 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", choices=codec.CODEC_METHODS, default="dsslic",
                    help="dsslic sends the map; edms / edms_noenh derive it at both ends")
     p.add_argument("--smapnet", help="SMapNet checkpoint (method edms)")
+    p.add_argument("--agreement-tau", type=float, default=codec.AGREEMENT_TAU,
+                   help="EDMS: send the encoder's class where the top-2 score margin is below this (0: never)")
     p.add_argument("--chroma", choices=("420", "444"), default="420", help="residual chroma format")
     p.add_argument("--lossless", choices=("best",) + LOSSLESS, default=codec.LOSSLESS_DEFAULT)
     p.add_argument("--device", default="cpu")

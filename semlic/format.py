@@ -18,8 +18,10 @@ Layout (version 1, little-endian)::
       fingerprint  8s   first 8 bytes of SHA-256 over the model weights (checkpoint.py)
       header_crc   u32  CRC-32 of the 28 bytes above
     then, per layer (10-byte layer header + payload)
-      role         u8   1 segmentation, 2 compact image, 3 residual
-      codec        u8   codecs.CODECS id (png 1, webp_lossless 2, jxl_lossless 3, hevc 4, ...)
+      role         u8   1 segmentation, 2 compact image, 3 residual, 4 segmentation
+                        correction (EDMS: the encoder's class at pixels near a decision tie)
+      codec        u8   codecs.CODECS id (png 1, webp_lossless 2, jxl_lossless 3, hevc 4, ...,
+                        sparse_labels 10)
       length       u32  payload bytes (at most MAX_LAYER_BYTES and what remains in the file)
       crc          u32  CRC-32 of role, codec, length (6 bytes) and the payload
       payload      length bytes
@@ -47,8 +49,9 @@ MAX_LAYERS = 8
 MAX_LAYER_BYTES = 1 << 28  # 256 MiB
 NO_RESIDUAL = 255
 
-ROLE_SEGMENTATION, ROLE_COMPACT, ROLE_RESIDUAL = 1, 2, 3
-ROLE_NAMES = {ROLE_SEGMENTATION: "segmentation", ROLE_COMPACT: "compact", ROLE_RESIDUAL: "residual"}
+ROLE_SEGMENTATION, ROLE_COMPACT, ROLE_RESIDUAL, ROLE_CORRECTION = 1, 2, 3, 4
+ROLE_NAMES = {ROLE_SEGMENTATION: "segmentation", ROLE_COMPACT: "compact", ROLE_RESIDUAL: "residual",
+              ROLE_CORRECTION: "correction"}
 
 _HEADER = struct.Struct("<4sBBBBHHBBhh8s")   # 28 bytes, then the CRC
 _LAYER = struct.Struct("<BBII")               # 10 bytes

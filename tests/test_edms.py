@@ -37,7 +37,8 @@ def edms_models(edms_paths):
 def test_file_has_no_segmentation_layer_and_decodes_exactly(tiny_model, edms_models, method):
     segnet, smapnet = edms_models
     image, seg = make_image(37, 61, seed=2)
-    result = codec.encode(image, seg, tiny_model, 27, lossless="png", method=method, segnet=segnet, smapnet=smapnet)
+    result = codec.encode(image, seg, tiny_model, 27, lossless="png", method=method, segnet=segnet, smapnet=smapnet,
+                          agreement_tau=0)
     sem = fmt.unpack(result.data)
     assert sem.method == method and [lay.role_name for lay in sem.layers] == ["compact", "residual"]
     assert set(result.layer_bits) == {"header", "compact", "residual"}
@@ -51,7 +52,8 @@ def test_file_has_no_segmentation_layer_and_decodes_exactly(tiny_model, edms_mod
 def test_file_is_smaller_than_dsslic_by_the_segmentation_layer(tiny_model, edms_models):
     image, seg = make_image(40, 48, seed=1)
     dsslic = codec.encode(image, seg, tiny_model, 30, lossless="png")
-    noenh = codec.encode(image, seg, tiny_model, 30, lossless="png", method="edms_noenh", segnet=edms_models[0])
+    noenh = codec.encode(image, seg, tiny_model, 30, lossless="png", method="edms_noenh", segnet=edms_models[0],
+                         agreement_tau=0)
     assert dsslic.layer_bits["compact"] == noenh.layer_bits["compact"]
     assert len(dsslic.data) - len(noenh.data) == dsslic.layer_bits["segmentation"] // 8 + (
         dsslic.layer_bits["residual"] - noenh.layer_bits["residual"]) // 8
@@ -126,7 +128,8 @@ def test_cli_encode_info_decode(tmp_path, tiny_model_path, edms_paths, capsys):
     save_png(src, image)
     save_png(seg_path, seg)
     models = ["--model", str(tiny_model_path), "--segnet", str(edms_paths[0]), "--smapnet", str(edms_paths[1])]
-    assert main(["encode", str(src), str(sem), "--method", "edms", "--seg", str(seg_path), "--qp", "12", *models]) == 0
+    assert main(["encode", str(src), str(sem), "--method", "edms", "--seg", str(seg_path), "--qp", "12",
+                 "--agreement-tau", "0", *models]) == 0
     capsys.readouterr()
     assert main(["info", str(sem), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
@@ -137,7 +140,8 @@ def test_cli_encode_info_decode(tmp_path, tiny_model_path, edms_paths, capsys):
     assert "edms 34x21" in text and "segmentation" not in text
     assert main(["decode", str(sem), str(out), *models]) == 0
     segnet, smapnet = load_segnet(edms_paths[0]), load_smapnet(edms_paths[1])
-    expected = codec.encode(image, seg, load_dsslic(tiny_model_path), 12, method="edms", segnet=segnet, smapnet=smapnet)
+    expected = codec.encode(image, seg, load_dsslic(tiny_model_path), 12, method="edms", segnet=segnet, smapnet=smapnet,
+                            agreement_tau=0)
     assert expected.data == sem.read_bytes()
     np.testing.assert_array_equal(load_image(out), expected.reconstruction)
     assert main(["decode", str(sem), str(tmp_path / "o2.png"), "--model", str(tiny_model_path),
