@@ -20,11 +20,12 @@ from .errors import SemlicError
 
 # Modules that contribute sub-commands, in the order they appear in --help.
 COMMAND_MODULES = (
-    "semlic.commands",        # encode, decode, info, train-base, demo
+    "semlic.commands",        # encode, decode, info, train-base
     "semlic.baselines",       # baselines
     "semlic.data.commands",   # prepare, download
     "semlic.segnet.commands", # train-segnet, segment
-    "semlic.edms_commands",   # smap-pairs, train-smapnet
+    "semlic.edms_commands",   # smap-pairs, train-smapnet, finetune-finenet
+    "semlic.query",           # results
     "semlic.study",           # study-report
 )
 
