@@ -1,4 +1,4 @@
-"""The code stage's work for the semantic codecs: real files in, result rows out.
+"""The code stage's work for the semantic codecs (dsslic, edms, edms_noenh): files in, rows out.
 
 For every image and residual QP, :func:`code_semantic` writes one .sem file, decodes it
 *from its bytes* as a user would, checks that the decoder rebuilt exactly what the encoder
@@ -28,7 +28,7 @@ from .imageio import atomic_write_bytes, load_image, load_label_map
 
 # The residual QPs of the DSSLIC paper's evaluation script (REFERENCE.md).
 PAPER_RESIDUAL_QPS = (32, 27, 23, 19, 16, 14, 12, 10)
-SEMANTIC_METHODS = ("dsslic",)
+SEMANTIC_METHODS = ("dsslic", "edms", "edms_noenh")
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,7 @@ class CodingSample:
 class SemanticModels:
     base: torch.nn.Module                 # DSSLIC generator (semlic.training.load_dsslic)
     segnet: torch.nn.Module | None = None  # PSPNet (semlic.segnet.checkpoint.load_segnet)
+    smapnet: torch.nn.Module | None = None  # SMapNet (semlic.smapnet_training.load_smapnet), for edms
 
 
 def segment_image(segnet: torch.nn.Module, image: np.ndarray) -> np.ndarray:
@@ -73,6 +74,11 @@ def code_semantic(samples: Sequence[CodingSample], models: SemanticModels, *, da
     """Code every sample at every residual QP with ``method``; return rows sorted by the schema key."""
     if method not in SEMANTIC_METHODS:
         raise ConfigError(f"unknown semantic method {method!r}; known: {', '.join(SEMANTIC_METHODS)}")
+    if method != "dsslic" and (models.segnet is None or (method == "edms" and models.smapnet is None)):
+        raise ConfigError(f"method {method} derives the map at both ends: it needs a segnet"
+                          + (" and a smapnet" if method == "edms" else ""))
+    edms_models = {} if method == "dsslic" else {"method": method, "segnet": models.segnet,
+                                                 "smapnet": models.smapnet if method == "edms" else None}
     if not residual_qps:
         raise ConfigError("no residual QPs given")
     git_rev = git_rev or results.git_revision()
@@ -86,12 +92,13 @@ def code_semantic(samples: Sequence[CodingSample], models: SemanticModels, *, da
         seg, seg_s = _segmentation(sample, image, models)
         for qp in residual_qps:
             start = time.perf_counter()
-            encoded = codec.encode(image, seg, models.base, int(qp), chroma=chroma, lossless=lossless)
+            encoded = codec.encode(image, seg, models.base, int(qp), chroma=chroma, lossless=lossless, **edms_models)
             enc_s = time.perf_counter() - start + seg_s
             if out_dir is not None:
                 atomic_write_bytes(Path(out_dir) / method / f"{sample.image_id}_{int(qp)}.sem", encoded.data)
             start = time.perf_counter()
-            decoded = codec.decode(encoded.data, models.base)
+            decoded = codec.decode(encoded.data, models.base,
+                                   **{k: v for k, v in edms_models.items() if k != "method"})
             dec_s = time.perf_counter() - start
             if not np.array_equal(decoded, encoded.reconstruction):
                 raise LayerError(f"{sample.image_id} QP {qp}: the decoder did not rebuild the encoder's reconstruction")

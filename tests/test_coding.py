@@ -47,3 +47,20 @@ def test_needs_a_segmentation(samples, tiny_model):
         code_semantic(bare, SemanticModels(tiny_model), dataset="unit", residual_qps=[30], progress=False)
     with pytest.raises(ConfigError, match="unknown semantic method"):
         code_semantic(samples, SemanticModels(tiny_model), dataset="unit", method="smic", progress=False)
+
+
+def test_edms_rows_carry_no_segmentation_bits(samples, tiny_model, tmp_path):
+    from semlic.segnet import load_segnet
+    from semlic.smapnet_training import load_smapnet
+    from tests.test_edms_support import save_tiny_segnet, save_tiny_smapnet
+
+    segnet = load_segnet(save_tiny_segnet(tmp_path / "segnet.safetensors"))
+    smapnet = load_smapnet(save_tiny_smapnet(tmp_path / "smapnet.safetensors"))
+    models = SemanticModels(tiny_model, segnet, smapnet)
+    for method in ("edms", "edms_noenh"):
+        rows = code_semantic(samples[:1], models, dataset="unit", method=method, residual_qps=[30],
+                             out_dir=tmp_path / "coded", progress=False)
+        assert "segmentation" not in rows[0]["layer_bits"] and rows[0]["device"] == "cpu"
+        assert rows[0]["bytes_total"] == (tmp_path / "coded" / method / "im0_30.sem").stat().st_size
+    with pytest.raises(ConfigError, match="smapnet"):
+        code_semantic(samples, SemanticModels(tiny_model, segnet), dataset="unit", method="edms", progress=False)

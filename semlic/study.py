@@ -1,0 +1,481 @@
+"""The GPU study's report: does a semantic layered codec beat HEVC intra when every bit is counted?
+
+:func:`study_report` reads what the study's device calls bring back (``study_results/``, made
+by scripts/gpu_study/run.py ``pack``): the section-6 rows (``rows/``, a hive tree), the
+clean timing pass (``speed/``), training logs (``logs/``) and segmentation scores, and writes
+to ``out_dir``:
+
+=========================  ===========================================================================
+file                       content
+=========================  ===========================================================================
+study.md                   the answer, BD tables, layer shares, speed against the papers, training
+rows.parquet               every per-image row (section-6 schema, sorted): ``semlic results --source``
+bd.csv                     BD-rate / BD-PSNR of every method against HEVC 4:4:4 (the BPG equivalent),
+                           per data set, for PSNR-RGB, the papers' per-channel-mean PSNR and MS-SSIM
+curves.csv                 the mean RD point of each (dataset, method, quality) (CompressAI convention)
+layer_share.csv            mean bits per pixel of each layer and its share of the file
+speed.csv                  encode / decode seconds per Kodak image, network and entropy coding apart
+training.csv               images/s and GPU busy share of each training step
+rd_<dataset>.png           PSNR-RGB and MS-SSIM against bpp (whole file), published anchors overlaid
+rd_<dataset>_subpixel.png  the same on the papers' axis: bits per sub-pixel, per-channel-mean PSNR
+=========================  ===========================================================================
+
+BD figures and RD points come from :mod:`semlic.aggregate` (``rd_curves``, ``bd_table``);
+rates are bpp of the whole file (BD-rate does not change with the rate's unit, so it is the
+same on the bits-per-sub-pixel axis). Published figures (REFERENCE.md, ../shared/anchors) are
+other people's measurements, quoted as such.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from . import aggregate, results
+from .errors import ConfigError
+from .imageio import atomic_write_bytes
+
+SEMANTIC_METHODS = ("dsslic", "edms", "edms_noenh")
+BASELINES = ("avif", "jxl", "webp", "jpeg2000", "jpeg")
+ANCHOR = "hevc"
+LABELS = {"dsslic": "DSSLIC", "edms": "EDMS", "edms_noenh": "EDMS w/o SMapNet", "hevc": "HEVC 4:4:4 (BPG equiv.)",
+          "avif": "AVIF", "jxl": "JPEG XL", "webp": "WebP", "jpeg2000": "JPEG 2000", "jpeg": "JPEG"}
+DISTORTIONS = ("psnr_rgb", "psnr_channel_mean", "ms_ssim")
+
+#: Published Kodak curves overlaid on the figures (files of ../shared/anchors/kodak, CompressAI).
+ANCHOR_FILES = {"BPG 4:4:4 x265 (CompressAI)": "bpg_444_x265_ycbcr.json", "VTM (CompressAI)": "vtm.json",
+                "JPEG 2000 (CompressAI)": "jpeg2000.json", "WebP (CompressAI)": "webp.json"}
+COLOURS = {"dsslic": "tab:blue", "edms": "tab:orange", "edms_noenh": "tab:green", "hevc": "black", "avif": "tab:red",
+           "jxl": "tab:purple", "webp": "tab:brown", "jpeg2000": "tab:pink", "jpeg": "tab:gray",
+           "BPG 4:4:4 x265 (CompressAI)": "black", "VTM (CompressAI)": "tab:olive",
+           "JPEG 2000 (CompressAI)": "tab:pink", "WebP (CompressAI)": "tab:brown"}
+#: Published points on the papers' axis (bits per sub-pixel, mean of per-channel PSNRs), Kodak.
+#: EDMS Table 1 (BPG QP 32, V100); DSSLIC Table 1 (no residual). REFERENCE.md.
+PAPER_POINTS = [
+    {"source": "EDMS paper, Table 1", "method": "dsslic", "bits_per_subpixel": 0.671, "psnr": 31.86, "ms_ssim": 0.964},
+    {"source": "EDMS paper, Table 1", "method": "edms_noenh", "bits_per_subpixel": 0.657, "psnr": 31.77, "ms_ssim": 0.959},
+    {"source": "EDMS paper, Table 1", "method": "edms", "bits_per_subpixel": 0.642, "psnr": 31.87, "ms_ssim": 0.964},
+    {"source": "DSSLIC paper, Table 1 (no residual)", "method": "dsslic", "bits_per_subpixel": 0.087, "psnr": 21.91,
+     "ms_ssim": 0.891},
+]
+#: EDMS Table 1, Kodak, V100: encode / decode seconds per image (their codec, BPG QP 32).
+EDMS_TABLE1_SECONDS = {"dsslic": (1.08, 0.342), "edms_noenh": (0.703, 0.2635), "edms": (0.745, 0.305)}
+#: DSSLIC paper: RecNet decoding of a Kodak image, CPU and GPU seconds.
+DSSLIC_DECODE_SECONDS = {"cpu": 44.0, "gpu": 0.013}
+
+
+# --- rows and tables ----------------------------------------------------------------------------
+def load_rows(sources: Sequence[str | os.PathLike]) -> pd.DataFrame:
+    """Rows of several result files or hive trees; a (dataset, method) pair comes from the first
+    source that has it (so the device's rows win over, e.g., reports/calibration_rows.parquet)."""
+    frames, seen = [], set()
+    for source in sources:
+        table = aggregate.load_rows(source)
+        pairs = set(zip(table["dataset"], table["method"]))
+        keep = table[[(d, m) not in seen for d, m in zip(table["dataset"], table["method"])]]
+        seen |= pairs
+        frames.append(keep)
+    if not frames:
+        raise ConfigError("no result rows given")
+    rows = pd.concat(frames, ignore_index=True)
+    rows["layer_bits"] = [dict(v) for v in rows["layer_bits"]]
+    return rows.sort_values(list(results.SORT_KEY), kind="stable").reset_index(drop=True)
+
+
+def bd_tables(curves: pd.DataFrame, anchor: str = ANCHOR) -> pd.DataFrame:
+    """:func:`semlic.aggregate.bd_table` for every distortion of :data:`DISTORTIONS`, stacked."""
+    return pd.concat([aggregate.bd_table(curves, anchor=anchor, distortion=d) for d in DISTORTIONS], ignore_index=True)
+
+
+def layer_shares(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per (dataset, method, quality): each layer's bits over all the images' pixels (bpp) and its share."""
+    records = []
+    for (dataset, method, quality), group in rows.groupby(["dataset", "method", "quality"], sort=True):
+        totals: dict[str, float] = {}
+        for bits in group["layer_bits"]:
+            for name, value in bits.items():
+                totals[name] = totals.get(name, 0.0) + value
+        pixels = float((group["height"] * group["width"]).sum())
+        all_bits = sum(totals.values())
+        for name, value in sorted(totals.items()):
+            records.append({"dataset": dataset, "method": method, "quality": quality, "layer": name,
+                            "bpp": value / pixels, "share": value / all_bits if all_bits else math.nan,
+                            "images": len(group)})
+    return pd.DataFrame(records, columns=["dataset", "method", "quality", "layer", "bpp", "share", "images"])
+
+
+def speed_table(speed: pd.DataFrame) -> pd.DataFrame:
+    """Mean seconds per image by (method, device), with the papers' figures beside them."""
+    columns = ["enc_s", "enc_network_s", "enc_entropy_s", "dec_s", "dec_network_s", "dec_entropy_s"]
+    present = [c for c in columns if c in speed.columns]
+    grouped = speed.groupby(["method", "device"], sort=True)
+    table = grouped[present].mean()
+    table["images"] = grouped.size()
+    table["decoder_matched"] = grouped["matches_encoder"].all() if "matches_encoder" in speed.columns else np.nan
+    table = table.reset_index()
+    table["paper_enc_s_v100"] = [EDMS_TABLE1_SECONDS.get(m, (math.nan,) * 2)[0] if not d.startswith("cpu") else math.nan
+                                 for m, d in zip(table["method"], table["device"])]
+    table["paper_dec_s"] = [EDMS_TABLE1_SECONDS.get(m, (math.nan,) * 2)[1] if not d.startswith("cpu")
+                            else (DSSLIC_DECODE_SECONDS["cpu"] if m == "dsslic" else math.nan)
+                            for m, d in zip(table["method"], table["device"])]
+    return table
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def training_table(results_dir: Path) -> pd.DataFrame:
+    """Images/s and GPU busy share of each training step, from the study's logs."""
+    logs, records = results_dir / "logs", []
+    for step in ("base", "smapnet"):
+        chunks = _read_jsonl(logs / f"{step}_chunks.jsonl")
+        plan = json.loads((logs / f"{step}_plan.json").read_text()) if (logs / f"{step}_plan.json").is_file() else {}
+        if not chunks:
+            continue
+        trained = [c for c in chunks if c["iterations"] > 0]
+        images = sum(c["iterations"] * c["batch_size"] for c in trained)
+        seconds = sum(c["train_s"] for c in trained)
+        shares = [c["gpu_busy_share"] for c in trained if c.get("gpu_busy_share") is not None]
+        records.append({"step": step, "iterations": trained[-1]["end_iteration"] if trained else 0,
+                        "epochs": plan.get("epochs"), "epochs_wanted": plan.get("epochs_wanted"),
+                        "train_s": seconds, "wall_s": sum(c["wall_s"] for c in chunks),
+                        "images_per_s": images / seconds if seconds else math.nan,
+                        "steady_images_per_s": float(np.nanmax([c["steady_images_per_s"] for c in trained]))
+                        if trained and not all(math.isnan(c["steady_images_per_s"]) for c in trained) else math.nan,
+                        "gpu_busy_share": float(np.mean(shares)) if shares else math.nan, "calls": len(chunks)})
+    seg_log = logs / "segnet_train_log.parquet"
+    if seg_log.is_file():
+        log = pd.read_parquet(seg_log)
+        plan = json.loads((logs / "segnet_plan.json").read_text()) if (logs / "segnet_plan.json").is_file() else {}
+        records.append({"step": "segnet", "iterations": int(log["step"].max()) if len(log) else 0,
+                        "epochs": plan.get("epochs"), "epochs_wanted": None, "train_s": math.nan, "wall_s": math.nan,
+                        "images_per_s": float(log["images_per_s"].mean()) if len(log) else math.nan,
+                        "steady_images_per_s": float(log["images_per_s"].iloc[1:].median()) if len(log) > 1 else math.nan,
+                        "gpu_busy_share": math.nan, "calls": None})
+    return pd.DataFrame(records)
+
+
+# --- published curves and figures ---------------------------------------------------------------
+def default_anchors_dir() -> Path | None:
+    path = Path(__file__).resolve().parents[2] / "shared" / "anchors" / "kodak"
+    return path if path.is_dir() else None
+
+
+def load_anchor(path: str | os.PathLike) -> dict:
+    """A CompressAI-style JSON curve: {name, bpp, psnr_rgb, ms_ssim (or None)}."""
+    data = json.loads(Path(path).read_text())
+    found = data["results"]
+    ms = found.get("ms-ssim-rgb", found.get("ms-ssim"))
+    return {"name": data.get("name", Path(path).stem), "bpp": np.asarray(found["bpp"], float),
+            "psnr_rgb": np.asarray(found["psnr-rgb"], float), "ms_ssim": None if ms is None else np.asarray(ms, float)}
+
+
+def load_anchors(anchors_dir: str | os.PathLike | None) -> dict[str, dict]:
+    if anchors_dir is None or not Path(anchors_dir).is_dir():
+        return {}
+    return {label: load_anchor(Path(anchors_dir) / name) for label, name in ANCHOR_FILES.items()
+            if (Path(anchors_dir) / name).is_file()}
+
+
+def _style(method: str) -> dict:
+    colour = {"color": COLOURS[method]} if method in COLOURS else {}
+    if method in SEMANTIC_METHODS:
+        return dict(linewidth=2.2, marker="o", markersize=4, **colour)
+    if method == ANCHOR:
+        return dict(linewidth=2.2, marker="s", markersize=3.5, **colour)
+    return dict(linewidth=1.2, marker=".", markersize=4, alpha=0.85, **colour)
+
+
+def plot_rd(curves: pd.DataFrame, dataset: str, path: Path, anchors: dict | None = None, subpixel: bool = False,
+            title_note: str = "") -> None:
+    """PSNR and MS-SSIM against rate for every method of ``dataset``; published curves dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    rate = "bits_per_subpixel" if subpixel else "bpp"
+    psnr = "psnr_channel_mean" if subpixel else "psnr_rgb"
+    scale = 1 / 3 if subpixel else 1.0
+    data = curves[curves["dataset"] == dataset]
+    figure, axes = plt.subplots(1, 2, figsize=(15, 5))
+    order = [m for m in SEMANTIC_METHODS + (ANCHOR,) + BASELINES if m in set(data["method"])]
+    order += sorted(set(data["method"]) - set(order))
+    for method in order:
+        curve = data[data["method"] == method].sort_values(rate)
+        label = LABELS.get(method, method)
+        axes[0].plot(curve[rate], curve[psnr], label=label, **_style(method))
+        axes[1].plot(curve[rate], curve["ms_ssim"], label=label, **_style(method))
+    for label, anchor in (anchors or {}).items():
+        style = dict(linestyle="--", linewidth=1.0, color=COLOURS.get(label, "0.5"), label=f"published: {label}")
+        axes[0].plot(anchor["bpp"] * scale, anchor["psnr_rgb"], **style)
+        if anchor["ms_ssim"] is not None:
+            axes[1].plot(anchor["bpp"] * scale, anchor["ms_ssim"], **style)
+    if anchors:  # the papers' own Kodak points (their axis: bits per sub-pixel, mean per-channel PSNR)
+        for point in PAPER_POINTS:
+            x = point["bits_per_subpixel"] * (1 if subpixel else 3)
+            label = f"{point['source']}: {LABELS[point['method']]}" + ("" if subpixel else " (x3)")
+            marker = {"dsslic": "*", "edms": "P", "edms_noenh": "X"}[point["method"]]
+            style = dict(marker=marker, markersize=11, linestyle="none", color=COLOURS[point["method"]],
+                         markeredgecolor="black", label=label)
+            axes[0].plot([x], [point["psnr"]], **style)
+            axes[1].plot([x], [point["ms_ssim"]], **style)
+    xlabel = ("bits per sub-pixel = file bits / (3 H W) (the papers' 'bpp')" if subpixel
+              else "bits per pixel = file bits / (H W)")
+    ylabel = "PSNR, mean of R, G, B PSNRs (dB; the papers')" if subpixel else "PSNR-RGB (dB)"
+    for ax, y in zip(axes, (ylabel, "MS-SSIM (RGB)")):
+        ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(y)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    images = int(data["images"].max()) if len(data) else 0
+    figure.suptitle(f"{dataset}: mean over {images} images, every byte of each file counted{title_note}")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
+    plt.close(figure)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+# --- the report ---------------------------------------------------------------------------------
+def _fmt(value, digits: int = 2, signed: bool = False) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+    return str(value)
+
+
+def markdown_table(frame: pd.DataFrame, digits: dict | None = None, signed: Iterable[str] = ()) -> str:
+    digits, signed = digits or {}, set(signed)
+    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
+    for row in frame.itertuples(index=False):
+        cells = [_fmt(v, digits.get(c, 3), c in signed) for c, v in zip(frame.columns, row)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def answer(bd: pd.DataFrame) -> list[str]:
+    """One sentence per (dataset, semantic method): does it beat HEVC intra, by BD-rate on PSNR-RGB?"""
+    lines = []
+    main = bd[bd["distortion"] == "psnr_rgb"]
+    for row in main[main["method"].isin(SEMANTIC_METHODS)].itertuples(index=False):
+        name = LABELS[row.method]
+        if math.isfinite(row.bd_rate_pct):
+            verdict = "beats" if row.bd_rate_pct < 0 else "does not beat"
+            lines.append(f"{row.dataset}: {name} {verdict} HEVC intra 4:4:4: BD-rate {row.bd_rate_pct:+.1f} % "
+                         f"(BD-PSNR {row.bd_psnr_db:+.2f} dB) over the rates both cover.")
+        else:
+            lines.append(f"{row.dataset}: {name}: no BD-rate ({row.note or 'no overlap'}).")
+    return lines
+
+
+def _expected_counts(rows: pd.DataFrame) -> pd.DataFrame:
+    grouped = rows.groupby(["dataset", "method"], sort=True)
+    return pd.DataFrame({"images": grouped["image_id"].nunique(), "qualities": grouped["quality"].nunique(),
+                         "rows": grouped.size()}).reset_index()
+
+
+def study_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
+                 extra_rows: Sequence[str | os.PathLike] = (), anchors_dir: str | os.PathLike | None = None,
+                 dry_run: bool = False, command: str | None = None) -> dict:
+    """Write the files of the module docstring under ``out_dir``; return a summary dict."""
+    results_dir, out_dir = Path(results_dir), Path(out_dir)
+    sources = [results_dir / "rows"] if (results_dir / "rows").is_dir() else []
+    rows = load_rows(sources + [Path(p) for p in extra_rows])
+    curves = aggregate.rd_curves(rows)
+    bd = bd_tables(curves)
+    shares = layer_shares(rows)
+    speed_path = results_dir / "speed" / "speed.parquet"
+    speed = speed_table(pd.read_parquet(speed_path)) if speed_path.is_file() else pd.DataFrame()
+    training = training_table(results_dir)
+    anchors = load_anchors(anchors_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results.write_rows(rows.to_dict("records"), out_dir / "rows.parquet")
+    for name, frame in (("bd", bd), ("curves", curves), ("layer_share", shares), ("speed", speed),
+                        ("training", training)):
+        atomic_write_bytes(out_dir / f"{name}.csv", frame.to_csv(index=False, float_format="%.6g").encode())
+    note = " (DRY RUN: tiny models, not results)" if dry_run else ""
+    figures = []
+    for dataset in sorted(curves["dataset"].unique()):
+        published = anchors if dataset == "kodak" else {}
+        for subpixel in (False, True):
+            name = f"rd_{dataset}{'_subpixel' if subpixel else ''}.png"
+            plot_rd(curves, dataset, out_dir / name, published, subpixel=subpixel, title_note=note)
+            figures.append(name)
+    provenance = json.loads((results_dir / "provenance.json").read_text()) if (results_dir / "provenance.json").is_file() else {}
+    text = _markdown(rows, curves, bd, shares, speed, training, results_dir, provenance, figures, extra_rows,
+                     dry_run, command, anchors)
+    atomic_write_bytes(out_dir / "study.md", text.encode())
+    return {"rows": len(rows), "datasets": sorted(curves["dataset"].unique()), "answer": answer(bd),
+            "files": sorted(p.name for p in out_dir.iterdir())}
+
+
+def _segmentation_lines(results_dir: Path) -> list[str]:
+    lines = []
+    seg = results_dir / "segmentation"
+    for name, label in (("camvid_test.parquet", "PSPNet on CamVid test (ground truth)"),
+                        ("pairs.parquet", "PSPNet(up(c^)) against PSPNet(x), CamVid train (SMapNet's input)")):
+        if (seg / name).is_file():
+            table = pd.read_parquet(seg / name)
+            lines.append(f"- {label}: mean per-image mIoU {table['miou'].mean():.3f} over {len(table)} images")
+    return lines
+
+
+def _markdown(rows, curves, bd, shares, speed, training, results_dir, provenance, figures, extra_rows, dry_run,
+              command, anchors) -> str:
+    out = ["# Semantic layered coding against HEVC intra, every bit counted" + (" (DRY RUN)" if dry_run else ""), ""]
+    if dry_run:
+        out += ["> **Dry run on a CPU with a few images and tiny, barely trained models.** It shows that every step",
+                "> of the GPU study runs and that this report is made; **its numbers are not results** and say",
+                "> nothing about DSSLIC, EDMS or the codecs.", ""]
+    out += ["## Run", f"- Report: `{command or 'semlic study-report'}` (git {results.git_revision()})",
+            f"- Rows from: `{results_dir}`" + "".join(f", `{p}` (pairs the run lacks)" for p in extra_rows)]
+    if provenance:
+        out.append(f"- Device run: git {provenance.get('git_rev')}, {provenance.get('gpu') or 'CPU'}, torch "
+                   f"{provenance.get('torch')}, Python {provenance.get('python')}, {provenance.get('cpus')} CPUs, "
+                   f"{provenance.get('written')}")
+        codecs = provenance.get("codecs")
+        if isinstance(codecs, dict):
+            out.append("- Codecs: " + ", ".join(f"{k} {v}" for k, v in codecs.items()))
+    out += ["- Conventions: bpp = every byte of each file x 8 / (H W); PSNR-RGB over the RGB MSE of 8-bit images; "
+            "MS-SSIM on 8-bit RGB; RD points are means over the images at each quality setting; BD by PCHIP "
+            "(semlic.bd) against HEVC 4:4:4 (x265, psy-rd off: the BPG equivalent, reports/calibration.md). The rows' "
+            "enc_s/dec_s were measured with many coding processes sharing the machine; the speed section's figures "
+            "come from a separate, single-process timing pass.", ""]
+    out += ["## Answer", *[f"- {line}" for line in answer(bd)], ""]
+    out += ["## Rows", markdown_table(_expected_counts(rows)), ""]
+    for distortion, title in (("psnr_rgb", "PSNR-RGB"), ("psnr_channel_mean", "the papers' mean per-channel PSNR"),
+                              ("ms_ssim", "MS-SSIM (BD-PSNR column in MS-SSIM units)")):
+        table = bd[bd["distortion"] == distortion][["dataset", "method", "bd_rate_pct", "bd_psnr_db", "points",
+                                                     "anchor_points", "note"]]
+        out += [f"## BD against HEVC 4:4:4, {title}", "Negative BD-rate / positive BD-PSNR: better than HEVC.", "",
+                markdown_table(table, {"bd_rate_pct": 2, "bd_psnr_db": 3 if distortion != "ms_ssim" else 4},
+                               signed=("bd_rate_pct", "bd_psnr_db")), ""]
+    out += ["## Figures"]
+    for name in figures:
+        out.append(f"![{name}]({name})")
+    if anchors:
+        out.append(f"Kodak figures overlay published curves ({', '.join(anchors)}; ../shared/anchors/kodak, "
+                   "other people's measurements) and the papers' own Kodak points (REFERENCE.md); on the bpp "
+                   "axis those points are their bits per sub-pixel x 3, without the bits they did not count.")
+    out.append("")
+    semantic = shares[shares["method"].isin(SEMANTIC_METHODS)]
+    if len(semantic):
+        wide = semantic.pivot_table(index=["dataset", "method", "quality"], columns="layer", values="share")
+        order = [c for c in ("header", "segmentation", "correction", "compact", "residual") if c in wide.columns]
+        wide = wide[order + sorted(set(wide.columns) - set(order))].reset_index()
+        wide.columns = [str(c) if c in ("dataset", "method", "quality") else f"{c} %" for c in wide.columns]
+        for column in wide.columns[3:]:
+            wide[column] = wide[column] * 100
+        out += ["## Share of the bits in each layer", "Over all images of a data set at each residual QP "
+                "(layer_bits; `header` is the 32-byte file header, each layer's 10-byte header is in its layer).",
+                "", markdown_table(wide, {c: 1 for c in wide.columns} | {"quality": 0}), ""]
+    if len(speed):
+        table = speed.copy()
+        out += ["## Speed per Kodak image (seconds)",
+                "Clean timing pass (one process, after the coding): encode = PSPNet on x + CompNet + lossless layers "
+                "(+ EDMS's segmentation of up(c^)) + RecNet + residual (HEVC encode, decode); `network` = the networks, "
+                "`entropy` = the lossless layers and the HEVC residual. Decode: `entropy` = decoding the layers alone, "
+                "timed apart on the same file; `network` = the rest. Papers: EDMS Table 1 (V100, their codec, BPG QP 32); "
+                "DSSLIC paper: RecNet decoding of a Kodak image 44 s on a CPU (0.013 s on a GPU).", "",
+                markdown_table(table, {"images": 0}), ""]
+        kodak32 = curves[(curves["dataset"] == "kodak") & (curves["quality"] == 32.0)
+                         & curves["method"].isin(SEMANTIC_METHODS)]
+        if len(kodak32):
+            mine = kodak32[["method", "bits_per_subpixel", "psnr_channel_mean", "ms_ssim"]].copy()
+            paper = {p["method"]: p for p in PAPER_POINTS if p["source"] == "EDMS paper, Table 1"}
+            mine["paper_bits_per_subpixel"] = [paper.get(m, {}).get("bits_per_subpixel", math.nan) for m in mine["method"]]
+            mine["paper_psnr"] = [paper.get(m, {}).get("psnr", math.nan) for m in mine["method"]]
+            mine["paper_ms_ssim"] = [paper.get(m, {}).get("ms_ssim", math.nan) for m in mine["method"]]
+            out += ["### Kodak at residual QP 32 against EDMS Table 1 (the papers' axis)", "",
+                    markdown_table(mine, {"bits_per_subpixel": 3, "paper_bits_per_subpixel": 3, "psnr_channel_mean": 2,
+                                          "paper_psnr": 2, "ms_ssim": 4, "paper_ms_ssim": 3}), ""]
+    paper_cpu = results_dir / "speed" / "cpu_paper_size.parquet"
+    if paper_cpu.is_file():
+        table = pd.read_parquet(paper_cpu)
+        summary = table.groupby(["method", "device"], sort=True)[["dec_s", "dec_network_s", "dec_entropy_s"]].mean()
+        summary["images"] = table.groupby(["method", "device"], sort=True).size()
+        summary = summary.reset_index()
+        summary["paper_dec_s_cpu"] = [DSSLIC_DECODE_SECONDS["cpu"] if m == "dsslic" else math.nan
+                                      for m in summary["method"]]
+        first = table.iloc[0]
+        out += [f"### CPU decode per Kodak image with the paper-size networks ({first['width']}x{first['height']}, "
+                "random weights)",
+                f"Measured on the machine that ran this step ({first['device']}): DSSLIC's generator at the paper's "
+                f"size ({first['params_base'] / 1e6:.1f} M parameters), the study's PSPNet "
+                f"({first['params_segnet'] / 1e6:.1f} M) and SMapNet ({first['params_smapnet'] / 1e6:.2f} M). "
+                "A forward pass costs the same whatever the weights' values, so this is the decode time of trained "
+                "models; the reconstructions are meaningless. DSSLIC paper: 44 s on a CPU (RecNet alone).", "",
+                markdown_table(summary, {"images": 0, "paper_dec_s_cpu": 1}), ""]
+    if len(training):
+        out += ["## Training", "images/s over the training loops of all calls (data on the GPU, bf16 autocast and "
+                "channels-last as chosen by the benchmark); GPU busy share: NVML utilisation sampled every 0.5 s.", "",
+                markdown_table(training, {"iterations": 0, "calls": 0, "epochs": 1, "epochs_wanted": 1, "train_s": 0,
+                                          "wall_s": 0, "images_per_s": 1, "steady_images_per_s": 1,
+                                          "gpu_busy_share": 2}), ""]
+    bench = results_dir / "speed" / "train_bench.json"
+    if bench.is_file():
+        doc = json.loads(bench.read_text())
+        variants = pd.DataFrame([{k: v for k, v in r.items() if k != "top_ops"} for r in doc["variants"]])
+        out += [f"### Base-model training step by setting (batch {doc['batch_size']}, {doc['iterations']} iterations; "
+                f"{doc.get('gpu') or doc['device']})", "", markdown_table(variants, {"images_per_s": 1}), "",
+                f"Trained with: {doc['best']}."]
+        top = next((r.get("top_ops") for r in doc["variants"] if r.get("top_ops")), None)
+        if top:
+            out += ["", "Where the GPU time of a training step goes (torch.profiler, default setting):", "",
+                    markdown_table(pd.DataFrame(top), {"device_ms_per_iteration": 2, "share_of_kernel_time": 3,
+                                                       "calls_per_iteration": 0})]
+        out.append("")
+    seg_lines = _segmentation_lines(results_dir)
+    if seg_lines:
+        out += ["## Segmentation", *seg_lines, ""]
+    out += ["## Files", "rows.parquet (every per-image row; `semlic results --source rows.parquet \"select ...\"`), "
+            "bd.csv, curves.csv, layer_share.csv, speed.csv, training.csv and the figures above, made by "
+            "`semlic study-report` (semlic/study.py) from the rows the study's device calls brought back "
+            "(scripts/gpu_study/README.md).", ""]
+    return "\n".join(out)
+
+
+# --- command line -------------------------------------------------------------------------------
+def _cli(args) -> int:
+    import shlex
+    import sys
+
+    command = "semlic study-report " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 2 else None
+    summary = study_report(args.results, args.out, extra_rows=args.extra_rows or (),
+                           anchors_dir=None if args.no_anchors else (args.anchors or default_anchors_dir()),
+                           dry_run=args.dry_run, command=command)
+    for line in summary["answer"]:
+        print(line)
+    print(f"{summary['rows']} rows -> {args.out}: {', '.join(summary['files'])}")
+    return 0
+
+
+def register_cli(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "study-report", help="the GPU study's report: BD against HEVC, RD figures with anchors, layer shares, speed",
+        description="Read study_results/ (scripts/gpu_study/run.py pack) and write study.md, CSV tables and RD "
+                    "figures (bpp and the papers' bits-per-sub-pixel axis) to --out.")
+    parser.add_argument("--results", required=True, help="the unpacked study_results folder")
+    parser.add_argument("--out", required=True, help="report folder, e.g. reports/study")
+    parser.add_argument("--extra-rows", action="append", metavar="PARQUET",
+                        help="more result rows for (dataset, method) pairs the run lacks, e.g. "
+                             "reports/calibration_rows.parquet (Kodak baselines)")
+    parser.add_argument("--anchors", help="published Kodak curves (default ../shared/anchors/kodak)")
+    parser.add_argument("--no-anchors", action="store_true")
+    parser.add_argument("--dry-run", action="store_true", help="label the report as a dry run (not results)")
+    parser.set_defaults(func=_cli)
