@@ -1,0 +1,107 @@
+"""Wall time of every stage on the builtin default, and the code stage on 1 and 2 workers.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/pipeline_stages.py --out reports/pipeline_stages.json
+
+In a scratch copy of the project (params.yaml, dvc.yaml, flows/, tasks/, semlic/, fresh
+git + DVC), runs the stages in order with ``dvc repro --single-item <stage>``,
+timing each one as DVC runs it (process start to exit: DVC's hashing, the Prefect server
+and Ray start-up included) next to the flow's own time (``<stage>: done in``); then a
+second ``dvc repro`` (must find everything up to date); then the code stage again with
+``base.workers`` 1 and 2 (local Ray), for its speed-up.
+The machine's load average is recorded: on a shared 2-core machine it moves the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+STAGES = ("prepare", "train_segnet", "segment", "train_base", "code", "aggregate")
+
+
+def scratch_project(root: Path) -> Path:
+    """A copy of the code (a snapshot: edits made meanwhile in the checkout change nothing)."""
+    for name in ("flows", "tasks", "semlic"):
+        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("params.yaml", "dvc.yaml", ".dvcignore"):
+        shutil.copy(REPO / name, root / name)
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    subprocess.run([str(Path(sys.executable).parent / "dvc"), "init", "-q"], cwd=root, check=True)
+    subprocess.run([str(Path(sys.executable).parent / "dvc"), "config", "core.analytics", "false"], cwd=root, check=True)
+    return root
+
+
+def environment(root: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "SEMLIC_RAY_ADDRESS", "RAY_ADDRESS")}
+    env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}", PYTHONPATH=str(root),
+               PREFECT_HOME=str(root / ".prefect"), OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "1"))
+    return env
+
+
+def run_stage(stage: str, root: Path, env: dict, *args: str) -> dict:
+    record = root / f"record-{stage}.json"
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", f"flows.{stage}", "--record", str(record), *args], cwd=root, env=env,
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wall = time.perf_counter() - start
+    data = json.loads(record.read_text())
+    result = data.get("result") or {}
+    tasks = result.get("shards") if isinstance(result, dict) and "shards" in result else [result]
+    task_seconds = [t.get("seconds") for t in tasks if isinstance(t, dict) and t.get("seconds") is not None]
+    return {"process_s": wall, "flow_s": data["seconds"], "tasks": len(task_seconds),
+            "task_s_sum": sum(task_seconds), "task_s_max": max(task_seconds, default=0.0)}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=None, help="JSON report")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch project")
+    args = parser.parse_args(argv)
+    root = Path(tempfile.mkdtemp(prefix="semlic-bench-"))
+    report: dict = {"scratch": str(root), "cpus": os.cpu_count(), "load_average_1m_start": os.getloadavg()[0]}
+    try:
+        scratch_project(root)
+        env = environment(root)
+        dvc = str(Path(sys.executable).parent / "dvc")
+        report["stages"] = {}
+        for stage in STAGES:
+            start = time.perf_counter()
+            out = subprocess.run([dvc, "repro", "--single-item", stage], cwd=root, env=env, capture_output=True,
+                                 text=True)
+            wall = time.perf_counter() - start
+            if out.returncode != 0:
+                raise SystemExit(f"dvc repro {stage} failed:\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}")
+            flow = re.search(rf"^{stage}: done in ([\d.]+) s$", out.stderr + out.stdout, re.M)
+            report["stages"][stage] = {"dvc_stage_s": wall, "flow_s": float(flow.group(1)) if flow else None}
+            print(f"{stage:14s} {wall:7.1f} s", file=sys.stderr)
+        report["dvc_repro_total_s"] = sum(v["dvc_stage_s"] for v in report["stages"].values())
+        start = time.perf_counter()
+        again = subprocess.run([dvc, "repro"], cwd=root, env=env, capture_output=True, text=True, check=True)
+        report["dvc_repro_again_s"] = time.perf_counter() - start
+        report["dvc_repro_again_up_to_date"] = "Running stage" not in again.stdout
+        report["code_workers"] = {str(w): run_stage("code", root, env, "-S", f"base.workers={w}") for w in (1, 2)}
+        one, two = report["code_workers"]["1"], report["code_workers"]["2"]
+        report["code_speedup_2_vs_1"] = {"process": one["process_s"] / two["process_s"],
+                                         "flow": one["flow_s"] / two["flow_s"]}
+        report["load_average_1m_end"] = os.getloadavg()[0]
+    finally:
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

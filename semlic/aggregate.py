@@ -1,0 +1,190 @@
+"""The study's results from the coded rows: RD table, Bjontegaard deltas, metrics, plots.
+
+:func:`aggregate` reads the section-6 rows written by the code stage (a hive tree
+``method=<m>/dataset=<d>/part-0.parquet`` or one file), joins the measured encode/decode
+times kept beside them, and writes to ``out_dir``:
+
+=====================  ===================================================================
+file                   content
+=====================  ===================================================================
+rd.parquet             every row (section-6 schema), sorted: what ``semlic results`` queries
+curves.parquet         one RD point per (dataset, method, quality): means over the images
+bd.parquet             BD-rate (%) and BD-PSNR (dB) of every method against the anchor
+                       (default HEVC 4:4:4, the BPG equivalent) on each data set
+metrics.json           BD figures, mean rate and quality per method, segmentation mIoU
+                       (``dvc metrics show``)
+plots/<method>.csv     the RD points of one method (``dvc plots show``: bpp vs psnr_rgb)
+figures/rd_<d>.png     PSNR-RGB and MS-SSIM against bpp, every method, one figure per data set
+=====================  ===================================================================
+
+RD points follow CompressAI's convention: at each quality setting, bpp and PSNR are
+averaged over the images of the data set. Bjontegaard deltas (:mod:`semlic.bd`) need four
+points per curve and overlapping ranges; a pair that has neither gets NaN and the reason
+in ``bd.parquet``'s ``note`` column. Every file except rd.parquet (which holds the timings)
+has the same bytes for the same rows.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import bd, results
+from .errors import ConfigError
+from .imageio import atomic_write_bytes
+
+TIMING_COLUMNS = ("enc_s", "dec_s")
+KEY_COLUMNS = ("dataset", "method", "image_id", "quality")
+CURVE_COLUMNS = ("bpp", "bits_per_subpixel", "psnr_rgb", "psnr_channel_mean", "ms_ssim", "enc_s", "dec_s")
+BD_SCHEMA = pa.schema([
+    ("dataset", pa.string()), ("method", pa.string()), ("anchor", pa.string()), ("distortion", pa.string()),
+    ("bd_method", pa.string()), ("bd_rate_pct", pa.float64()), ("bd_psnr_db", pa.float64()),
+    ("points", pa.int32()), ("anchor_points", pa.int32()), ("note", pa.string()),
+])
+PLOT_COLUMNS = ("dataset", "method", "quality", "bpp", "psnr_rgb", "ms_ssim")
+
+
+def _write_parquet(table: pa.Table, path: Path) -> None:
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_rows(rows_root: str | os.PathLike, timings: str | os.PathLike | None = None) -> pd.DataFrame:
+    """The coded rows, with ``enc_s``/``dec_s`` taken from the ``timings`` Parquet if given."""
+    table = results.read_table(rows_root).to_pandas()
+    if timings is not None and Path(timings).is_file():
+        measured = pd.read_parquet(timings)
+        missing = set(KEY_COLUMNS + TIMING_COLUMNS) - set(measured.columns)
+        if missing:
+            raise ConfigError(f"{timings}: not a timings table, missing columns {sorted(missing)}")
+        table = table.drop(columns=list(TIMING_COLUMNS)).merge(
+            measured[list(KEY_COLUMNS + TIMING_COLUMNS)], on=list(KEY_COLUMNS), how="left")
+    return table
+
+
+def rd_curves(rows: pd.DataFrame) -> pd.DataFrame:
+    """One point per (dataset, method, quality): the means of :data:`CURVE_COLUMNS`, and ``images``."""
+    grouped = rows.groupby(["dataset", "method", "quality"], sort=True)
+    curves = grouped[list(CURVE_COLUMNS)].mean()
+    curves["images"] = grouped.size()
+    return curves.reset_index()
+
+
+def bd_table(curves: pd.DataFrame, anchor: str = "hevc", distortion: str = "psnr_rgb",
+             method: str = bd.DEFAULT_METHOD) -> pd.DataFrame:
+    """BD-rate and BD-PSNR (in units of ``distortion``) of each method against ``anchor``, per data set."""
+    if distortion not in CURVE_COLUMNS:
+        raise ConfigError(f"distortion must be one of {CURVE_COLUMNS}, got {distortion!r}")
+    records = []
+    for dataset, per_dataset in curves.groupby("dataset", sort=True):
+        reference = per_dataset[per_dataset["method"] == anchor]
+        for name, curve in per_dataset.groupby("method", sort=True):
+            if name == anchor:
+                continue
+            record = {"dataset": dataset, "method": name, "anchor": anchor, "distortion": distortion,
+                      "bd_method": method, "bd_rate_pct": math.nan, "bd_psnr_db": math.nan,
+                      "points": len(curve), "anchor_points": len(reference), "note": ""}
+            if reference.empty:
+                record["note"] = f"no {anchor} rows for {dataset}"
+            else:
+                args = (reference["bpp"], reference[distortion], curve["bpp"], curve[distortion])
+                notes = []
+                for key, function in (("bd_rate_pct", bd.bd_rate), ("bd_psnr_db", bd.bd_psnr)):
+                    try:
+                        record[key] = float(function(*args, method=method))
+                    except ConfigError as exc:
+                        notes.append(f"{key}: {exc}")
+                record["note"] = "; ".join(notes)
+            records.append(record)
+    return pd.DataFrame(records, columns=BD_SCHEMA.names)
+
+
+def _finite(value) -> float | None:
+    return float(value) if value is not None and np.isfinite(value) else None
+
+
+def segmentation_scores(segments_dir: str | os.PathLike | None) -> dict:
+    """Mean per-image mIoU of each ``<dataset>/<split>.parquet`` under the segment stage's output."""
+    scores: dict = {}
+    if segments_dir is None or not Path(segments_dir).is_dir():
+        return scores
+    for path in sorted(Path(segments_dir).glob("*/*.parquet")):
+        table = pd.read_parquet(path, columns=["miou", "pixel_accuracy"])
+        scores.setdefault(path.parent.name, {})[path.stem] = {
+            "images": int(len(table)), "miou": _finite(table["miou"].mean()),
+            "pixel_accuracy": _finite(table["pixel_accuracy"].mean())}
+    return scores
+
+
+def metrics_dict(curves: pd.DataFrame, bd_rows: pd.DataFrame, segmentation: dict) -> dict:
+    """The ``dvc metrics`` document: nested dataset -> method -> figures (NaN as null)."""
+    doc: dict = {"bd": {}, "rd": {}}
+    for row in bd_rows.itertuples(index=False):
+        doc["bd"].setdefault(row.dataset, {})[row.method] = {
+            "bd_rate_pct": _finite(row.bd_rate_pct), "bd_psnr_db": _finite(row.bd_psnr_db)}
+    for (dataset, name), curve in curves.groupby(["dataset", "method"], sort=True):
+        doc["rd"].setdefault(dataset, {})[name] = {
+            "points": int(len(curve)), "mean_bpp": _finite(curve["bpp"].mean()),
+            "mean_psnr_rgb": _finite(curve["psnr_rgb"].mean()), "mean_ms_ssim": _finite(curve["ms_ssim"].mean())}
+    if segmentation:
+        doc["segmentation"] = segmentation
+    return doc
+
+
+def plot_curves(curves: pd.DataFrame, dataset: str, path: Path, anchor: str | None = None) -> None:
+    """PSNR-RGB and MS-SSIM against bpp, one line per method, written as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    data = curves[curves["dataset"] == dataset]
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name, curve in data.groupby("method", sort=True):
+        curve = curve.sort_values("bpp")
+        style = dict(marker="o", markersize=3, linewidth=2.2 if name == anchor else 1.4)
+        axes[0].plot(curve["bpp"], curve["psnr_rgb"], label=name, **style)
+        axes[1].plot(curve["bpp"], curve["ms_ssim"], label=name, **style)
+    for ax, ylabel in zip(axes, ("PSNR-RGB (dB)", "MS-SSIM")):
+        ax.set_xlabel("bits per pixel (whole file)")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+    axes[0].legend(fontsize=8)
+    figure.suptitle(f"{dataset}: rate-distortion, mean over {int(data['images'].max()) if len(data) else 0} images")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
+    plt.close(figure)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def aggregate(rows_root: str | os.PathLike, out_dir: str | os.PathLike, *, timings: str | os.PathLike | None = None,
+              segments_dir: str | os.PathLike | None = None, anchor: str = "hevc", distortion: str = "psnr_rgb",
+              bd_method: str = bd.DEFAULT_METHOD) -> dict:
+    """Write the files of the module docstring under ``out_dir``; return the metrics document."""
+    out_dir = Path(out_dir)
+    rows = load_rows(rows_root, timings)
+    results.write_rows(rows.to_dict("records"), out_dir / "rd.parquet")
+    curves = rd_curves(rows)
+    _write_parquet(pa.Table.from_pandas(curves, preserve_index=False).replace_schema_metadata(None),
+                   out_dir / "curves.parquet")
+    bd_rows = bd_table(curves, anchor=anchor, distortion=distortion, method=bd_method)
+    _write_parquet(pa.Table.from_pandas(bd_rows, schema=BD_SCHEMA, preserve_index=False).replace_schema_metadata(None),
+                   out_dir / "bd.parquet")
+    doc = metrics_dict(curves, bd_rows, segmentation_scores(segments_dir))
+    atomic_write_bytes(out_dir / "metrics.json", (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
+    for name, curve in curves.groupby("method", sort=True):
+        text = curve.sort_values(["dataset", "bpp"])[list(PLOT_COLUMNS)].to_csv(index=False, float_format="%.6g")
+        atomic_write_bytes(out_dir / "plots" / f"{name}.csv", text.encode())
+    for dataset in sorted(curves["dataset"].unique()):
+        plot_curves(curves, dataset, out_dir / "figures" / f"rd_{dataset}.png", anchor=anchor)
+    return doc

@@ -1,0 +1,110 @@
+"""``semlic results "SQL"``: DuckDB over the result Parquet, in place (DESIGN.md section 6).
+
+Views (each one only where its file exists):
+
+* ``rd``: every result row (section-6 schema). Source: ``data/results/rd.parquet`` (what
+  the aggregate stage writes), or ``--source`` naming another file, or a hive tree such as
+  the code stage's ``data/coded/rows`` (``method=<m>/dataset=<d>/*.parquet``).
+* ``bd``: BD-rate / BD-PSNR against the anchor (``bd.parquet`` beside rd.parquet).
+* ``curves``: the mean RD point of each (dataset, method, quality) (``curves.parquet``).
+
+Examples::
+
+    semlic results "select method, avg(bpp), avg(psnr_rgb) from rd group by method"
+    semlic results "select * from bd order by bd_rate_pct" --format csv
+    semlic results --source data/coded/rows "select count(*) from rd"
+
+From Python, :func:`query` returns a pandas DataFrame; pandas alone reads the same files
+(``pandas.read_parquet("data/results/rd.parquet")``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from .errors import ConfigError
+
+DEFAULT_SOURCE = Path("data/results/rd.parquet")
+SIDE_VIEWS = {"bd": "bd.parquet", "curves": "curves.parquet"}
+FORMATS = ("table", "csv", "json", "markdown")
+
+
+def _sql_string(path: Path | str) -> str:
+    return "'" + str(path).replace("'", "''") + "'"
+
+
+def _scan(path: Path) -> str:
+    """The DuckDB table function that reads ``path`` (a file, or a hive tree of Parquet files)."""
+    if path.is_dir():
+        if not any(path.rglob("*.parquet")):
+            raise ConfigError(f"{path}: no Parquet files below it")
+        return f"read_parquet({_sql_string(path / '**' / '*.parquet')}, hive_partitioning = true)"
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such result file; run the pipeline (dvc repro) or give --source")
+    return f"read_parquet({_sql_string(path)})"
+
+
+def connect(source: str | os.PathLike = DEFAULT_SOURCE):
+    """An in-memory DuckDB connection with the views of the module docstring."""
+    import duckdb
+
+    source = Path(source)
+    con = duckdb.connect(":memory:")
+    con.execute(f"create view rd as select * from {_scan(source)}")
+    folder = source if source.is_dir() else source.parent
+    for view, name in SIDE_VIEWS.items():
+        if (folder / name).is_file() and source.name != name:
+            con.execute(f"create view {view} as select * from {_scan(folder / name)}")
+    return con
+
+
+def query(sql: str, source: str | os.PathLike = DEFAULT_SOURCE):
+    """Run ``sql`` over the views; return a pandas DataFrame."""
+    import duckdb
+
+    con = connect(source)
+    try:
+        return con.execute(sql).df()
+    except duckdb.Error as exc:
+        raise ConfigError(f"DuckDB could not run the query: {exc}") from exc
+    finally:
+        con.close()
+
+
+def format_frame(frame, fmt: str = "table") -> str:
+    if fmt == "csv":
+        return frame.to_csv(index=False)
+    if fmt == "json":
+        return frame.to_json(orient="records", indent=2) + "\n"
+    if fmt == "markdown":
+        header = "| " + " | ".join(map(str, frame.columns)) + " |"
+        rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+        lines = ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+        return "\n".join([header, rule, *lines]) + "\n"
+    import pandas as pd
+
+    with pd.option_context("display.max_rows", 500, "display.max_columns", 50, "display.width", 200):
+        return frame.to_string(index=False) + "\n"
+
+
+def _cli(args: argparse.Namespace) -> int:
+    frame = query(args.sql, args.source)
+    sys.stdout.write(format_frame(frame, args.format))
+    return 0
+
+
+def register_cli(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "results", help="query the result Parquet with DuckDB SQL (views rd, bd, curves)",
+        description="Run a DuckDB SQL query over the results. View rd: every result row; bd: BD-rate/BD-PSNR "
+                    "against the anchor; curves: mean RD points. Example: semlic results "
+                    "\"select method, avg(bpp), avg(psnr_rgb) from rd group by method\"",
+    )
+    parser.add_argument("sql", help="the query (DuckDB SQL)")
+    parser.add_argument("--source", default=str(DEFAULT_SOURCE),
+                        help=f"rd.parquet, another result file, or a hive tree of them (default: {DEFAULT_SOURCE})")
+    parser.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
+    parser.set_defaults(func=_cli)

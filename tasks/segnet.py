@@ -1,0 +1,41 @@
+"""Tasks of the train_segnet and segment stages."""
+
+from __future__ import annotations
+
+from prefect import task
+
+from .common import TASK_OPTIONS, timed, use_assigned_threads
+
+
+@task(name="train-segnet", **TASK_OPTIONS)
+def train_segnet(config: dict, prepared_dir: str, out_path: str, device: str) -> dict:
+    """semlic.segnet.train_segnet, resuming from a state left by an interrupted run."""
+    from semlic.segnet import train_segnet as train
+
+    with timed({"model": out_path}) as record:
+        record["threads"] = use_assigned_threads()
+        summary = train(config, prepared_dir, out_path, device=device, resume=True, progress=False)
+        record.update({k: summary.get(k) for k in ("completed", "step", "total_steps", "final_loss",
+                                                   "train_images_per_s", "eval")})
+    return record
+
+
+@task(name="segment-shard", **TASK_OPTIONS)
+def segment_shard(model_path: str, image_paths: list[str], label_dir: str | None, out_dir: str, part_path: str,
+                  device: str, batch_size: int) -> dict:
+    """Segment one shard of images (model loaded once); write its table to ``part_path``."""
+    from semlic.segnet import load_segnet, segment_images, write_segment_table
+
+    with timed({"part": part_path, "images": len(image_paths)}) as record:
+        record["threads"] = use_assigned_threads()
+        model = load_segnet(model_path, device)
+        table = segment_images(model, image_paths, out_dir, label_dir=label_dir, device=device,
+                               batch_size=batch_size)
+        write_segment_table(table, part_path)
+        record["images_per_s"] = float(table.attrs.get("images_per_s", float("nan")))
+    return record
+
+
+def part_name(split: str, index: int) -> str:
+    return f"{split}-{index:04d}.parquet"
+

@@ -1,0 +1,61 @@
+"""The whole study, offline, as a user runs it: ``dvc repro`` on the builtin default.
+
+In a scratch copy of the project (params.yaml, dvc.yaml, .dvcignore and the code) with a
+fresh git and DVC: every stage runs, rd.parquet holds rows for DSSLIC and every
+baseline, the whole run fits in 15 minutes on this 2-core machine, and a second
+``dvc repro`` finds everything up to date.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.test_flows_support import PYTHON, REPO, stage_env
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
+
+DVC = str(Path(PYTHON).parent / "dvc")
+BUDGET_S = 15 * 60
+
+
+def test_dvc_repro_end_to_end_then_up_to_date(tmp_path):
+    project = tmp_path / "study"
+    project.mkdir()
+    for name in ("flows", "tasks", "semlic"):  # a snapshot of the code, as a fresh clone has
+        shutil.copytree(REPO / name, project / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("params.yaml", "dvc.yaml", ".dvcignore"):
+        shutil.copy(REPO / name, project / name)
+    env = stage_env(project, PYTHONPATH=str(project))
+    env.pop("OMP_NUM_THREADS")  # as a user runs it
+    for command in (["git", "init", "-q"], [DVC, "init", "-q"], [DVC, "config", "core.analytics", "false"]):
+        subprocess.run(command, cwd=project, env=env, check=True)
+
+    start = time.perf_counter()
+    first = subprocess.run([DVC, "repro"], cwd=project, env=env, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    assert first.returncode == 0, f"{first.stdout[-6000:]}\n{first.stderr[-6000:]}"
+    for stage in yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]:
+        assert f"Running stage '{stage}'" in first.stdout
+    assert elapsed < BUDGET_S, f"dvc repro took {elapsed:.0f} s"
+
+    from semlic import query
+
+    methods = query.query("select method, count(*) as n, min(bpp) as bpp from rd group by method",
+                          project / "data" / "results" / "rd.parquet").set_index("method")
+    assert set(methods.index) == {"dsslic", "jpeg", "jpeg2000", "webp", "avif", "jxl", "hevc"}
+    assert (methods.n > 0).all() and (methods.bpp > 0).all()
+    bd = query.query("select method from bd where anchor = 'hevc'", project / "data" / "results" / "rd.parquet")
+    assert set(bd.method) == set(methods.index) - {"hevc"}
+    assert (project / "data" / "results" / "metrics.json").is_file()
+
+    second = subprocess.run([DVC, "repro"], cwd=project, env=env, capture_output=True, text=True)
+    assert second.returncode == 0, second.stderr[-4000:]
+    assert "Running stage" not in second.stdout, second.stdout
+    status = subprocess.run([DVC, "status"], cwd=project, env=env, capture_output=True, text=True, check=True)
+    assert "up to date" in status.stdout, status.stdout
