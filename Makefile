@@ -1,5 +1,6 @@
 # One place that installs everything semlic needs on a fresh Debian machine with Python 3.11.
-# `make test` installs and runs the test suite; `make repro` installs and runs the main job.
+# `make test` installs and runs the test suite; `make repro` installs and runs the main job
+# (`dvc repro` of the whole study on the builtin offline default).
 PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
@@ -22,10 +23,11 @@ $(VENV)/.installed: pyproject.toml Makefile
 install: $(VENV)/.installed
 
 test: install
-	$(PY) -m pytest -q -ra
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest -q -ra
 
+# The stages run `python -m flows.<stage>`: the virtualenv goes first on PATH.
 repro: install
-	$(VENV)/bin/semlic demo --out runs/demo
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/dvc repro
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
