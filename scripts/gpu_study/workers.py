@@ -21,7 +21,6 @@ import math
 import os
 import threading
 import time
-from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -173,58 +172,15 @@ def load_models(base: str, segnet: str | None, smapnet: str | None, device: str)
     return models
 
 
-def _library_codes(method: str) -> bool:
-    """Whether semlic.coding.code_semantic codes ``method`` itself (EDMS support is being added)."""
-    from semlic import coding
-
-    if method not in coding.SEMANTIC_METHODS:
-        return False
-    return method == "dsslic" or "smapnet" in {f.name for f in fields(coding.SemanticModels)}
-
-
 def code_rows(sample, models: dict, *, dataset: str, method: str, residual_qps, chroma: str, lossless: str,
               out_dir: str | None, params_hash: str, git_rev: str) -> list[dict]:
-    """The rows of one image coded with ``method`` at every QP, through semlic.coding when it can."""
-    from semlic import codec, coding, metrics, results
-    from semlic.errors import LayerError
-    from semlic.imageio import atomic_write_bytes, load_image
+    """The rows of one image coded with ``method`` at every QP (semlic.coding.code_semantic)."""
+    from semlic import coding
 
-    if _library_codes(method):
-        kwargs = {"base": models["base"], "segnet": models["segnet"]}
-        if "smapnet" in {f.name for f in fields(coding.SemanticModels)}:
-            kwargs["smapnet"] = models["smapnet"]
-        return coding.code_semantic([sample], coding.SemanticModels(**kwargs), dataset=dataset, method=method,
-                                    residual_qps=residual_qps, chroma=chroma, lossless=lossless, out_dir=out_dir,
-                                    params_hash=params_hash, git_rev=git_rev, progress=False)
-    # EDMS until semlic.coding codes it: the same steps as code_semantic, with the method's models.
-    base, segnet = models["base"], models["segnet"]
-    smapnet = models["smapnet"] if method == "edms" else None
-    image = load_image(sample.image_path)
-    h, w = image.shape[:2]
-    start = time.perf_counter()
-    seg = coding.segment_image(segnet, image)
-    seg_s = time.perf_counter() - start
-    device = str(next(base.parameters()).device)
-    rows = []
-    for qp in residual_qps:
-        start = time.perf_counter()
-        encoded = codec.encode(image, seg, base, int(qp), chroma=chroma, lossless=lossless, method=method,
-                               segnet=segnet, smapnet=smapnet)
-        enc_s = time.perf_counter() - start + seg_s
-        if out_dir is not None:
-            atomic_write_bytes(Path(out_dir) / method / f"{sample.image_id}_{int(qp)}.sem", encoded.data)
-        start = time.perf_counter()
-        decoded = codec.decode(encoded.data, base, segnet=segnet, smapnet=smapnet)
-        dec_s = time.perf_counter() - start
-        if not np.array_equal(decoded, encoded.reconstruction):
-            raise LayerError(f"{sample.image_id} QP {qp}: the decoder did not rebuild the encoder's reconstruction")
-        rows.append(results.make_row(
-            dataset=dataset, image_id=sample.image_id, method=method, quality=float(qp), quality_name="qp",
-            height=h, width=w, bytes_total=len(encoded.data), layer_bits=encoded.layer_bits,
-            psnr_rgb=metrics.psnr_rgb(image, decoded), psnr_channel_mean=metrics.psnr_channel_mean(image, decoded),
-            ms_ssim=metrics.ms_ssim_rgb(image, decoded), enc_s=enc_s, dec_s=dec_s, device=device,
-            git_rev=git_rev, params_hash=params_hash))
-    return rows
+    semantic = coding.SemanticModels(models["base"], models["segnet"], models.get("smapnet"))
+    return coding.code_semantic([sample], semantic, dataset=dataset, method=method, residual_qps=residual_qps,
+                                chroma=chroma, lossless=lossless, out_dir=out_dir, params_hash=params_hash,
+                                git_rev=git_rev, progress=False)
 
 
 def code(jobs: list[dict], models_paths: dict, cfg: dict, parts_dir: str, files_dir: str | None, device: str,
