@@ -1,5 +1,5 @@
 """Stage ``aggregate``: coded rows -> ``data/results/`` (rd.parquet, bd.parquet, metrics.json,
-plots/*.csv for ``dvc plots``, figures/*.png). One task: semlic.aggregate.aggregate."""
+edms_vs_dsslic.csv, plots/*.csv for ``dvc plots``, figures/*.png). One task: semlic.aggregate.aggregate."""
 
 from __future__ import annotations
 
@@ -32,6 +32,11 @@ def aggregate(params: dict | None = None) -> dict:
         for method, figures in sorted(methods.items()):
             print(f"aggregate: {dataset} {method} vs {cfg.get('anchor', 'hevc')}: BD-rate "
                   f"{figures['bd_rate_pct']} %, BD-PSNR {figures['bd_psnr_db']} dB", file=sys.stderr)
+    for dataset, methods in sorted(record["edms_vs_dsslic"].items()):
+        for method, figures in sorted(methods.items()):
+            print(f"aggregate: {dataset} {method} vs dsslic: BD-rate {figures['bd_rate_pct']} %, BD-PSNR "
+                  f"{figures['bd_psnr_db']} dB, time ratio encode {figures['enc_time_ratio']}, "
+                  f"decode {figures['dec_time_ratio']}", file=sys.stderr)
     return record
 
 

@@ -1,9 +1,12 @@
-"""Stage ``code``: the test images through DSSLIC and every baseline -> ``data/coded/``.
+"""Stage ``code``: the test images through DSSLIC, EDMS and every baseline -> ``data/coded/``.
 
-Shards of ``code.shard_size`` images are mapped over Ray: one baselines task and one DSSLIC
-task per shard (the models are loaded once per shard). DSSLIC's encoder segments each image
-with the PSPNet (``code.dsslic.segmentation: segnet``, its time counted in enc_s as in the
-paper) or reads the segment stage's maps (``precomputed``). Output::
+Shards of ``code.shard_size`` images are mapped over Ray: one baselines task, one DSSLIC
+task and one task per EDMS method (``code.edms.methods``: edms, edms_noenh) per shard (the
+models are loaded once per shard). DSSLIC's encoder segments each image with the PSPNet
+(``code.dsslic.segmentation: segnet``, its time counted in enc_s as in the paper) or reads
+the segment stage's maps (``precomputed``). EDMS codes at DSSLIC's residual QPs, chroma and
+lossless codecs; its encoder always segments with the PSPNet (the decoder derives the map
+from the compact image with the same network, and SMapNet for ``edms``). Output::
 
     files/<dataset>/<method>/<image>_<quality>.<ext>   every coded file (bpp is measured on it)
     rows/method=<m>/dataset=<d>/part-0.parquet          section-6 rows, sorted (hive partitions)
@@ -33,6 +36,7 @@ SECTIONS = ("base", "code")
 OUT = Path("data/coded")
 BASE_MODEL = Path("data/models/base/base.safetensors")
 SEGNET = Path("data/models/segnet/segnet.safetensors")
+SMAPNET = Path("data/models/smapnet/smapnet.safetensors")
 TIMING_COLUMNS = ("enc_s", "dec_s")
 KEY_COLUMNS = ("dataset", "method", "image_id", "quality")
 
@@ -68,10 +72,18 @@ def code(params: dict | None = None) -> dict:
     segmentation = dsslic.pop("segmentation", "segnet")  # segnet: the encoder segments; precomputed: segment stage's maps
     if segmentation not in ("segnet", "precomputed"):
         raise SystemExit(f"code.dsslic.segmentation must be segnet or precomputed, got {segmentation!r}")
+    # EDMS codes at DSSLIC's settings: no code.dsslic, no EDMS rows either
+    edms_methods = list((cfg.get("edms") or {}).get("methods") or []) if dsslic else []
     base_model, segnet = BASE_MODEL.absolute(), SEGNET.absolute() if segmentation == "segnet" else None
+    smapnet = SMAPNET.absolute() if "edms" in edms_methods else None
+    semantic = ([("dsslic", dsslic, segnet, None)] if dsslic else []) + [
+        (method, {**dsslic, "method": method}, SEGNET.absolute(), smapnet if method == "edms" else None)
+        for method in edms_methods]  # (method, code_semantic keywords, segnet, smapnet)
     inputs = [prepared / "manifest.parquet"]
     if dsslic:
         inputs += [base_model, segnet or seg_dir.parent / f"{split}.parquet"]
+    if edms_methods:
+        inputs += [SEGNET.absolute()] + ([smapnet] if smapnet else [])
     fingerprint = [dataset, base["device"], cfg, code_signature(), content_signature(*inputs)]
     with staged_dir(OUT, fingerprint) as staging:
         files, parts = staging / "files" / dataset, staging / "parts"
@@ -85,14 +97,15 @@ def code(params: dict | None = None) -> dict:
                         futures.append(baselines_shard.submit(
                             shard, list(baselines["codecs"]), baselines.get("sweep"), baselines.get("options"),
                             dataset, str(files), str(part)))
-            if dsslic:
-                part = parts / f"dsslic-{index:04d}.parquet"
+            for method, config, method_segnet, method_smapnet in semantic:
+                part = parts / f"{method}-{index:04d}.parquet"
                 all_parts.append(part)
                 if not part.is_file():
                     with remote_options(**shard_options(base)):
                         futures.append(dsslic_shard.submit(
-                            shard, str(base_model), segnet and str(segnet), None if segnet else str(seg_dir),
-                            dsslic, dataset, str(files), str(part), base["device"]))
+                            shard, str(base_model), method_segnet and str(method_segnet),
+                            None if method_segnet else str(seg_dir), config, dataset, str(files), str(part),
+                            base["device"], method_smapnet and str(method_smapnet)))
         records = wait_all(futures)
         rows = [row for part in all_parts for row in results.read_rows(part)]
         rows, timings = split_timings(rows)

@@ -1,9 +1,10 @@
 """The whole study, offline, as a user runs it: ``dvc repro`` on the builtin default.
 
 In a scratch copy of the project (params.yaml, dvc.yaml, .dvcignore and the code) with a
-fresh git and DVC: every stage runs, rd.parquet holds rows for DSSLIC and every
-baseline, the whole run fits in 15 minutes on this 2-core machine, and a second
-``dvc repro`` finds everything up to date.
+fresh git and DVC: every stage runs, rd.parquet holds rows for DSSLIC, EDMS (edms,
+edms_noenh) and every baseline, EDMS is compared with DSSLIC (edms_vs_dsslic.csv, metrics.json),
+the whole run fits in 15 minutes on this 2-core machine, and a second ``dvc repro`` finds
+everything up to date.
 """
 
 from __future__ import annotations
@@ -48,11 +49,21 @@ def test_dvc_repro_end_to_end_then_up_to_date(tmp_path):
 
     methods = query.query("select method, count(*) as n, min(bpp) as bpp from rd group by method",
                           project / "data" / "results" / "rd.parquet").set_index("method")
-    assert set(methods.index) == {"dsslic", "jpeg", "jpeg2000", "webp", "avif", "jxl", "hevc"}
+    assert set(methods.index) == {"dsslic", "edms", "edms_noenh", "jpeg", "jpeg2000", "webp", "avif", "jxl", "hevc"}
     assert (methods.n > 0).all() and (methods.bpp > 0).all()
     bd = query.query("select method from bd where anchor = 'hevc'", project / "data" / "results" / "rd.parquet")
     assert set(bd.method) == set(methods.index) - {"hevc"}
     assert (project / "data" / "results" / "metrics.json").is_file()
+    import json
+
+    import pandas as pd
+
+    edms = pd.read_csv(project / "data" / "results" / "edms_vs_dsslic.csv")
+    assert edms[["dataset", "method", "anchor"]].values.tolist() == [["synthetic", "edms", "dsslic"],
+                                                                     ["synthetic", "edms_noenh", "dsslic"]]
+    assert (edms.enc_time_ratio > 0).all() and (edms.dec_time_ratio > 0).all()  # timings joined
+    metrics = json.loads((project / "data" / "results" / "metrics.json").read_text())
+    assert set(metrics["edms_vs_dsslic"]["synthetic"]) == {"edms", "edms_noenh"}
 
     second = subprocess.run([DVC, "repro"], cwd=project, env=env, capture_output=True, text=True)
     assert second.returncode == 0, second.stderr[-4000:]

@@ -28,10 +28,12 @@ def test_params_sections_and_overrides(tmp_path):
 
 def test_repository_params_have_a_section_per_stage():
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    assert {"base", "prepare", "train_segnet", "segment", "train_base", "code", "aggregate"} <= set(params)
+    assert {"base", "prepare", "train_segnet", "segment", "train_base", "smap_pairs", "train_smapnet", "code",
+            "aggregate"} <= set(params)
     assert params["base"]["dataset"] == "synthetic" and params["base"]["cluster"] is None
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    assert list(stages) == ["prepare", "train_segnet", "segment", "train_base", "code", "aggregate"]
+    assert list(stages) == ["prepare", "train_segnet", "segment", "train_base", "smap_pairs", "train_smapnet", "code",
+                            "aggregate"]
     for name, stage in stages.items():
         assert stage["cmd"] == f"python -m flows.{name}"
         assert {f"flows/{name}.py", "tasks", "semlic"} <= set(stage["deps"])
@@ -95,7 +97,7 @@ def test_flow_modules_start_without_importing_torch_or_the_server():
     import sys
 
     code = ("import sys, flows.code, flows.prepare, flows.segment, flows.train_base, flows.train_segnet, "
-            "flows.aggregate; print(sorted(m for m in ('torch', 'prefect.server.api.server') "
+            "flows.smap_pairs, flows.train_smapnet, flows.aggregate; print(sorted(m for m in ('torch', 'prefect.server.api.server') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

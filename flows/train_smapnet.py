@@ -1,0 +1,54 @@
+"""Stage ``train_smapnet``: EDMS's SMapNet on the smap_pairs stage's pairs -> ``data/models/smapnet/``.
+
+One GPU task (semlic.smapnet_training.train_smapnet). Killed midway, the rerun resumes
+from the library's checkpoint in the staging directory. Output: ``smapnet.safetensors``
+and ``train_log.parquet``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from prefect import flow
+from prefect_ray.context import remote_options
+
+from flows.runtime import (PARAMS_FILE, code_signature, content_signature, load_params, ray_runner, run_stage,
+                           staged_dir, training_options)
+
+STAGE = "train_smapnet"
+SECTIONS = ("base", "train_smapnet")
+OUT = Path("data/models/smapnet")
+TRAIN_STATE = "train_state.safetensors"
+
+
+def smapnet_config(params: dict) -> dict:
+    """The stage's section; ``seed`` from ``base`` unless given."""
+    config = dict(params[STAGE])
+    config.setdefault("seed", params["base"]["seed"])
+    return config
+
+
+@flow(name=STAGE, task_runner=ray_runner())
+def train_smapnet(params: dict | None = None) -> dict:
+    from tasks.edms import train_smapnet as train
+
+    params = params or load_params(PARAMS_FILE, SECTIONS)
+    base, config = params["base"], smapnet_config(params)
+    pairs = Path("data/pairs").absolute() / base["dataset"]  # absolute: tasks may run elsewhere
+    fingerprint = [config, base["device"], code_signature(), content_signature(pairs)]
+    with staged_dir(OUT, fingerprint) as staging:
+        with remote_options(**training_options(base)):
+            record = train.submit(config, str(pairs), str(staging), base["device"]).result()
+        (staging / TRAIN_STATE).unlink(missing_ok=True)  # the model is complete
+    print(f"train_smapnet: {OUT / Path(record['model']).name} in {record['seconds']:.0f} s", file=sys.stderr)
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    run_stage(train_smapnet, STAGE, SECTIONS, argv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
