@@ -85,7 +85,7 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     summary.to_csv(out.with_suffix(".csv"), index=False)
     command = "python benchmarks/lossless_layers.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = [f"# Lossless codec for the segmentation and compact layers\n",
+    text = ["# Lossless codec for the segmentation and compact layers\n",
             f"Command: `{command.strip()}`  \nRevision: {git_revision()}  \n"
             f"Machine: 2 CPU cores (codecs single-threaded)\n",
             summary.to_markdown(index=False), "\nPer-image winner of the smallest file:\n",

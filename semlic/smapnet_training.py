@@ -19,7 +19,6 @@ autocast and channels-last. Output: ``smapnet.safetensors`` + ``smapnet.json``, 
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
@@ -38,8 +37,9 @@ from .checkpoint import (flatten_optimizer, load_into, load_state, load_tensors,
                          save_tensors, state_fingerprint)
 from .edms import PAIRS_INFO, upsample_logits
 from .errors import CheckpointError, ConfigError
-from .imageio import atomic_write_bytes, load_label_map
+from .imageio import load_label_map
 from .models import SMapNet, SMapNetConfig, smapnet_config
+from .training import write_log
 
 log = logging.getLogger(__name__)
 IGNORE_INDEX = 255
@@ -196,21 +196,15 @@ def train_smapnet(config: SMapNetTrainConfig | dict, pairs_dir: str | Path, out_
         bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}", ips=f"{ips:.1f}")
         if (it + 1) % cfg.checkpoint_every == 0 and it + 1 < end:
             _save_state(state_path, net, opt, it + 1, cfg)
-            _write_log(log_path, rows)
+            write_log(log_path, rows)
     _save_state(state_path, net, opt, end, cfg)
-    _write_log(log_path, rows)
+    write_log(log_path, rows)
     model_path = out_dir / "smapnet.safetensors"
     if end >= total:
         net.to(memory_format=torch.contiguous_format)
         save_model(model_path, net.cpu(), "smapnet", model_cfg.to_dict(),
                    extra={"iterations": total, "pairs_segnet_fingerprint": info.get("segnet_fingerprint")})
     return model_path
-
-
-def _write_log(path: Path, rows: list[dict]) -> None:
-    buf = io.BytesIO()
-    pd.DataFrame(rows).to_parquet(buf, index=False)
-    atomic_write_bytes(path, buf.getvalue())
 
 
 def load_smapnet(path: str | Path, device: str = "cpu") -> SMapNet:

@@ -276,9 +276,9 @@ def train_base(config: BaseTrainConfig | dict, image_dir: str | Path, seg_dir: s
         bar.set_postfix(g=f"{losses['g_total']:.3f}", l1=f"{losses['l1']:.3f}", ips=f"{ips:.1f}")
         if (it + 1) % cfg.checkpoint_every == 0 and it + 1 < end:
             trainer.save_state(state_path, it + 1)
-            _write_log(log_path, log_rows)
+            write_log(log_path, log_rows)
     trainer.save_state(state_path, end)
-    _write_log(log_path, log_rows)
+    write_log(log_path, log_rows)
     model_path = out_dir / "base.safetensors"
     if end >= total:
         trainer.generator.to(memory_format=torch.contiguous_format)
@@ -296,7 +296,8 @@ def _read_log(path: Path, upto: int) -> list[dict]:
     return df[df["iteration"] <= upto].to_dict("records")
 
 
-def _write_log(path: Path, rows: list[dict]) -> None:
+def write_log(path: Path, rows: list[dict]) -> None:
+    """A training log (one row per iteration) as Parquet, written atomically."""
     import io
 
     import pandas as pd
