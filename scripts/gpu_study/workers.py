@@ -106,14 +106,12 @@ def _ips_from_log(rows, batch_size: int, start_iteration: int) -> dict:
 
 
 # --- training chunks ----------------------------------------------------------------------------
-def base_chunk(config: dict, images: str, segs: str, out: str, device: str, stop_after: int) -> dict:
-    """Train the DSSLIC base model for ``stop_after`` more iterations; return what was measured."""
+def _training_chunk(step: str, train, batch_size: int, out: str, device: str) -> dict:
+    """Run ``train()`` (a resumable trainer writing ``out/train_state`` and ``out/train_log``),
+    measure it, append the record to ``out/chunks.jsonl`` and return it."""
     import pandas as pd
     from safetensors import safe_open
 
-    from semlic.training import BaseTrainConfig, train_base
-
-    cfg = BaseTrainConfig.from_dict(config)
     state = Path(out) / "train_state.safetensors"
     start = 0
     if state.is_file():
@@ -121,39 +119,32 @@ def base_chunk(config: dict, images: str, segs: str, out: str, device: str, stop
             start = int((fh.metadata() or {}).get("iteration", 0))
     started = time.perf_counter()
     with GpuSampler(device) as sampler:
-        train_base(cfg, images, segs, out, device=device, resume=True, stop_after=stop_after)
+        train()
     wall = time.perf_counter() - started
     rows = pd.read_parquet(Path(out) / "train_log.parquet").to_dict("records")
-    record = {"step": "base", "start_iteration": start, "wall_s": wall, "gpu_busy_share": sampler.busy_share(),
-              "batch_size": cfg.batch_size, **_ips_from_log(rows, cfg.batch_size, start)}
+    record = {"step": step, "start_iteration": start, "wall_s": wall, "gpu_busy_share": sampler.busy_share(),
+              "batch_size": batch_size, **_ips_from_log(rows, batch_size, start)}
     record["end_iteration"] = start + record["iterations"]
     append_jsonl(Path(out) / "chunks.jsonl", record)
     return record
+
+
+def base_chunk(config: dict, images: str, segs: str, out: str, device: str, stop_after: int) -> dict:
+    """Train the DSSLIC base model for ``stop_after`` more iterations; return what was measured."""
+    from semlic.training import BaseTrainConfig, train_base
+
+    cfg = BaseTrainConfig.from_dict(config)
+    return _training_chunk("base", lambda: train_base(cfg, images, segs, out, device=device, resume=True,
+                                                      stop_after=stop_after), cfg.batch_size, out, device)
 
 
 def smapnet_chunk(config: dict, pairs: str, out: str, device: str, stop_after: int) -> dict:
     """Train SMapNet for ``stop_after`` more iterations; return what was measured."""
-    import pandas as pd
-    from safetensors import safe_open
-
     from semlic.smapnet_training import SMapNetTrainConfig, train_smapnet
 
     cfg = SMapNetTrainConfig.from_dict(config)
-    state = Path(out) / "train_state.safetensors"
-    start = 0
-    if state.is_file():
-        with safe_open(str(state), framework="pt") as fh:
-            start = int((fh.metadata() or {}).get("iteration", 0))
-    started = time.perf_counter()
-    with GpuSampler(device) as sampler:
-        train_smapnet(cfg, pairs, out, device=device, resume=True, stop_after=stop_after)
-    wall = time.perf_counter() - started
-    rows = pd.read_parquet(Path(out) / "train_log.parquet").to_dict("records")
-    record = {"step": "smapnet", "start_iteration": start, "wall_s": wall, "gpu_busy_share": sampler.busy_share(),
-              "batch_size": cfg.batch_size, **_ips_from_log(rows, cfg.batch_size, start)}
-    record["end_iteration"] = start + record["iterations"]
-    append_jsonl(Path(out) / "chunks.jsonl", record)
-    return record
+    return _training_chunk("smapnet", lambda: train_smapnet(cfg, pairs, out, device=device, resume=True,
+                                                            stop_after=stop_after), cfg.batch_size, out, device)
 
 
 # --- coding -------------------------------------------------------------------------------------
