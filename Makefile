@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet $(TORCH_PINS)
-	$(PIP) install --quiet -e '.[dev]' $(TORCH_PINS)
+	$(PIP) install --quiet -e '.[pipeline,report,dev]' $(TORCH_PINS)
 	touch $@
 
 install: $(VENV)/.installed

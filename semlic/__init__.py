@@ -2,20 +2,13 @@
 
 Layers: this package is the library (torch, numpy, Pillow; no Prefect or Ray);
 ``tasks/`` and ``flows/`` wrap it for the pipeline. See README.md.
+
+* the core knows no method by name: the file format (:mod:`.format`), image codecs
+  (:mod:`.image_codecs`), layered-coding helpers (:mod:`.layers`), metrics and Bjontegaard
+  deltas, the results schema, data sets (:mod:`.data`), the training loop
+  (:mod:`.train_loop`), model files and their loader (:mod:`.model_files`), the CLI;
+* :mod:`.methods` holds one package per system (DSSLIC, EDMS, ...), registered by name;
+* :mod:`.segnet` is the segmentation network the methods share (PSPNet).
 """
 
 __version__ = "0.1.0"
-
-# Method ids, used everywhere (file format, Parquet rows, CLI).
-METHODS = {
-    "dsslic": 1,
-    "edms": 2,
-    "edms_noenh": 3,
-    "smic": 4,
-    "jpeg": 16,
-    "jpeg2000": 17,
-    "webp": 18,
-    "hevc": 19,
-    "avif": 20,
-    "jxl": 21,
-}

@@ -11,12 +11,13 @@ rd.parquet             every row (section-6 schema), sorted: what ``semlic resul
 curves.parquet         one RD point per (dataset, method, quality): means over the images
 bd.parquet             BD-rate (%) and BD-PSNR (dB) of every method against the anchor
                        (default HEVC 4:4:4, the BPG equivalent) on each data set
-edms_vs_dsslic.csv     EDMS against DSSLIC per data set (:func:`edms_vs_dsslic`): BD-rate (%)
-                       and BD-PSNR (dB) of edms and edms_noenh with dsslic as the anchor, and
-                       the mean encode / decode time ratios method/dsslic (header only when
-                       either is missing)
+comparisons.csv        each method against the method its paper measures it against
+                       (``Method.compare_to``: EDMS against DSSLIC), per data set
+                       (:func:`comparisons`): BD-rate (%) and BD-PSNR (dB) with that method as
+                       the anchor, and the mean encode / decode time ratios (header only when
+                       no pair is present)
 metrics.json           BD figures, mean rate and quality per method, segmentation mIoU, the
-                       EDMS-vs-DSSLIC figures (``dvc metrics show``)
+                       comparisons (``dvc metrics show``)
 plots/<method>.csv     the RD points of one method (``dvc plots show``: bpp vs psnr_rgb)
 figures/rd_<d>.png     PSNR-RGB and MS-SSIM against bpp, every method, one figure per data set
 =====================  ===================================================================
@@ -39,11 +40,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from . import bd, results
-from .errors import ConfigError
-from .imageio import atomic_write_bytes
+from .errors import ConfigError, import_extra
+from .fileio import atomic_write_bytes, write_parquet
 
 TIMING_COLUMNS = ("enc_s", "dec_s")
 KEY_COLUMNS = ("dataset", "method", "image_id", "quality")
@@ -54,16 +54,8 @@ BD_SCHEMA = pa.schema([
     ("points", pa.int32()), ("anchor_points", pa.int32()), ("note", pa.string()),
 ])
 PLOT_COLUMNS = ("dataset", "method", "quality", "bpp", "psnr_rgb", "ms_ssim")
-EDMS_METHODS = ("edms", "edms_noenh")
-EDMS_ANCHOR = "dsslic"
-EDMS_COLUMNS = ("dataset", "method", "anchor", "distortion", "bd_method", "bd_rate_pct", "bd_psnr_db",
+COMPARISON_COLUMNS = ("dataset", "method", "anchor", "distortion", "bd_method", "bd_rate_pct", "bd_psnr_db",
                 "enc_time_ratio", "dec_time_ratio", "points", "anchor_points", "note")
-
-
-def _write_parquet(table: pa.Table, path: Path) -> None:
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd")
-    atomic_write_bytes(path, buffer.getvalue())
 
 
 def load_rows(rows_root: str | os.PathLike, timings: str | os.PathLike | None = None) -> pd.DataFrame:
@@ -116,25 +108,42 @@ def bd_table(curves: pd.DataFrame, anchor: str = "hevc", distortion: str = "psnr
     return pd.DataFrame(records, columns=BD_SCHEMA.names)
 
 
-def edms_vs_dsslic(curves: pd.DataFrame, distortion: str = "psnr_rgb", method: str = bd.DEFAULT_METHOD,
-                   rows: pd.DataFrame | None = None) -> pd.DataFrame:
-    """EDMS against DSSLIC on each data set that has both: one row per EDMS method present.
+def reference_pairs() -> dict[str, str]:
+    """{method: the method it is compared to} for every registered method that names one."""
+    from .methods import all_methods
+
+    return {m.name: m.compare_to for m in all_methods() if m.compare_to}
+
+
+def comparisons(curves: pd.DataFrame, distortion: str = "psnr_rgb", method: str = bd.DEFAULT_METHOD,
+                rows: pd.DataFrame | None = None, pairs: dict[str, str] | None = None) -> pd.DataFrame:
+    """Each method against its reference method on each data set that has both.
 
     ``bd_rate_pct`` / ``bd_psnr_db``: BD-rate at equal ``distortion`` and BD-delta of
-    ``distortion`` of the method with dsslic as the anchor (:func:`bd_table`; the paper's EDMS
-    saves 5% of the bits: about -5). ``enc_time_ratio`` / ``dec_time_ratio``: mean enc_s /
-    dec_s of the method over the mean of dsslic's (the paper: 0.76 for encoding), over
-    ``rows`` when given, else over the curves' points; NaN without timings.
+    ``distortion`` with the reference as the anchor (:func:`bd_table`; EDMS's paper saves 5% of
+    the bits against DSSLIC: about -5). ``enc_time_ratio`` / ``dec_time_ratio``: mean enc_s /
+    dec_s of the method over the reference's (EDMS's paper: 0.76 for encoding), over ``rows``
+    when given, else over the curves' points; NaN without timings. ``pairs`` defaults to
+    :func:`reference_pairs`.
     """
-    subset = curves[curves["method"].isin((EDMS_ANCHOR, *EDMS_METHODS))]
-    present = subset.groupby("dataset")["method"].agg(set)
-    subset = subset[subset["dataset"].isin([d for d, m in present.items() if EDMS_ANCHOR in m and m - {EDMS_ANCHOR}])]
-    table = bd_table(subset, anchor=EDMS_ANCHOR, distortion=distortion, method=method)
+    pairs = reference_pairs() if pairs is None else pairs
+    tables = []
     times = (rows if rows is not None else curves).groupby(["dataset", "method"])[list(TIMING_COLUMNS)].mean()
-    for column, timing in (("enc_time_ratio", "enc_s"), ("dec_time_ratio", "dec_s")):
-        table[column] = [float(times.at[(d, m), timing] / times.at[(d, EDMS_ANCHOR), timing])
-                         for d, m in zip(table["dataset"], table["method"])]
-    return table[list(EDMS_COLUMNS)].reset_index(drop=True)
+    for name, anchor in sorted(pairs.items()):
+        subset = curves[curves["method"].isin((name, anchor))]
+        present = subset.groupby("dataset")["method"].agg(set)
+        subset = subset[subset["dataset"].isin([d for d, m in present.items() if m == {name, anchor}])]
+        if subset.empty:
+            continue
+        table = bd_table(subset, anchor=anchor, distortion=distortion, method=method)
+        for column, timing in (("enc_time_ratio", "enc_s"), ("dec_time_ratio", "dec_s")):
+            table[column] = [float(times.at[(d, m), timing] / times.at[(d, anchor), timing])
+                             for d, m in zip(table["dataset"], table["method"])]
+        tables.append(table)
+    if not tables:
+        return pd.DataFrame(columns=list(COMPARISON_COLUMNS))
+    return pd.concat(tables, ignore_index=True)[list(COMPARISON_COLUMNS)].sort_values(
+        ["dataset", "method"], kind="stable").reset_index(drop=True)
 
 
 def _finite(value) -> float | None:
@@ -155,12 +164,14 @@ def segmentation_scores(segments_dir: str | os.PathLike | None) -> dict:
 
 
 def metrics_dict(curves: pd.DataFrame, bd_rows: pd.DataFrame, segmentation: dict,
-                 edms_rows: pd.DataFrame | None = None) -> dict:
+                 comparison_rows: pd.DataFrame | None = None) -> dict:
     """The ``dvc metrics`` document: nested dataset -> method -> figures (NaN as null)."""
     doc: dict = {"bd": {}, "rd": {}}
-    for row in (edms_rows if edms_rows is not None else pd.DataFrame()).itertuples(index=False):
-        doc.setdefault("edms_vs_dsslic", {}).setdefault(row.dataset, {})[row.method] = {
-            key: _finite(getattr(row, key)) for key in ("bd_rate_pct", "bd_psnr_db", "enc_time_ratio", "dec_time_ratio")}
+    for row in (comparison_rows if comparison_rows is not None else pd.DataFrame()).itertuples(index=False):
+        doc.setdefault("comparisons", {}).setdefault(row.dataset, {})[row.method] = {
+            "anchor": row.anchor,
+            **{key: _finite(getattr(row, key)) for key in ("bd_rate_pct", "bd_psnr_db", "enc_time_ratio",
+                                                            "dec_time_ratio")}}
     for row in bd_rows.itertuples(index=False):
         doc["bd"].setdefault(row.dataset, {})[row.method] = {
             "bd_rate_pct": _finite(row.bd_rate_pct), "bd_psnr_db": _finite(row.bd_psnr_db)}
@@ -175,8 +186,7 @@ def metrics_dict(curves: pd.DataFrame, bd_rows: pd.DataFrame, segmentation: dict
 
 def plot_curves(curves: pd.DataFrame, dataset: str, path: Path, anchor: str | None = None) -> None:
     """PSNR-RGB and MS-SSIM against bpp, one line per method, written as PNG."""
-    import matplotlib
-
+    matplotlib = import_extra("matplotlib", "report", "the aggregate stage's plots")
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
@@ -208,15 +218,13 @@ def aggregate(rows_root: str | os.PathLike, out_dir: str | os.PathLike, *, timin
     rows = load_rows(rows_root, timings)
     results.write_rows(rows.to_dict("records"), out_dir / "rd.parquet")
     curves = rd_curves(rows)
-    _write_parquet(pa.Table.from_pandas(curves, preserve_index=False).replace_schema_metadata(None),
-                   out_dir / "curves.parquet")
+    write_parquet(curves, out_dir / "curves.parquet")
     bd_rows = bd_table(curves, anchor=anchor, distortion=distortion, method=bd_method)
-    _write_parquet(pa.Table.from_pandas(bd_rows, schema=BD_SCHEMA, preserve_index=False).replace_schema_metadata(None),
-                   out_dir / "bd.parquet")
-    edms_rows = edms_vs_dsslic(curves, distortion=distortion, method=bd_method, rows=rows)
-    atomic_write_bytes(out_dir / "edms_vs_dsslic.csv",
-                       edms_rows.to_csv(index=False, float_format="%.6g", lineterminator="\n").encode())
-    doc = metrics_dict(curves, bd_rows, segmentation_scores(segments_dir), edms_rows)
+    write_parquet(bd_rows, out_dir / "bd.parquet", schema=BD_SCHEMA)
+    comparison_rows = comparisons(curves, distortion=distortion, method=bd_method, rows=rows)
+    atomic_write_bytes(out_dir / "comparisons.csv",
+                       comparison_rows.to_csv(index=False, float_format="%.6g", lineterminator="\n").encode())
+    doc = metrics_dict(curves, bd_rows, segmentation_scores(segments_dir), comparison_rows)
     atomic_write_bytes(out_dir / "metrics.json", (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
     for name, curve in curves.groupby("method", sort=True):
         text = curve.sort_values(["dataset", "bpp"])[list(PLOT_COLUMNS)].to_csv(index=False, float_format="%.6g")

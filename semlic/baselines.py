@@ -1,6 +1,6 @@
 """Classical codecs as baselines: code images, measure them, and return section-6 rows.
 
-Methods (ids of :data:`semlic.METHODS`, backends in :mod:`semlic.codecs`): ``jpeg``,
+Codecs (backends in :mod:`semlic.image_codecs`): ``jpeg``,
 ``jpeg2000``, ``webp``, ``avif``, ``jxl`` and ``hevc``: x265 intra at a fixed QP, chroma
 4:4:4, psy-rd off, full-range BT.601 YCbCr: the BPG equivalent checked against
 CompressAI's ``bpgenc -f 444 -c ycbcr -e x265`` curve in reports/calibration.md.
@@ -28,9 +28,11 @@ from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from . import codecs, metrics, results
+from . import image_codecs as codecs
+from . import metrics, results
 from .errors import ConfigError, LayerError
-from .imageio import atomic_write_bytes, load_image
+from .fileio import atomic_write_bytes
+from .imageio import load_image
 
 BASELINE_CODECS = ("jpeg", "jpeg2000", "webp", "avif", "jxl", "hevc")
 FILE_EXTENSIONS = {"jpeg": "jpg", "jpeg2000": "j2k", "webp": "webp", "avif": "avif", "jxl": "jxl", "hevc": "heic"}

@@ -2,7 +2,9 @@
 
 Each command lives with the code it drives; a module contributes its commands through a
 ``register_cli(subparsers)`` function that adds a sub-parser whose ``func(args) -> int``
-runs it. ``main(argv)`` takes an explicit argv so tests call it directly.
+runs it: the core modules below, then every method package that has one (its training and
+the like; :func:`semlic.methods.method_packages`). ``main(argv)`` takes an explicit argv so
+tests call it directly.
 
 Exit codes: 0 success, 1 unexpected semlic error, 2 bad usage or configuration,
 3 unusable input image, 4 corrupt or unreadable .sem file, 5 wrong or broken model,
@@ -18,13 +20,12 @@ import sys
 
 from .errors import SemlicError
 
-# Modules that contribute sub-commands, in the order they appear in --help.
+# Core modules that contribute sub-commands, in the order they appear in --help.
 COMMAND_MODULES = (
-    "semlic.commands",        # encode, decode, info, train-base
+    "semlic.commands",        # encode, decode, info, methods, model-info, convert-model
     "semlic.baselines",       # baselines
     "semlic.data.commands",   # prepare, download
-    "semlic.segnet.commands", # train-segnet, segment
-    "semlic.edms_commands",   # smap-pairs, train-smapnet, finetune-finenet
+    "semlic.segnet.commands", # train-segnet, segment, convert-segnet
     "semlic.query",           # results
     "semlic.study",           # study-report
 )
@@ -33,7 +34,8 @@ COMMAND_MODULES = (
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="semlic",
-        description="Semantic-segmentation-based image compression (DSSLIC, EDMS) and classical baselines.",
+        description="Semantic-segmentation-based image compression (the registered methods: semlic methods) "
+                    "and classical baselines.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -46,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.register_cli(sub)
+    from .methods import method_packages
+
+    for package in method_packages():
+        register = getattr(package, "register_cli", None)
+        if register is not None:
+            register(sub)
     return parser
 
 

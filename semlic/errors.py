@@ -147,3 +147,18 @@ class ModelMismatchError(ModelError):
 class MissingModelError(ModelError):
     """A method needs a model that was not given (an EDMS file decodes only with its PSPNet,
     and with its SMapNet for ``edms``)."""
+
+
+class MissingExtraError(ConfigError):
+    """A feature whose optional dependencies are not installed (``pip install semlic[<extra>]``)."""
+
+
+def import_extra(module: str, extra: str, feature: str):
+    """Import an optional dependency, or raise :class:`MissingExtraError` saying how to install it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingExtraError(f"{feature} needs {module}, which is not installed: pip install 'semlic[{extra}]' "
+                                f"({exc})") from exc

@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from . import codecs as _codecs  # noqa: F401  (registers the HEIF / JPEG XL openers)
+from . import image_codecs as _image_codecs  # noqa: F401  (registers the HEIF / JPEG XL openers)
+from .fileio import atomic_write_bytes
 from .errors import UnreadableImageError, UnsupportedImageModeError
 
 _REFUSED = {"CMYK": "CMYK", "YCbCr": "YCbCr", "LAB": "CIE L*a*b*", "HSV": "HSV", "F": "32-bit float"}
@@ -84,18 +85,6 @@ def load_label_map(path: str | os.PathLike) -> np.ndarray:
         raise UnreadableImageError(f"{path}: no such file") from exc
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise UnreadableImageError(f"{path}: not a readable label map ({exc})") from exc
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename: never half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def save_png(path: str | os.PathLike, array: np.ndarray) -> None:

@@ -25,7 +25,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import ConfigError
+from .errors import ConfigError, import_extra
 
 DEFAULT_SOURCE = Path("data/results/rd.parquet")
 SIDE_VIEWS = {"bd": "bd.parquet", "curves": "curves.parquet"}
@@ -49,7 +49,7 @@ def _scan(path: Path) -> str:
 
 def connect(source: str | os.PathLike = DEFAULT_SOURCE):
     """An in-memory DuckDB connection with the views of the module docstring."""
-    import duckdb
+    duckdb = import_extra("duckdb", "pipeline", "semlic results")
 
     source = Path(source)
     con = duckdb.connect(":memory:")
@@ -63,7 +63,7 @@ def connect(source: str | os.PathLike = DEFAULT_SOURCE):
 
 def query(sql: str, source: str | os.PathLike = DEFAULT_SOURCE):
     """Run ``sql`` over the views; return a pandas DataFrame."""
-    import duckdb
+    duckdb = import_extra("duckdb", "pipeline", "semlic results")
 
     con = connect(source)
     try:

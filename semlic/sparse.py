@@ -42,7 +42,7 @@ def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
 
 
 class SparseLabelCodec:
-    """Same interface as :class:`semlic.codecs.ImageCodec` for (H, W) uint8 maps."""
+    """Same interface as :class:`semlic.image_codecs.ImageCodec` for (H, W) uint8 maps."""
 
     name = "sparse_labels"
     codec_id = 10

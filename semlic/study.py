@@ -39,36 +39,56 @@ import numpy as np
 import pandas as pd
 
 from . import aggregate, results
-from .errors import ConfigError
-from .imageio import atomic_write_bytes
+from .errors import ConfigError, import_extra
+from .fileio import atomic_write_bytes
 
-SEMANTIC_METHODS = ("dsslic", "edms", "edms_noenh")
 BASELINES = ("avif", "jxl", "webp", "jpeg2000", "jpeg")
 ANCHOR = "hevc"
-LABELS = {"dsslic": "DSSLIC", "edms": "EDMS", "edms_noenh": "EDMS w/o SMapNet", "hevc": "HEVC 4:4:4 (BPG equiv.)",
-          "avif": "AVIF", "jxl": "JPEG XL", "webp": "WebP", "jpeg2000": "JPEG 2000", "jpeg": "JPEG"}
+BASELINE_LABELS = {"hevc": "HEVC 4:4:4 (BPG equiv.)", "avif": "AVIF", "jxl": "JPEG XL", "webp": "WebP",
+                   "jpeg2000": "JPEG 2000", "jpeg": "JPEG"}
 DISTORTIONS = ("psnr_rgb", "psnr_channel_mean", "ms_ssim")
 
 #: Published Kodak curves overlaid on the figures (files of ../shared/anchors/kodak, CompressAI).
 ANCHOR_FILES = {"BPG 4:4:4 x265 (CompressAI)": "bpg_444_x265_ycbcr.json", "VTM (CompressAI)": "vtm.json",
                 "JPEG 2000 (CompressAI)": "jpeg2000.json", "WebP (CompressAI)": "webp.json"}
-COLOURS = {"dsslic": "tab:blue", "edms": "tab:orange", "edms_noenh": "tab:green", "hevc": "black", "avif": "tab:red",
-           "jxl": "tab:purple", "webp": "tab:brown", "jpeg2000": "tab:pink", "jpeg": "tab:gray",
-           "BPG 4:4:4 x265 (CompressAI)": "black", "VTM (CompressAI)": "tab:olive",
-           "JPEG 2000 (CompressAI)": "tab:pink", "WebP (CompressAI)": "tab:brown"}
-#: Published points on the papers' axis (bits per sub-pixel, mean of per-channel PSNRs), Kodak.
-#: EDMS Table 1 (BPG QP 32, V100); DSSLIC Table 1 (no residual). REFERENCE.md.
-PAPER_POINTS = [
-    {"source": "EDMS paper, Table 1", "method": "dsslic", "bits_per_subpixel": 0.671, "psnr": 31.86, "ms_ssim": 0.964},
-    {"source": "EDMS paper, Table 1", "method": "edms_noenh", "bits_per_subpixel": 0.657, "psnr": 31.77, "ms_ssim": 0.959},
-    {"source": "EDMS paper, Table 1", "method": "edms", "bits_per_subpixel": 0.642, "psnr": 31.87, "ms_ssim": 0.964},
-    {"source": "DSSLIC paper, Table 1 (no residual)", "method": "dsslic", "bits_per_subpixel": 0.087, "psnr": 21.91,
-     "ms_ssim": 0.891},
-]
-#: EDMS Table 1, Kodak, V100: encode / decode seconds per image (their codec, BPG QP 32).
-EDMS_TABLE1_SECONDS = {"dsslic": (1.08, 0.342), "edms_noenh": (0.703, 0.2635), "edms": (0.745, 0.305)}
-#: DSSLIC paper: RecNet decoding of a Kodak image, CPU and GPU seconds.
-DSSLIC_DECODE_SECONDS = {"cpu": 44.0, "gpu": 0.013}
+BASELINE_COLOURS = {"hevc": "black", "avif": "tab:red", "jxl": "tab:purple", "webp": "tab:brown",
+                    "jpeg2000": "tab:pink", "jpeg": "tab:gray", "BPG 4:4:4 x265 (CompressAI)": "black",
+                    "VTM (CompressAI)": "tab:olive", "JPEG 2000 (CompressAI)": "tab:pink",
+                    "WebP (CompressAI)": "tab:brown"}
+PAPER_MARKERS = ("*", "P", "X", "D", "v", "^")
+
+
+def semantic_methods() -> tuple[str, ...]:
+    """The registered coding methods (semlic.methods): what the study compares against HEVC."""
+    from .methods import method_names
+
+    return method_names()
+
+
+def label(name: str) -> str:
+    from .methods import get_method
+
+    return get_method(name).label if name in semantic_methods() else BASELINE_LABELS.get(name, name)
+
+
+def colour(name: str) -> str | None:
+    from .methods import get_method
+
+    return get_method(name).colour if name in semantic_methods() else BASELINE_COLOURS.get(name)
+
+
+def paper_points() -> list[dict]:
+    """Every registered method's published points (their axis: bits per sub-pixel, mean per-channel PSNR)."""
+    from .methods import all_methods
+
+    return [{"method": m.name, "source": p.source, "bits_per_subpixel": p.bits_per_subpixel, "psnr": p.psnr,
+             "ms_ssim": p.ms_ssim, "quality": p.quality} for m in all_methods() for p in m.paper_points]
+
+
+def paper_seconds(name: str, key: str) -> float:
+    from .methods import get_method
+
+    return get_method(name).paper_seconds.get(key, math.nan) if name in semantic_methods() else math.nan
 
 
 # --- rows and tables ----------------------------------------------------------------------------
@@ -120,10 +140,9 @@ def speed_table(speed: pd.DataFrame) -> pd.DataFrame:
     table["images"] = grouped.size()
     table["decoder_matched"] = grouped["matches_encoder"].all() if "matches_encoder" in speed.columns else np.nan
     table = table.reset_index()
-    table["paper_enc_s_v100"] = [EDMS_TABLE1_SECONDS.get(m, (math.nan,) * 2)[0] if not d.startswith("cpu") else math.nan
-                                 for m, d in zip(table["method"], table["device"])]
-    table["paper_dec_s"] = [EDMS_TABLE1_SECONDS.get(m, (math.nan,) * 2)[1] if not d.startswith("cpu")
-                            else (DSSLIC_DECODE_SECONDS["cpu"] if m == "dsslic" else math.nan)
+    table["paper_enc_s_gpu"] = [paper_seconds(m, "enc_gpu") if not d.startswith("cpu") else math.nan
+                                for m, d in zip(table["method"], table["device"])]
+    table["paper_dec_s"] = [paper_seconds(m, "dec_cpu" if d.startswith("cpu") else "dec_gpu")
                             for m, d in zip(table["method"], table["device"])]
     return table
 
@@ -135,7 +154,7 @@ def _read_jsonl(path: Path) -> list[dict]:
 def training_table(results_dir: Path) -> pd.DataFrame:
     """Images/s and GPU busy share of each training step, from the study's logs."""
     logs, records = results_dir / "logs", []
-    for step in ("base", "smapnet"):
+    for step in sorted(p.name[: -len("_chunks.jsonl")] for p in logs.glob("*_chunks.jsonl")):
         chunks = _read_jsonl(logs / f"{step}_chunks.jsonl")
         plan = json.loads((logs / f"{step}_plan.json").read_text()) if (logs / f"{step}_plan.json").is_file() else {}
         if not chunks:
@@ -155,7 +174,7 @@ def training_table(results_dir: Path) -> pd.DataFrame:
     if seg_log.is_file():
         log = pd.read_parquet(seg_log)
         plan = json.loads((logs / "segnet_plan.json").read_text()) if (logs / "segnet_plan.json").is_file() else {}
-        records.append({"step": "segnet", "iterations": int(log["step"].max()) if len(log) else 0,
+        records.append({"step": "segnet", "iterations": int(log["iteration"].max()) if len(log) else 0,
                         "epochs": plan.get("epochs"), "epochs_wanted": None, "train_s": math.nan, "wall_s": math.nan,
                         "images_per_s": float(log["images_per_s"].mean()) if len(log) else math.nan,
                         "steady_images_per_s": float(log["images_per_s"].iloc[1:].median()) if len(log) > 1 else math.nan,
@@ -186,19 +205,18 @@ def load_anchors(anchors_dir: str | os.PathLike | None) -> dict[str, dict]:
 
 
 def _style(method: str) -> dict:
-    colour = {"color": COLOURS[method]} if method in COLOURS else {}
-    if method in SEMANTIC_METHODS:
-        return dict(linewidth=2.2, marker="o", markersize=4, **colour)
+    chosen = {"color": colour(method)} if colour(method) else {}
+    if method in semantic_methods():
+        return dict(linewidth=2.2, marker="o", markersize=4, **chosen)
     if method == ANCHOR:
-        return dict(linewidth=2.2, marker="s", markersize=3.5, **colour)
-    return dict(linewidth=1.2, marker=".", markersize=4, alpha=0.85, **colour)
+        return dict(linewidth=2.2, marker="s", markersize=3.5, **chosen)
+    return dict(linewidth=1.2, marker=".", markersize=4, alpha=0.85, **chosen)
 
 
 def plot_rd(curves: pd.DataFrame, dataset: str, path: Path, anchors: dict | None = None, subpixel: bool = False,
             title_note: str = "") -> None:
     """PSNR and MS-SSIM against rate for every method of ``dataset``; published curves dashed."""
-    import matplotlib
-
+    matplotlib = import_extra("matplotlib", "report", "the study report's figures")
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
@@ -207,25 +225,25 @@ def plot_rd(curves: pd.DataFrame, dataset: str, path: Path, anchors: dict | None
     scale = 1 / 3 if subpixel else 1.0
     data = curves[curves["dataset"] == dataset]
     figure, axes = plt.subplots(1, 2, figsize=(15, 5))
-    order = [m for m in SEMANTIC_METHODS + (ANCHOR,) + BASELINES if m in set(data["method"])]
+    order = [m for m in semantic_methods() + (ANCHOR,) + BASELINES if m in set(data["method"])]
     order += sorted(set(data["method"]) - set(order))
     for method in order:
         curve = data[data["method"] == method].sort_values(rate)
-        label = LABELS.get(method, method)
-        axes[0].plot(curve[rate], curve[psnr], label=label, **_style(method))
-        axes[1].plot(curve[rate], curve["ms_ssim"], label=label, **_style(method))
-    for label, anchor in (anchors or {}).items():
-        style = dict(linestyle="--", linewidth=1.0, color=COLOURS.get(label, "0.5"), label=f"published: {label}")
+        axes[0].plot(curve[rate], curve[psnr], label=label(method), **_style(method))
+        axes[1].plot(curve[rate], curve["ms_ssim"], label=label(method), **_style(method))
+    for name, anchor in (anchors or {}).items():
+        style = dict(linestyle="--", linewidth=1.0, color=BASELINE_COLOURS.get(name, "0.5"), label=f"published: {name}")
         axes[0].plot(anchor["bpp"] * scale, anchor["psnr_rgb"], **style)
         if anchor["ms_ssim"] is not None:
             axes[1].plot(anchor["bpp"] * scale, anchor["ms_ssim"], **style)
     if anchors:  # the papers' own Kodak points (their axis: bits per sub-pixel, mean per-channel PSNR)
-        for point in PAPER_POINTS:
+        names = semantic_methods()
+        for point in paper_points():
             x = point["bits_per_subpixel"] * (1 if subpixel else 3)
-            label = f"{point['source']}: {LABELS[point['method']]}" + ("" if subpixel else " (x3)")
-            marker = {"dsslic": "*", "edms": "P", "edms_noenh": "X"}[point["method"]]
-            style = dict(marker=marker, markersize=11, linestyle="none", color=COLOURS[point["method"]],
-                         markeredgecolor="black", label=label)
+            text = f"{point['source']}: {label(point['method'])}" + ("" if subpixel else " (x3)")
+            marker = PAPER_MARKERS[names.index(point["method"]) % len(PAPER_MARKERS)]
+            style = dict(marker=marker, markersize=11, linestyle="none", color=colour(point["method"]),
+                         markeredgecolor="black", label=text)
             axes[0].plot([x], [point["psnr"]], **style)
             axes[1].plot([x], [point["ms_ssim"]], **style)
     xlabel = ("bits per sub-pixel = file bits / (3 H W) (the papers' 'bpp')" if subpixel
@@ -272,8 +290,8 @@ def answer(bd: pd.DataFrame) -> list[str]:
     """One sentence per (dataset, semantic method): does it beat HEVC intra, by BD-rate on PSNR-RGB?"""
     lines = []
     main = bd[bd["distortion"] == "psnr_rgb"]
-    for row in main[main["method"].isin(SEMANTIC_METHODS)].itertuples(index=False):
-        name = LABELS[row.method]
+    for row in main[main["method"].isin(semantic_methods())].itertuples(index=False):
+        name = label(row.method)
         if math.isfinite(row.bd_rate_pct):
             verdict = "beats" if row.bd_rate_pct < 0 else "does not beat"
             lines.append(f"{row.dataset}: {name} {verdict} HEVC intra 4:4:4: BD-rate {row.bd_rate_pct:+.1f} % "
@@ -373,54 +391,58 @@ def _markdown(rows, curves, bd, shares, speed, training, results_dir, provenance
                    "other people's measurements) and the papers' own Kodak points (REFERENCE.md); on the bpp "
                    "axis those points are their bits per sub-pixel x 3, without the bits they did not count.")
     out.append("")
-    semantic = shares[shares["method"].isin(SEMANTIC_METHODS)]
+    semantic = shares[shares["method"].isin(semantic_methods())]
     if len(semantic):
         wide = semantic.pivot_table(index=["dataset", "method", "quality"], columns="layer", values="share")
-        order = [c for c in ("header", "segmentation", "correction", "compact", "residual") if c in wide.columns]
+        order = [c for c in ("header",) if c in wide.columns]
         wide = wide[order + sorted(set(wide.columns) - set(order))].reset_index()
         wide.columns = [str(c) if c in ("dataset", "method", "quality") else f"{c} %" for c in wide.columns]
         for column in wide.columns[3:]:
             wide[column] = wide[column] * 100
-        out += ["## Share of the bits in each layer", "Over all images of a data set at each residual QP "
-                "(layer_bits; `header` is the 32-byte file header, each layer's 10-byte header is in its layer).",
+        out += ["## Share of the bits in each layer", "Over all images of a data set at each quality "
+                "(layer_bits; `header` is the file header, each layer's 10-byte header is in its layer).",
                 "", markdown_table(wide, {c: 1 for c in wide.columns} | {"quality": 0}), ""]
     if len(speed):
         table = speed.copy()
         out += ["## Speed per Kodak image (seconds)",
-                "Clean timing pass (one process, after the coding): encode = PSPNet on x + CompNet + lossless layers "
-                "(+ EDMS's segmentation of up(c^)) + RecNet + residual (HEVC encode, decode); `network` = the networks, "
-                "`entropy` = the lossless layers and the HEVC residual. Decode: `entropy` = decoding the layers alone, "
-                "timed apart on the same file; `network` = the rest. Papers: EDMS Table 1 (V100, their codec, BPG QP 32); "
-                "DSSLIC paper: RecNet decoding of a Kodak image 44 s on a CPU (0.013 s on a GPU).", "",
+                "Clean timing pass (one process, after the coding): encode = everything from the image to the file "
+                "(the encoder's own segmentation included); `network` = the networks, `entropy` = coding the "
+                "layers, as each method reports them. Decode: `entropy` = decoding the layers alone, timed apart on "
+                "the same file; `network` = the rest. Papers: the published timings each method records "
+                "(Method.paper_seconds: EDMS Table 1 on a V100 with their codec at BPG QP 32; DSSLIC's CPU decode).", "",
                 markdown_table(table, {"images": 0}), ""]
-        kodak32 = curves[(curves["dataset"] == "kodak") & (curves["quality"] == 32.0)
-                         & curves["method"].isin(SEMANTIC_METHODS)]
-        if len(kodak32):
-            mine = kodak32[["method", "bits_per_subpixel", "psnr_channel_mean", "ms_ssim"]].copy()
-            paper = {p["method"]: p for p in PAPER_POINTS if p["source"] == "EDMS paper, Table 1"}
-            mine["paper_bits_per_subpixel"] = [paper.get(m, {}).get("bits_per_subpixel", math.nan) for m in mine["method"]]
-            mine["paper_psnr"] = [paper.get(m, {}).get("psnr", math.nan) for m in mine["method"]]
-            mine["paper_ms_ssim"] = [paper.get(m, {}).get("ms_ssim", math.nan) for m in mine["method"]]
-            out += ["### Kodak at residual QP 32 against EDMS Table 1 (the papers' axis)", "",
-                    markdown_table(mine, {"bits_per_subpixel": 3, "paper_bits_per_subpixel": 3, "psnr_channel_mean": 2,
-                                          "paper_psnr": 2, "ms_ssim": 4, "paper_ms_ssim": 3}), ""]
+        matched = []
+        kodak = curves[curves["dataset"] == "kodak"]
+        for point in paper_points():
+            at = kodak[(kodak["method"] == point["method"]) & (kodak["quality"] == point["quality"])]
+            if point["quality"] is None or at.empty:
+                continue
+            row = at.iloc[0]
+            matched.append({"method": point["method"], "source": point["source"], "quality": point["quality"],
+                            "bits_per_subpixel": row["bits_per_subpixel"], "paper_bits_per_subpixel":
+                            point["bits_per_subpixel"], "psnr_channel_mean": row["psnr_channel_mean"],
+                            "paper_psnr": point["psnr"], "ms_ssim": row["ms_ssim"], "paper_ms_ssim": point["ms_ssim"]})
+        if matched:
+            out += ["### Kodak at the papers' own settings (the papers' axis)", "",
+                    markdown_table(pd.DataFrame(matched), {"quality": 0, "bits_per_subpixel": 3,
+                                                           "paper_bits_per_subpixel": 3, "psnr_channel_mean": 2,
+                                                           "paper_psnr": 2, "ms_ssim": 4, "paper_ms_ssim": 3}), ""]
     paper_cpu = results_dir / "speed" / "cpu_paper_size.parquet"
     if paper_cpu.is_file():
         table = pd.read_parquet(paper_cpu)
         summary = table.groupby(["method", "device"], sort=True)[["dec_s", "dec_network_s", "dec_entropy_s"]].mean()
         summary["images"] = table.groupby(["method", "device"], sort=True).size()
         summary = summary.reset_index()
-        summary["paper_dec_s_cpu"] = [DSSLIC_DECODE_SECONDS["cpu"] if m == "dsslic" else math.nan
-                                      for m in summary["method"]]
+        summary["parameters_m"] = [table[table["method"] == m]["parameters"].iloc[0] / 1e6 for m in summary["method"]]
+        summary["paper_dec_s_cpu"] = [paper_seconds(m, "dec_cpu") for m in summary["method"]]
         first = table.iloc[0]
         out += [f"### CPU decode per Kodak image with the paper-size networks ({first['width']}x{first['height']}, "
                 "random weights)",
-                f"Measured on the machine that ran this step ({first['device']}): DSSLIC's generator at the paper's "
-                f"size ({first['params_base'] / 1e6:.1f} M parameters), the study's PSPNet "
-                f"({first['params_segnet'] / 1e6:.1f} M) and SMapNet ({first['params_smapnet'] / 1e6:.2f} M). "
-                "A forward pass costs the same whatever the weights' values, so this is the decode time of trained "
-                "models; the reconstructions are meaningless. DSSLIC paper: 44 s on a CPU (RecNet alone).", "",
-                markdown_table(summary, {"images": 0, "paper_dec_s_cpu": 1}), ""]
+                f"Measured on the machine that ran this step ({first['device']}), every network a method's decoder "
+                "runs at the paper's size (parameters_m: their parameters, millions). A forward pass costs the same "
+                "whatever the weights' values, so this is the decode time of trained models; the reconstructions "
+                "are meaningless.", "",
+                markdown_table(summary, {"images": 0, "paper_dec_s_cpu": 1, "parameters_m": 2}), ""]
     if len(training):
         out += ["## Training", "images/s over the training loops of all calls (data on the GPU, bf16 autocast and "
                 "channels-last as chosen by the benchmark); GPU busy share: NVML utilisation sampled every 0.5 s.", "",

@@ -31,21 +31,20 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory) -> Path:
     """A tiny DSSLIC generator (label_nc 5), randomly initialised and saved as a model file."""
-    from semlic.checkpoint import save_model
-    from semlic.models import DSSLIC, dsslic_config
+    from semlic.methods.dsslic import DSSLIC, dsslic_config
+    from semlic.model_files import save_model
 
     torch.manual_seed(0)
-    config = dsslic_config("tiny", label_nc=5)
-    path = tmp_path_factory.mktemp("models") / "base.safetensors"
-    save_model(path, DSSLIC(config), "dsslic", config.to_dict())
+    path = tmp_path_factory.mktemp("models") / "dsslic.safetensors"
+    save_model(path, DSSLIC(dsslic_config("tiny", label_nc=5)))
     return path
 
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_model_path):
-    from semlic.training import load_dsslic
+    from semlic.model_files import load_model
 
-    return load_dsslic(tiny_model_path)
+    return load_model(tiny_model_path)
 
 
 def make_image(h: int, w: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,4 @@
-"""semlic.aggregate.edms_vs_dsslic and its outputs, on a hand-made rows table."""
+"""semlic.aggregate.comparisons (EDMS against DSSLIC, as the registry pairs them) on a hand-made rows table."""
 
 from __future__ import annotations
 
@@ -33,11 +33,15 @@ def make_rows(methods=("dsslic", "edms", "edms_noenh", "hevc"), dataset="synthet
     return rows
 
 
+def test_the_registry_pairs_edms_with_dsslic():
+    assert agg.reference_pairs() == {"edms": "dsslic", "edms_noenh": "dsslic"}
+
+
 def test_edms_vs_dsslic_bd_against_dsslic_and_time_ratios():
     rows = pd.DataFrame(make_rows())
     curves = agg.rd_curves(rows)
-    table = agg.edms_vs_dsslic(curves, rows=rows).set_index("method")
-    assert list(table.columns) == [c for c in agg.EDMS_COLUMNS if c != "method"]
+    table = agg.comparisons(curves, rows=rows).set_index("method")
+    assert list(table.columns) == [c for c in agg.COMPARISON_COLUMNS if c != "method"]
     assert sorted(table.index) == ["edms", "edms_noenh"] and set(table.anchor) == {"dsslic"}
     anchor, test = curves[curves.method == "dsslic"], curves[curves.method == "edms"]
     assert table.at["edms", "bd_rate_pct"] == pytest.approx(bd.bd_rate(anchor.bpp, anchor.psnr_rgb, test.bpp,
@@ -53,19 +57,19 @@ def test_edms_vs_dsslic_bd_against_dsslic_and_time_ratios():
 def test_edms_vs_dsslic_is_empty_without_dsslic_or_edms():
     for methods in (("edms", "hevc"), ("dsslic", "hevc")):
         curves = agg.rd_curves(pd.DataFrame(make_rows(methods)))
-        table = agg.edms_vs_dsslic(curves)
-        assert table.empty and list(table.columns) == list(agg.EDMS_COLUMNS)
+        table = agg.comparisons(curves)
+        assert table.empty and list(table.columns) == list(agg.COMPARISON_COLUMNS)
 
 
 def test_aggregate_writes_edms_vs_dsslic_csv_and_metrics(tmp_path):
     results.write_partitioned(make_rows() + make_rows(("dsslic", "hevc"), dataset="other"), tmp_path / "rows")
     doc = agg.aggregate(tmp_path / "rows", tmp_path / "out")
-    csv = pd.read_csv(tmp_path / "out" / "edms_vs_dsslic.csv")
-    assert list(csv.columns) == list(agg.EDMS_COLUMNS)
+    csv = pd.read_csv(tmp_path / "out" / "comparisons.csv")
+    assert list(csv.columns) == list(agg.COMPARISON_COLUMNS)
     assert csv[["dataset", "method"]].values.tolist() == [["synthetic", "edms"], ["synthetic", "edms_noenh"]]
-    figures = doc["edms_vs_dsslic"]["synthetic"]["edms"]
+    figures = doc["comparisons"]["synthetic"]["edms"]
     assert figures["bd_rate_pct"] == pytest.approx(csv.bd_rate_pct[0], rel=1e-5)
-    assert figures["enc_time_ratio"] == pytest.approx(0.76)
-    assert "other" not in doc["edms_vs_dsslic"]
+    assert figures["enc_time_ratio"] == pytest.approx(0.76) and figures["anchor"] == "dsslic"
+    assert "other" not in doc["comparisons"]
     assert json.loads((tmp_path / "out" / "metrics.json").read_text()) == doc
     assert set(doc["bd"]["synthetic"]) == {"dsslic", "edms", "edms_noenh"}  # all against hevc as well

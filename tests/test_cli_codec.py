@@ -45,7 +45,7 @@ def test_encode_decode_info_every_input_mode(tmp_path, tiny_model_path, seg_path
         assert (expected_input[..., 0] == expected_input[..., 1]).all()
     sem, out = tmp_path / "x.sem", tmp_path / "out.png"
     assert main(["encode", str(src), str(sem), "--model", str(tiny_model_path), "--seg", str(seg_path),
-                 "--qp", "12", "--chroma", "444"]) == 0
+                 "--qp", "12", "-o", "chroma=444"]) == 0
     assert main(["decode", str(sem), str(out), "--model", str(tiny_model_path)]) == 0
     decoded = load_image(out)
     assert decoded.shape == expected_input.shape

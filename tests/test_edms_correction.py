@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
-from semlic import codec, edms, errors
+from semlic import errors
 from semlic import format as fmt
+from semlic.methods import get_method
+from semlic.methods.edms import codec as edms_codec
 from semlic.sparse import SparseLabelCodec
 from tests.conftest import make_image
-from tests.test_edms import edms_models, edms_paths  # noqa: F401  (fixtures)
+from tests.test_edms import edms_decode, edms_encode, edms_models, edms_paths  # noqa: F401  (fixtures)
 
 
 def test_sparse_codec_round_trip_and_size():
@@ -40,20 +43,20 @@ def test_correction_overrides_the_decoder_map(tiny_model, edms_models, monkeypat
     segnet, smapnet = edms_models
     image, seg = make_image(32, 40, seed=4)
     # A huge tau guards every pixel: the decoder's own map no longer matters.
-    result = codec.encode(image, seg, tiny_model, 30, method="edms", segnet=segnet, smapnet=smapnet,
-                          agreement_tau=1e9)
+    result = edms_encode(image, seg, tiny_model, 30, method="edms", segnet=segnet, smapnet=smapnet,
+                         agreement_tau=1e9)
     sem = fmt.unpack(result.data)
-    assert [lay.role_name for lay in sem.layers] == ["compact", "correction", "residual"]
+    assert [get_method("edms").role_name(lay.role) for lay in sem.layers] == ["compact", "correction", "residual"]
     assert "correction" in result.layer_bits
-    wrong = np.zeros_like(result.matched_segmentation)
-    monkeypatch.setattr(edms, "matched_segmentation", lambda *a, **k: wrong)
-    decoded = codec.decode(result.data, tiny_model, segnet=segnet, smapnet=smapnet)
+    # The decoder's own scores made useless (all classes tied): the correction alone decides the map.
+    monkeypatch.setattr(edms_codec, "matched_scores", lambda *a, **k: torch.zeros(1, 5, 32, 40))
+    decoded = edms_decode(result.data, tiny_model, segnet, smapnet)
     np.testing.assert_array_equal(decoded, result.reconstruction)
 
 
 def test_no_correction_layer_when_no_pixel_is_near_a_tie(tiny_model, edms_models):  # noqa: F811
     segnet, smapnet = edms_models
     image, seg = make_image(32, 40, seed=4)
-    result = codec.encode(image, seg, tiny_model, 30, method="edms", segnet=segnet, smapnet=smapnet,
-                          agreement_tau=1e-30)
+    result = edms_encode(image, seg, tiny_model, 30, method="edms", segnet=segnet, smapnet=smapnet,
+                         agreement_tau=1e-30)
     assert "correction" not in result.layer_bits

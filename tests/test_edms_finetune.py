@@ -9,10 +9,8 @@ import torch
 
 from semlic import errors
 from semlic.cli import main
-from semlic.edms_finetune import finetune_finenet, matched_set, prediction_psnr
-from semlic.segnet import load_segnet
-from semlic.smapnet_training import load_smapnet
-from semlic.training import load_dsslic
+from semlic.methods.edms.finetune import finetune_finenet, matched_set, prediction_psnr
+from semlic.model_files import load_model
 from tests.test_edms_support import save_tiny_segnet, save_tiny_smapnet, write_prepared
 
 
@@ -27,13 +25,13 @@ def setup(tmp_path_factory):
 @pytest.mark.parametrize("maps", ["matched", "reference"])
 def test_decision_follows_the_held_out_psnr(tiny_model_path, setup, tmp_path, maps):
     prepared, refs, segnet_path, smapnet_path = setup
-    segnet, smapnet = load_segnet(segnet_path), load_smapnet(smapnet_path)
+    segnet, smapnet = load_model(segnet_path), load_model(smapnet_path)
     chosen = finetune_finenet({"iterations": 6, "batch_size": 2, "lr": 1e-3, "maps": maps}, tiny_model_path, segnet,
                               smapnet, prepared, refs, tmp_path, progress=False)
     record = json.loads((tmp_path / "finetune.json").read_text())
     assert record["kept"] == (record["psnr_after_db"] > record["psnr_before_db"])
-    assert chosen == (tmp_path / "base_finetuned.safetensors" if record["kept"] else tiny_model_path)
-    base, tuned = load_dsslic(tiny_model_path), load_dsslic(tmp_path / "base_finetuned.safetensors")
+    assert chosen == (tmp_path / "dsslic_finetuned.safetensors" if record["kept"] else tiny_model_path)
+    base, tuned = load_model(tiny_model_path), load_model(tmp_path / "dsslic_finetuned.safetensors")
     same = {name: torch.equal(a, tuned.state_dict()[name]) for name, a in base.state_dict().items()}
     assert all(v for k, v in same.items() if k.startswith("compnet."))
     assert not all(v for k, v in same.items() if k.startswith("finenet."))

@@ -10,10 +10,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from semlic import codec, edms, errors
+from semlic import errors
+from semlic.methods.base import module_fingerprint
+from semlic.methods.dsslic import compact_image
+from semlic.methods.edms import matched as edms_matched
+from semlic.methods.edms import pairs
 from semlic.cli import main
 from semlic.imageio import load_image, load_label_map, save_png
-from semlic.segnet import load_segnet
+from semlic.model_files import load_model
 from semlic.segnet.metrics import confusion_matrix, scores_from_confusion
 from tests.test_edms_support import save_tiny_segnet, write_prepared
 
@@ -24,27 +28,27 @@ def segnet_path(tmp_path_factory):
 
 
 def test_lowres_logits_upsampled_are_pspnet_output(segnet_path):
-    segnet = load_segnet(segnet_path)
+    segnet = load_model(segnet_path)
     images = torch.rand(2, 3, 40, 56)
     with torch.inference_mode():
         full = segnet(images)
-        lowres = edms.segnet_lowres_logits(segnet, images)
+        lowres = edms_matched.segnet_lowres_logits(segnet, images)
     assert lowres.shape == (2, 5, 5, 7)
-    torch.testing.assert_close(edms.upsample_logits(lowres, (40, 56), segnet.config.align_corners), full,
+    torch.testing.assert_close(edms_matched.upsample_logits(lowres, (40, 56), segnet.config.align_corners), full,
                                rtol=0, atol=1e-5)
 
 
 def test_pairs_are_what_the_codec_derives(tiny_model, segnet_path, tmp_path):
-    segnet = load_segnet(segnet_path)
+    segnet = load_model(segnet_path)
     prepared, refs = write_prepared(tmp_path / "prep", count=3, size=32)
-    table = edms.generate_pairs(tiny_model, segnet, prepared, "train", refs, tmp_path / "pairs", progress=False)
+    table = pairs.generate_pairs(tiny_model, segnet, prepared, "train", refs, tmp_path / "pairs", progress=False)
     assert list(table["id"]) == ["im00", "im01", "im02"] and table["miou"].between(0, 1).all()
     info = json.loads((tmp_path / "pairs" / "pairs.json").read_text())
-    assert info["num_classes"] == 5 and info["segnet_fingerprint"] == edms.module_fingerprint(segnet).hex()
+    assert info["num_classes"] == 5 and info["segnet_fingerprint"] == module_fingerprint(segnet).hex()
     for row in table.itertuples():
         image, ref = load_image(prepared / "train" / "images" / f"{row.id}.png"), load_label_map(refs / f"{row.id}.png")
-        compact = codec.compact_image(tiny_model, image, ref)
-        matched = edms.matched_segmentation(compact, tiny_model, segnet)
+        compact = compact_image(tiny_model, image, ref)
+        matched = edms_matched.matched_segmentation(compact, tiny_model, segnet)
         expected = scores_from_confusion(confusion_matrix(matched, ref, 5)).miou
         assert row.miou == pytest.approx(expected, abs=1e-9)
         stored = load_file(str(tmp_path / "pairs" / "logits" / f"{row.id}.safetensors"))["logits"]
@@ -53,15 +57,15 @@ def test_pairs_are_what_the_codec_derives(tiny_model, segnet_path, tmp_path):
 
 
 def test_shards_and_bad_reference_maps(tiny_model, segnet_path, tmp_path):
-    segnet = load_segnet(segnet_path)
+    segnet = load_model(segnet_path)
     prepared, refs = write_prepared(tmp_path / "prep", count=3, size=32)
-    shard = edms.generate_pairs(tiny_model, segnet, prepared, "train", refs, tmp_path / "p", ids=["im01"], progress=False)
+    shard = pairs.generate_pairs(tiny_model, segnet, prepared, "train", refs, tmp_path / "p", ids=["im01"], progress=False)
     assert list(shard["id"]) == ["im01"] and len(list((tmp_path / "p" / "logits").iterdir())) == 1
     with pytest.raises(errors.DatasetError, match="nope"):
-        edms.generate_pairs(tiny_model, segnet, prepared, "train", refs, tmp_path / "p", ids=["nope"], progress=False)
+        pairs.generate_pairs(tiny_model, segnet, prepared, "train", refs, tmp_path / "p", ids=["nope"], progress=False)
     save_png(refs / "im00.png", np.full((32, 32), 255, np.uint8))
     with pytest.raises(errors.LabelMapError, match="labels < 5"):
-        edms.generate_pairs(tiny_model, segnet, prepared, "train", refs, tmp_path / "p", progress=False)
+        pairs.generate_pairs(tiny_model, segnet, prepared, "train", refs, tmp_path / "p", progress=False)
 
 
 def test_cli_smap_pairs(tiny_model_path, segnet_path, tmp_path, capsys):

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import torch
 
-from semlic.checkpoint import save_model
 from semlic.imageio import save_png
-from semlic.models import SMapNet, smapnet_config
-from semlic.segnet import PSPNet, PSPNetConfig, save_segnet
+from semlic.methods.edms import SMapNet, smapnet_config
+from semlic.model_files import save_model
+from semlic.segnet import PSPNet, PSPNetConfig
 from tests.conftest import make_image
 
 # Five classes, like the tiny DSSLIC of tests/conftest.py (label_nc 5).
@@ -19,14 +19,14 @@ TINY_SEGNET = {"num_classes": 5, "backbone": "resnet18", "base_channels": 8, "pp
 
 def save_tiny_segnet(path: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
-    save_segnet(PSPNet(PSPNetConfig(**TINY_SEGNET)).eval(), path)
+    save_model(path, PSPNet(PSPNetConfig(**TINY_SEGNET)).eval())
     return path
 
 
 def save_tiny_smapnet(path: Path, seed: int = 0, num_classes: int = 5) -> Path:
     torch.manual_seed(seed)
     config = smapnet_config("tiny", num_classes=num_classes, recursions=3)
-    save_model(path, SMapNet(config), "smapnet", config.to_dict())
+    save_model(path, SMapNet(config))
     return path
 
 

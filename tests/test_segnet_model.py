@@ -142,3 +142,13 @@ def test_config_dict_roundtrip_and_unknown_key():
     assert PSPNetConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ConfigError, match="ppm_bin"):
         PSPNetConfig.from_dict({"num_classes": 3, "ppm_bin": [1]})
+
+
+def test_registered_as_pspnet_with_presets():
+    from semlic.model_files import build_model, model_spec
+
+    assert model_spec("pspnet").cls is PSPNet and model_spec("pspnet").config_cls is PSPNetConfig
+    model = build_model("pspnet", "tiny", 5)
+    assert isinstance(model, PSPNet) and model.config.num_classes == 5 and model.config.backbone == "resnet18"
+    with pytest.raises(ConfigError, match="preset"):
+        build_model("pspnet", "huge", 5)

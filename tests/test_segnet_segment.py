@@ -14,10 +14,11 @@ from PIL import Image
 from semlic import cli
 from semlic.errors import ConfigError
 from semlic.imageio import load_image, load_label_map, save_png
-from semlic.segnet import (
-    PSPNet, PSPNetConfig, evaluate_segnet, load_segnet, predict_labels, segment_images,
-    segment_split, train_segnet, write_segment_table,
-)
+from semlic.model_files import load_model
+from semlic.segnet import PSPNet, PSPNetConfig, predict_labels
+from semlic.segnet.evaluate import evaluate_segnet
+from semlic.segnet.segment import segment_images, segment_split, write_segment_table
+from semlic.segnet.train import train_segnet
 from semlic.segnet.metrics import confusion_matrix, scores_from_confusion
 from semlic.segnet.prepared import image_to_tensor
 
@@ -106,11 +107,12 @@ def test_cli_train_then_segment(tmp_path, capsys):
     )
     out = tmp_path / "models" / "segnet.safetensors"
     code = cli.main(["train-segnet", "--config", str(tmp_path / "segnet.yaml"), "--data", str(prepared),
-                     "--out", str(out), "--iterations", "3", "--no-progress", "--eval-split", "val"])
+                     "--out", str(tmp_path / "models"), "--iterations", "3", "--no-progress", "--eval-split", "val"])
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     assert result["completed"] and result["total_steps"] == 3 and result["eval"]["images"] == 4
-    assert out.is_file() and (tmp_path / "models" / "segnet.train_log.parquet").is_file()
+    assert result["model_path"] == str(out)
+    assert out.is_file() and (tmp_path / "models" / "train_log.parquet").is_file()
     code = cli.main(["segment", "--model", str(out), "--data", str(prepared), "--split", "val",
                      "--out", str(tmp_path / "segments"), "--batch-size", "2"])
     assert code == 0
@@ -123,7 +125,7 @@ def test_cli_train_then_segment(tmp_path, capsys):
 def test_cli_reports_bad_config_and_bad_model(tmp_path, capsys):
     (tmp_path / "bad.yaml").write_text("model: {num_classes: 8}\niterations: 2\nbatchsize: 4\n")
     code = cli.main(["train-segnet", "--config", str(tmp_path / "bad.yaml"), "--data", str(tmp_path),
-                     "--out", str(tmp_path / "m.safetensors")])
+                     "--out", str(tmp_path / "m")])
     assert code == 2 and "batchsize" in capsys.readouterr().err
     (tmp_path / "broken.safetensors").write_bytes(b"broken")
     code = cli.main(["segment", "--model", str(tmp_path / "broken.safetensors"), "--data", str(tmp_path),
@@ -140,7 +142,7 @@ def test_cli_converts_csail_weights(tmp_path, capsys):
     code = cli.main(["convert-segnet", "--format", "csail", str(tmp_path / "encoder.pth"),
                      str(tmp_path / "decoder.pth"), "--encoder", "resnet18dilated", "--out", str(out)])
     assert code == 0 and json.loads(capsys.readouterr().out)["config"]["deep_stem"] is True
-    reloaded = load_segnet(out)
+    reloaded = load_model(out, expect="pspnet")
     assert reloaded.config.backbone == "resnet18" and reloaded.config.aux_channels == 128
     assert torch.equal(reloaded.backbone.conv2.weight, encoder["conv2.weight"])
     assert torch.equal(reloaded.backbone.layer4[1].bn2.running_var, encoder["layer4.1.bn2.running_var"])
@@ -163,8 +165,8 @@ def test_camvid_two_images_end_to_end(shared_data, tmp_path):
                     show_progress=False)
     model_keys = dict(TINY_MODEL, num_classes=spec.num_classes, ignore_index=spec.ignore_index)
     config = {"model": model_keys, "iterations": 2, "batch_size": 2, "crop_size": 64, "train_split": "test"}
-    train_segnet(config, tmp_path / "prepared", tmp_path / "segnet.safetensors", progress=False)
-    model = load_segnet(tmp_path / "segnet.safetensors")
+    train_segnet(config, tmp_path / "prepared", tmp_path / "segnet", progress=False)
+    model = load_model(tmp_path / "segnet" / "segnet.safetensors", expect="pspnet")
     table = segment_split(model, tmp_path / "prepared", "test", tmp_path / "maps")
     assert len(table) == 2 and table["miou"].between(0, 1).all()
     for sample_id in table["id"]:

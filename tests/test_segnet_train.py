@@ -8,11 +8,14 @@ import pytest
 import torch
 
 from semlic.errors import ConfigError
-from semlic.segnet import PSPNet, PSPNetConfig, SegnetTrainConfig, evaluate_segnet, load_segnet, train_segnet
+from semlic.model_files import load_model
+from semlic.segnet import PSPNet, PSPNetConfig
+from semlic.segnet.evaluate import evaluate_segnet
+from semlic.segnet.train import train_segnet
 from semlic.segnet.augment import PAD_COLOUR, random_crop, random_scale
 from semlic.segnet.prepared import AugmentedTrainingSet, list_prepared
 from semlic.segnet.schedule import PlannedBatches, make_sgd, poly_lr, set_learning_rate
-from semlic.segnet.train_config import load_train_config
+from semlic.segnet.train_config import SegnetTrainConfig, load_train_config
 
 from .test_segnet_support import one_thread  # noqa: F401 (autouse fixture)
 from .test_segnet_support import TINY_MODEL, prepare_synthetic
@@ -35,54 +38,59 @@ def test_tiny_pspnet_learns_the_synthetic_set(synthetic_dir, tmp_path):
                                log_every=20, eval_split="val")
     torch.manual_seed(0)  # the same initial weights as the training run (seed 0)
     before = evaluate_segnet(PSPNet(PSPNetConfig(**TINY_MODEL)), synthetic_dir, "val")
-    result = train_segnet(config, synthetic_dir, tmp_path / "segnet.safetensors", progress=False)
+    result = train_segnet(config, synthetic_dir, tmp_path, progress=False)
     after = result["eval"]
-    log = pd.read_parquet(tmp_path / "segnet.train_log.parquet")
+    log = pd.read_parquet(tmp_path / "train_log.parquet")
     print(f"\nmIoU {before['miou']:.3f} -> {after['miou']:.3f}; loss {log['loss'].iloc[0]:.3f} -> "
           f"{log['loss'].iloc[-1]:.3f}; train {result['train_images_per_s']:.1f} images/s, "
           f"inference {after['images_per_s']:.1f} images/s")
     assert result["completed"] and result["step"] == 120
-    assert list(log["step"]) == [20, 40, 60, 80, 100, 120]
+    assert list(log["iteration"]) == [20, 40, 60, 80, 100, 120]
     assert log["loss"].iloc[-1] < 0.6 * log["loss"].iloc[0]
     assert after["miou"] > 0.35 and after["miou"] > before["miou"] + 0.25
     assert after["pixel_accuracy"] > 0.6
-    reloaded = evaluate_segnet(load_segnet(tmp_path / "segnet.safetensors"), synthetic_dir, "val")
+    assert result["model_path"] == str(tmp_path / "segnet.safetensors")
+    reloaded = evaluate_segnet(load_model(tmp_path / "segnet.safetensors", expect="pspnet"), synthetic_dir, "val")
     assert reloaded["miou"] == pytest.approx(after["miou"])
 
 
 def test_resume_continues_the_same_run(synthetic_dir, tmp_path):
     config = tiny_train_config()
-    straight = train_segnet(config, synthetic_dir, tmp_path / "a" / "segnet.safetensors", progress=False)
-    first = train_segnet(config, synthetic_dir, tmp_path / "b" / "segnet.safetensors", stop_at_step=4,
-                         progress=False)
+    straight = train_segnet(config, synthetic_dir, tmp_path / "a", progress=False)
+    first = train_segnet(config, synthetic_dir, tmp_path / "b", stop_at_step=4, progress=False)
     assert not first["completed"] and first["step"] == 4 and first["model_path"] is None
+    assert first["stopped_by"] == "steps" and (tmp_path / "b" / "train_state.safetensors").is_file()
     assert not (tmp_path / "b" / "segnet.safetensors").exists()
-    second = train_segnet(config, synthetic_dir, tmp_path / "b" / "segnet.safetensors", resume=True, progress=False)
+    second = train_segnet(config, synthetic_dir, tmp_path / "b", resume=True, progress=False)
     assert second["completed"] and second["step"] == 6 and straight["step"] == 6
-    expected = load_segnet(tmp_path / "a" / "segnet.safetensors").state_dict()
-    for key, value in load_segnet(tmp_path / "b" / "segnet.safetensors").state_dict().items():
+    assert second["model_path"] == str(tmp_path / "b" / "segnet.safetensors")
+    expected = load_model(tmp_path / "a" / "segnet.safetensors", expect="pspnet").state_dict()
+    for key, value in load_model(tmp_path / "b" / "segnet.safetensors", expect="pspnet").state_dict().items():
         assert torch.equal(value, expected[key]), key
-    log_straight = pd.read_parquet(tmp_path / "a" / "segnet.train_log.parquet")
-    log_resumed = pd.read_parquet(tmp_path / "b" / "segnet.train_log.parquet")
-    assert list(log_resumed["step"]) == [1, 2, 3, 4, 5, 6]
-    pd.testing.assert_frame_equal(log_resumed.drop(columns="images_per_s"), log_straight.drop(columns="images_per_s"))
+    log_straight = pd.read_parquet(tmp_path / "a" / "train_log.parquet")
+    log_resumed = pd.read_parquet(tmp_path / "b" / "train_log.parquet")
+    assert list(log_resumed["iteration"]) == [1, 2, 3, 4, 5, 6]
+    timing = ["seconds", "images_per_s"]
+    pd.testing.assert_frame_equal(log_resumed.drop(columns=timing), log_straight.drop(columns=timing))
 
 
 def test_resume_with_other_settings_is_refused(synthetic_dir, tmp_path):
-    out = tmp_path / "segnet.safetensors"
+    out = tmp_path / "run"
     train_segnet(tiny_train_config(), synthetic_dir, out, stop_at_step=2, progress=False)
     with pytest.raises(ConfigError, match="base_lr"):
         train_segnet(tiny_train_config(base_lr=0.1), synthetic_dir, out, resume=True, progress=False)
     resumed = train_segnet(tiny_train_config(num_workers=1), synthetic_dir, out, resume=True, progress=False)
-    assert resumed["completed"] and out.is_file()  # the worker count does not change the result
+    # the worker count does not change the result
+    assert resumed["completed"] and (out / "segnet.safetensors").is_file()
 
 
 def test_time_limit_stops_resumably(synthetic_dir, tmp_path):
-    out = tmp_path / "segnet.safetensors"
-    first = train_segnet(tiny_train_config(), synthetic_dir, out, time_limit_s=0.0, progress=False)
-    assert not first["completed"] and first["step"] == 1 and not out.exists()
+    out = tmp_path / "run"
+    first = train_segnet(tiny_train_config(), synthetic_dir, out, time_limit_s=1e-6, progress=False)
+    assert not first["completed"] and first["step"] == 1 and not (out / "segnet.safetensors").exists()
+    assert first["stopped_by"] == "time"
     second = train_segnet(tiny_train_config(), synthetic_dir, out, resume=True, progress=False)
-    assert second["completed"] and second["step"] == 6 and out.is_file()
+    assert second["completed"] and second["step"] == 6 and (out / "segnet.safetensors").is_file()
 
 
 def test_planned_batches_resume_mid_epoch_and_cover_each_epoch():

@@ -10,10 +10,9 @@ import torchvision
 from safetensors.torch import save_file
 
 from semlic.errors import CheckpointError
-from semlic.segnet import (
-    PSPNet, PSPNetConfig, load_csail_pspnet, load_hszhao_pspnet, load_segnet, load_torchvision_backbone,
-    read_segnet_config, save_segnet,
-)
+from semlic.model_files import config_of, load_model, read_metadata, save_model
+from semlic.segnet import PSPNet, PSPNetConfig
+from semlic.segnet.pretrained import load_csail_pspnet, load_hszhao_pspnet, load_torchvision_backbone
 
 from .test_segnet_support import one_thread  # noqa: F401 (autouse fixture)
 
@@ -197,9 +196,10 @@ def tiny_model() -> PSPNet:
 
 def test_checkpoint_roundtrip_is_exact(tmp_path):
     model = tiny_model()
-    save_segnet(model, tmp_path / "segnet.safetensors")
-    loaded = load_segnet(tmp_path / "segnet.safetensors")
-    assert loaded.config == model.config and read_segnet_config(tmp_path / "segnet.safetensors") == model.config
+    save_model(tmp_path / "segnet.safetensors", model)
+    loaded = load_model(tmp_path / "segnet.safetensors", expect="pspnet")
+    assert loaded.config == model.config and config_of(tmp_path / "segnet.safetensors") == ("pspnet", model.config)
+    assert not (tmp_path / "segnet.json").exists()  # no sidecar: the config is in the file
     expected = model.state_dict()
     assert loaded.state_dict().keys() == expected.keys()
     for key, value in loaded.state_dict().items():
@@ -210,27 +210,34 @@ def test_checkpoint_roundtrip_is_exact(tmp_path):
 
 
 def test_missing_corrupt_and_truncated_checkpoints(tmp_path):
-    with pytest.raises(CheckpointError, match="no such checkpoint"):
-        load_segnet(tmp_path / "absent.safetensors")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_model(tmp_path / "absent.safetensors", expect="pspnet")
     (tmp_path / "garbage.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
     with pytest.raises(CheckpointError, match="not a readable safetensors"):
-        load_segnet(tmp_path / "garbage.safetensors")
-    save_segnet(tiny_model(), tmp_path / "good.safetensors")
+        load_model(tmp_path / "garbage.safetensors", expect="pspnet")
+    save_model(tmp_path / "good.safetensors", tiny_model())
     data = (tmp_path / "good.safetensors").read_bytes()
     (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="not a readable safetensors"):
-        load_segnet(tmp_path / "cut.safetensors")
+        load_model(tmp_path / "cut.safetensors", expect="pspnet")
 
 
 def test_checkpoint_of_other_format_or_architecture(tmp_path):
     model = tiny_model()
     tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
     save_file(tensors, tmp_path / "plain.safetensors")
-    with pytest.raises(CheckpointError, match="expected a semlic-segnet checkpoint"):
-        load_segnet(tmp_path / "plain.safetensors")
-    config = dict(model.config.to_dict(), num_classes=7)
+    with pytest.raises(CheckpointError, match=r"expected a semlic model file \(semlic/1\), found format None"):
+        load_model(tmp_path / "plain.safetensors", expect="pspnet")
     metadata = {"format": "semlic-segnet", "format_version": "1", "architecture": "pspnet",
-                "config": json.dumps(config)}
-    save_file(tensors, tmp_path / "mismatch.safetensors", metadata=metadata)
+                "config": json.dumps(model.config.to_dict())}
+    save_file(tensors, tmp_path / "legacy.safetensors", metadata=metadata)  # written before the shared format
+    legacy = load_model(tmp_path / "legacy.safetensors", expect="pspnet")
+    assert legacy.config == model.config and config_of(tmp_path / "legacy.safetensors")[0] == "pspnet"
+    assert legacy.fingerprint == save_model(tmp_path / "current.safetensors", model)  # the same weights
+    assert read_metadata(tmp_path / "current.safetensors")["model"] == "pspnet"
+    with pytest.raises(CheckpointError, match="expected a 'smapnet' model, found 'pspnet'"):
+        load_model(tmp_path / "legacy.safetensors", expect="smapnet")
+    config = dict(model.config.to_dict(), num_classes=7)
+    save_file(tensors, tmp_path / "mismatch.safetensors", metadata=dict(metadata, config=json.dumps(config)))
     with pytest.raises(CheckpointError, match=r"'head.4.weight' has shape \(6, 16, 1, 1\), expected \(7, 16, 1, 1\)"):
-        load_segnet(tmp_path / "mismatch.safetensors")
+        load_model(tmp_path / "mismatch.safetensors", expect="pspnet")

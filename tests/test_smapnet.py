@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from semlic.errors import ConfigError
-from semlic.models import MODELS, SMapNet, smapnet_config
+from semlic.methods.edms import SMapNet, smapnet_config
+from semlic.model_files import build_model, model_names, model_spec
 
 
 def test_maps_probabilities_to_scores_of_the_same_shape():
@@ -15,7 +16,8 @@ def test_maps_probabilities_to_scores_of_the_same_shape():
     assert net(probs).shape == (2, 6, 20, 28)
     with pytest.raises(ValueError, match=r"\(N, 6, H, W\)"):
         net(probs[:, :5])
-    assert MODELS["smapnet"] is SMapNet
+    assert model_spec("smapnet").cls is SMapNet and "smapnet" in model_names()
+    assert isinstance(build_model("smapnet", "tiny", 6), SMapNet)
 
 
 def test_recursion_shares_one_pair_of_convolutions():

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 import torch
 
-from semlic import edms, errors
+from semlic import errors
 from semlic.cli import main
-from semlic.segnet import load_segnet
-from semlic.smapnet_training import SMapNetTrainConfig, build_optimizer, load_smapnet, train_smapnet
-from semlic.models import SMapNet, smapnet_config
+from semlic.methods.edms import SMapNet, smapnet_config
+from semlic.methods.edms.pairs import generate_pairs
+from semlic.methods.edms.training import SMapNetTrainConfig, build_optimizer, train_smapnet
+from semlic.model_files import load_model
 from tests.test_edms_support import save_tiny_segnet, write_prepared
 
 CFG = dict(preset="tiny", model={"recursions": 3}, batch_size=4, lr=2e-3, checkpoint_every=4, crop=24)
@@ -27,18 +30,19 @@ def one_thread():
 @pytest.fixture(scope="module")
 def pairs_dir(tiny_model, tmp_path_factory):
     root = tmp_path_factory.mktemp("smap")
-    segnet = load_segnet(save_tiny_segnet(root / "segnet.safetensors"))
+    segnet = load_model(save_tiny_segnet(root / "segnet.safetensors"), expect="pspnet")
     prepared, refs = write_prepared(root / "prep", count=6, size=32)
-    edms.generate_pairs(tiny_model, segnet, prepared, "train", refs, root / "pairs", progress=False)
+    generate_pairs(tiny_model, segnet, prepared, "train", refs, root / "pairs", progress=False)
     return root / "pairs"
 
 
 def test_loss_falls(pairs_dir, tmp_path):
-    path = train_smapnet({**CFG, "iterations": 40}, pairs_dir, tmp_path)
+    result = train_smapnet({**CFG, "iterations": 40}, pairs_dir, tmp_path, progress=False)
+    assert result.completed and result.model_path == tmp_path / "smapnet.safetensors"
     log = pd.read_parquet(tmp_path / "train_log.parquet")
     assert list(log["iteration"]) == list(range(1, 41))
     assert log["loss"].iloc[-5:].mean() < 0.7 * log["loss"].iloc[:5].mean()
-    net = load_smapnet(path)
+    net = load_model(result.model_path, expect="smapnet")
     assert net.config.num_classes == 5 and net.config.recursions == 3 and len(net.fingerprint) == 8
 
 
@@ -52,22 +56,27 @@ def test_final_layer_learns_at_a_tenth_of_the_rate():
 
 def test_resume_continues_the_same_run(pairs_dir, tmp_path):
     cfg = {**CFG, "iterations": 10}
-    straight = load_smapnet(train_smapnet(cfg, pairs_dir, tmp_path / "straight"))
-    train_smapnet(cfg, pairs_dir, tmp_path / "resumed", stop_after=5)
+    straight = load_model(train_smapnet(cfg, pairs_dir, tmp_path / "straight", progress=False).model_path,
+                          expect="smapnet")
+    first = train_smapnet(cfg, pairs_dir, tmp_path / "resumed", stop_after=5, progress=False)
+    assert not first.completed and first.iteration == 5 and first.model_path is None
     assert not (tmp_path / "resumed" / "smapnet.safetensors").exists()
-    resumed = load_smapnet(train_smapnet(cfg, pairs_dir, tmp_path / "resumed"))
+    resumed = load_model(train_smapnet(cfg, pairs_dir, tmp_path / "resumed", progress=False).model_path,
+                         expect="smapnet")
     assert straight.fingerprint == resumed.fingerprint
     assert list(pd.read_parquet(tmp_path / "resumed" / "train_log.parquet")["iteration"]) == list(range(1, 11))
-    with pytest.raises(errors.CheckpointError, match="another SMapNet configuration"):
-        train_smapnet({**cfg, "lr": 1e-3}, pairs_dir, tmp_path / "resumed")
+    with pytest.raises(errors.ConfigError, match="cannot resume, the saved run has lr = 0.002"):
+        train_smapnet({**cfg, "lr": 1e-3}, pairs_dir, tmp_path / "resumed", progress=False)
 
 
 def test_cli_and_config_errors(pairs_dir, tmp_path, capsys):
     config = tmp_path / "params.yaml"
     config.write_text("train_smapnet:\n  preset: tiny\n  model: {recursions: 2}\n  batch_size: 3\n  crop: 16\n")
     assert main(["train-smapnet", "--config", str(config), "--pairs", str(pairs_dir), "--out", str(tmp_path / "m"),
-                 "--epochs", "1"]) == 0
-    assert load_smapnet(capsys.readouterr().out.strip()).config.recursions == 2
+                 "--epochs", "1", "--no-progress"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["completed"] and printed["iteration"] == printed["total_iterations"] == 2  # 6 pairs / 3
+    assert load_model(printed["model_path"], expect="smapnet").config.recursions == 2
     assert main(["train-smapnet", "--pairs", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
     assert "pairs.json" in capsys.readouterr().err
     with pytest.raises(errors.ConfigError, match="unknown train_smapnet keys"):

@@ -119,7 +119,7 @@ def test_layer_shares_and_report_files(results_dir, tmp_path):
     text = (out / "study.md").read_text()
     assert "DRY RUN" in text and "not results" in text and "semlic study-report test" in text
     speed = pd.read_csv(out / "speed.csv").set_index(["method", "device"])
-    assert speed.loc[("edms", "cuda"), "paper_enc_s_v100"] == 0.745
+    assert speed.loc[("edms", "cuda"), "paper_enc_s_gpu"] == 0.745
     assert speed.loc[("dsslic", "cpu (16 threads)"), "paper_dec_s"] == 44.0
     training = pd.read_csv(out / "training.csv").set_index("step")
     assert training.loc["base", "images_per_s"] == pytest.approx(80.0)

@@ -1,7 +1,8 @@
-"""DSSLIC base training on CPU: the loss falls, and a resumed run is the same run."""
+"""DSSLIC training on CPU: the loss falls, and a resumed run is the same run."""
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pandas as pd
@@ -11,8 +12,9 @@ import torch
 from semlic import errors
 from semlic.cli import main
 from semlic.imageio import save_png
-from semlic.losses import load_vgg_loss, ssim
-from semlic.training import BaseTrainConfig, learning_rate, load_dsslic, train_base
+from semlic.methods.dsslic.training import DSSLICTrainConfig, learning_rate, train_dsslic
+from semlic.model_files import load_model, read_metadata
+from semlic.nn.losses import load_vgg_loss, ssim
 from tests.conftest import make_image
 
 
@@ -30,49 +32,56 @@ CFG = dict(preset="tiny", label_nc=5, batch_size=4, ndf=8, checkpoint_every=5, l
 
 
 def test_loss_falls(train_dirs, tmp_path):
-    train_base({**CFG, "iterations": 30}, *train_dirs, tmp_path)
+    result = train_dsslic({**CFG, "iterations": 30}, *train_dirs, tmp_path, progress=False)
+    assert result.completed and result.iteration == 30 and result.model_path == tmp_path / "dsslic.safetensors"
     log = pd.read_parquet(tmp_path / "train_log.parquet")
     assert list(log["iteration"]) == list(range(1, 31))
     assert log["l1"].iloc[-5:].mean() < 0.6 * log["l1"].iloc[:5].mean()
-    assert {"g_gan", "feat", "d", "images_per_s"} <= set(log.columns)
-    assert (tmp_path / "base.safetensors").is_file() and (tmp_path / "base.json").is_file()
+    assert {"g_gan", "feat", "d", "images_per_s", "epoch", "lr"} <= set(log.columns)
+    # one model file, no sidecar: the model name and config live in the file's metadata
+    assert (tmp_path / "dsslic.safetensors").is_file() and not (tmp_path / "dsslic.json").exists()
+    metadata = read_metadata(tmp_path / "dsslic.safetensors")
+    assert metadata["model"] == "dsslic" and json.loads(metadata["iterations"]) == 30
 
 
 def test_resume_continues_the_same_run(train_dirs, tmp_path):
     cfg = {**CFG, "iterations": 8}
-    train_base(cfg, *train_dirs, tmp_path / "straight")
-    train_base(cfg, *train_dirs, tmp_path / "resumed", stop_after=3)
-    assert not (tmp_path / "resumed" / "base.safetensors").exists()
-    train_base(cfg, *train_dirs, tmp_path / "resumed")
-    a = load_dsslic(tmp_path / "straight" / "base.safetensors")
-    b = load_dsslic(tmp_path / "resumed" / "base.safetensors")
+    train_dsslic(cfg, *train_dirs, tmp_path / "straight", progress=False)
+    first = train_dsslic(cfg, *train_dirs, tmp_path / "resumed", stop_after=3, progress=False)
+    assert not first.completed and first.iteration == 3 and first.stopped_by == "steps"
+    assert not (tmp_path / "resumed" / "dsslic.safetensors").exists()
+    train_dsslic(cfg, *train_dirs, tmp_path / "resumed", progress=False)
+    a = load_model(tmp_path / "straight" / "dsslic.safetensors", expect="dsslic")
+    b = load_model(tmp_path / "resumed" / "dsslic.safetensors", expect="dsslic")
     assert a.fingerprint == b.fingerprint
     log = pd.read_parquet(tmp_path / "resumed" / "train_log.parquet")
     assert list(log["iteration"]) == list(range(1, 9))
 
 
 def test_resume_refuses_another_model(train_dirs, tmp_path):
-    train_base({**CFG, "iterations": 4}, *train_dirs, tmp_path, stop_after=2)
-    with pytest.raises(errors.CheckpointError, match="another model configuration"):
-        train_base({**CFG, "iterations": 4, "ndf": 16}, *train_dirs, tmp_path)
+    train_dsslic({**CFG, "iterations": 4}, *train_dirs, tmp_path, stop_after=2, progress=False)
+    with pytest.raises(errors.ConfigError, match="cannot resume, the saved run has ndf = 8"):
+        train_dsslic({**CFG, "iterations": 4, "ndf": 16}, *train_dirs, tmp_path, progress=False)
 
 
 def test_schedule_constant_then_linear_decay():
-    cfg = BaseTrainConfig(lr=1.0, decay_fraction=0.5)
+    cfg = DSSLICTrainConfig(lr=1.0, decay_fraction=0.5)
     rates = [learning_rate(cfg, i, 10) for i in range(10)]
     assert rates[:5] == [1.0] * 5
     assert rates[5:] == pytest.approx([1.0, 0.8, 0.6, 0.4, 0.2])
 
 
-def test_cli_train_base_and_bad_config(train_dirs, tmp_path):
+def test_cli_train_dsslic_and_bad_config(train_dirs, tmp_path, capsys):
     cfg = tmp_path / "params.yaml"
-    cfg.write_text("train_base:\n  preset: tiny\n  label_nc: 5\n  ndf: 8\n  batch_size: 2\n")
-    assert main(["train-base", "--config", str(cfg), "--images", str(train_dirs[0]), "--segs", str(train_dirs[1]),
-                 "--out", str(tmp_path / "m"), "--iterations", "2"]) == 0
-    assert load_dsslic(tmp_path / "m" / "base.safetensors").config.label_nc == 5
-    with pytest.raises(errors.ConfigError, match="unknown train_base keys"):
-        BaseTrainConfig.from_dict({"learning_rate": 1})
-    assert main(["train-base", "--images", str(tmp_path / "none"), "--segs", str(train_dirs[1]),
+    cfg.write_text("train_dsslic:\n  preset: tiny\n  label_nc: 5\n  ndf: 8\n  batch_size: 2\n")
+    assert main(["train-dsslic", "--config", str(cfg), "--images", str(train_dirs[0]), "--segs", str(train_dirs[1]),
+                 "--out", str(tmp_path / "m"), "--iterations", "2", "--no-progress"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["completed"] and printed["model_path"] == str(tmp_path / "m" / "dsslic.safetensors")
+    assert load_model(tmp_path / "m" / "dsslic.safetensors", expect="dsslic").config.label_nc == 5
+    with pytest.raises(errors.ConfigError, match="unknown train_dsslic keys"):
+        DSSLICTrainConfig.from_dict({"learning_rate": 1})
+    assert main(["train-dsslic", "--images", str(tmp_path / "none"), "--segs", str(train_dirs[1]),
                  "--out", str(tmp_path / "n")]) == 2
 
 

@@ -44,7 +44,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..errors import DatasetError, DownloadChecksumError, DownloadError, ManualDownloadError
-from ..imageio import atomic_write_bytes
+from ..fileio import atomic_write_bytes
 from .datasets import get_spec, list_samples
 
 log = logging.getLogger(__name__)

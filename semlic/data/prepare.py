@@ -47,7 +47,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..errors import ConfigError, UnknownDatasetError
-from ..imageio import atomic_write_bytes
+from ..fileio import atomic_write_bytes
 from . import synthetic
 from .datasets import Sample, get_spec, list_samples, load_sample
 

@@ -1,15 +1,15 @@
 """``semlic train-segnet``, ``semlic segment`` and ``semlic convert-segnet``.
 
-* ``train-segnet --config CFG.yaml|json --data PREPARED_DIR --out CKPT [--device cpu|cuda]
-  [--resume] [--iterations N | --epochs N] [--batch-size N] [--crop-size N] [--lr X]
-  [--num-workers N] [--seed N] [--eval-split SPLIT] [--backbone-weights PTH] [--time-limit S]``:
-  config keys in :mod:`semlic.segnet.train_config`; the options override them. Prints the
-  result (JSON) on stdout.
+* ``train-segnet --config CFG.yaml|json --data PREPARED_DIR --out DIR [--device cpu|cuda]
+  [--restart] [--iterations N | --epochs N] [--batch-size N] [--crop-size N] [--lr X]
+  [--num-workers N] [--seed N] [--eval-split SPLIT] [--backbone-weights PTH] [--minutes M]``:
+  config keys in :mod:`semlic.segnet.train_config`; the options override them. Writes
+  ``DIR/segnet.safetensors`` (and the resumable state and log); prints the result (JSON).
 * ``segment --model CKPT --data PREPARED_DIR --split SPLIT --out DIR [--device] [--batch-size]
   [--num-workers]``: writes ``DIR/<id>.png`` and ``DIR/segments.parquet``
   (:mod:`semlic.segnet.segment`).
 * ``convert-segnet --format csail|hszhao WEIGHTS... --num-classes K --out CKPT``: converts
-  published PSPNet weights (CSAILVision: encoder and decoder files) to a semlic checkpoint.
+  published PSPNet weights (CSAILVision: encoder and decoder files) to a semlic model file.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 
 from ..errors import ConfigError
-from .checkpoint import load_segnet, save_segnet
+from ..model_files import load_model, save_model
 from .pretrained import CSAIL_ENCODERS, load_csail_pspnet, load_hszhao_pspnet
 from .segment import segment_split, write_segment_table
 from .train import train_segnet
@@ -43,14 +43,15 @@ def run_train(args: argparse.Namespace) -> int:
     elif "epochs" in changes:
         changes["iterations"] = None
     config = config.replace(**changes) if changes else config
-    result = train_segnet(config, args.data, args.out, device=args.device, resume=args.resume,
-                          time_limit_s=args.time_limit, progress=not args.no_progress)
+    result = train_segnet(config, args.data, args.out, device=args.device, resume=not args.restart,
+                          time_limit_s=None if args.minutes is None else 60 * args.minutes,
+                          progress=not args.no_progress)
     print(json.dumps(result, indent=2))
     return 0
 
 
 def run_segment(args: argparse.Namespace) -> int:
-    model = load_segnet(args.model, "cpu")
+    model = load_model(args.model, "cpu", expect="pspnet")
     out_dir = Path(args.out)
     table = segment_split(model, args.data, args.split, out_dir, device=args.device, batch_size=args.batch_size,
                           num_workers=args.num_workers)
@@ -72,7 +73,7 @@ def run_convert(args: argparse.Namespace) -> int:
         if len(args.weights) != 1:
             raise ConfigError("--format hszhao needs one checkpoint file")
         model = load_hszhao_pspnet(args.weights[0], args.num_classes, args.backbone)
-    save_segnet(model, args.out)
+    save_model(args.out, model)
     print(json.dumps({"model": str(args.out), "config": model.config.to_dict()}))
     return 0
 
@@ -81,9 +82,9 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     train = subparsers.add_parser("train-segnet", help="train the PSPNet segmenter on a prepared data set")
     train.add_argument("--config", required=True, help="YAML or JSON training config (model section + training keys)")
     train.add_argument("--data", required=True, help="prepared data directory (semlic prepare)")
-    train.add_argument("--out", required=True, help="output model file, e.g. data/models/segnet.safetensors")
+    train.add_argument("--out", required=True, help="output directory (segnet.safetensors, train_state, train_log)")
     train.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    train.add_argument("--resume", action="store_true", help="continue from <out stem>.train_state.pt if present")
+    train.add_argument("--restart", action="store_true", help="ignore an existing train_state and start afresh")
     train.add_argument("--iterations", type=int, help="override: total steps (clears epochs)")
     train.add_argument("--epochs", type=int, help="override: total epochs (clears iterations)")
     train.add_argument("--batch-size", type=int, help="override: images per step")
@@ -93,12 +94,12 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--seed", type=int, help="override: random seed")
     train.add_argument("--eval-split", help="override: split to evaluate at the end")
     train.add_argument("--backbone-weights", help="override: torchvision ResNet weights file")
-    train.add_argument("--time-limit", type=float, help="stop (resumably) after this many seconds")
+    train.add_argument("--minutes", type=float, help="train for at most this long in this call (rerun to continue)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(func=run_train)
 
     segment = subparsers.add_parser("segment", help="write PSPNet label maps for a prepared split")
-    segment.add_argument("--model", required=True, help="segnet checkpoint (.safetensors)")
+    segment.add_argument("--model", required=True, help="PSPNet model file (.safetensors)")
     segment.add_argument("--data", required=True, help="prepared data directory")
     segment.add_argument("--split", required=True, help="split to segment (train, val, test, ...)")
     segment.add_argument("--out", required=True, help="output directory for <id>.png and segments.parquet")
@@ -107,11 +108,11 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     segment.add_argument("--num-workers", type=int, default=0, help="PNG decoding workers")
     segment.set_defaults(func=run_segment)
 
-    convert = subparsers.add_parser("convert-segnet", help="convert published PSPNet weights to a semlic checkpoint")
+    convert = subparsers.add_parser("convert-segnet", help="convert published PSPNet weights to a semlic model file")
     convert.add_argument("--format", required=True, choices=["csail", "hszhao"], help="layout of the weights")
     convert.add_argument("weights", nargs="+", help="csail: ENCODER.pth DECODER.pth; hszhao: CHECKPOINT.pth")
     convert.add_argument("--num-classes", type=int, default=150, help="classes of the weights (ADE20K: 150)")
     convert.add_argument("--encoder", default="resnet50dilated", choices=sorted(CSAIL_ENCODERS), help="csail encoder")
     convert.add_argument("--backbone", default="resnet50", choices=["resnet50", "resnet101"], help="hszhao depth")
-    convert.add_argument("--out", required=True, help="output checkpoint (.safetensors)")
+    convert.add_argument("--out", required=True, help="output model file (.safetensors)")
     convert.set_defaults(func=run_convert)

@@ -30,7 +30,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from ..errors import CheckpointError
-from .checkpoint import assign_state_dict
+from ..model_files import assign_state
 from .pspnet import PSPNet, PSPNetConfig
 
 # CSAILVision encoder name -> (backbone, fc_dim = channels of layer4)
@@ -69,7 +69,7 @@ def load_torchvision_backbone(model: PSPNet, path: str | os.PathLike) -> None:
     if model.config.deep_stem:
         raise CheckpointError(f"{path}: torchvision weights have a 7x7 stem; this model has deep_stem=True")
     state = {k: v for k, v in read_state_dict(path).items() if not k.startswith("fc.")}
-    assign_state_dict(model.backbone, state, source=str(path))
+    assign_state(model.backbone, state, source=str(path))
 
 
 # A layout is a list of (prefix in the published file, prefix in PSPNet); the first match wins.
@@ -149,7 +149,7 @@ def load_csail_pspnet(
     source = f"{encoder_path} + {decoder_path}"
     state = convert_csail_state_dicts(read_state_dict(encoder_path), read_state_dict(decoder_path), source)
     model = PSPNet(csail_config(num_classes, encoder_arch))
-    assign_state_dict(model, state, source, _source_namer(CSAIL_LAYOUT))
+    assign_state(model, state, source, _source_namer(CSAIL_LAYOUT))
     return model.eval()
 
 
@@ -166,5 +166,5 @@ def load_hszhao_pspnet(path: str | os.PathLike, num_classes: int = 150, backbone
         ppm_channels=512, head_channels=512, aux_channels=256, aux_weight=0.4 if has_aux else 0.0,
     )
     model = PSPNet(config)
-    assign_state_dict(model, state, str(path), _source_namer(HSZHAO_LAYOUT))
+    assign_state(model, state, str(path), _source_namer(HSZHAO_LAYOUT))
     return model.eval()

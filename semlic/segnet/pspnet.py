@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..model_files import register_model
 from .backbone import RESNET_LAYOUTS, STAGE_DILATIONS, ResNetBackbone
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -141,6 +142,21 @@ class PyramidPooling(nn.Module):
         return torch.cat([features, *pooled], dim=1)
 
 
+PRESETS = {
+    "paper": dict(backbone="resnet50", base_channels=64),                       # Zhao et al. 2017
+    "small": dict(backbone="resnet18", base_channels=32, head_channels=256, aux_channels=128),  # ResNet-18, half width
+    "tiny": dict(backbone="resnet18", base_channels=8, head_channels=32, aux_channels=16, ppm_channels=8),
+}
+
+
+def pspnet_config(preset: str = "paper", num_classes: int = 150, **overrides) -> PSPNetConfig:
+    """A preset (``paper``, ``small``, ``tiny``) for ``num_classes`` classes, with any overrides."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown PSPNet preset {preset!r}; known: {', '.join(PRESETS)}")
+    return PSPNetConfig(**{**PRESETS[preset], "num_classes": num_classes, **overrides})
+
+
+@register_model("pspnet", PSPNetConfig, preset=pspnet_config)
 class PSPNet(nn.Module):
     """Pyramid Scene Parsing Network (module docstring); build it from a :class:`PSPNetConfig`."""
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import ResnetBlock, conv7_block, down_block, label_image_conv, up_block
+from ...nn.blocks import ResnetBlock, conv7_block, down_block, label_image_conv, up_block
 
 
 class FineNet(nn.Module):

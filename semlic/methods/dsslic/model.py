@@ -10,15 +10,25 @@ Shapes: image (N, 3, H, W) in [-1, 1], seg (N, H, W) integer labels, H and W mul
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
-from .blocks import init_weights, one_hot, upsample
+from ...config_files import dataclass_from_dict
+from ...model_files import register_model
+from ...nn.blocks import init_weights, one_hot, upsample
+from ...nn.discriminator import MultiscaleDiscriminator
 from .compnet import CompNet
-from .discriminator import MultiscaleDiscriminator
 from .finenet import FineNet
+
+PRESETS = {
+    # Akbari et al. 2019: ngf 64, alpha 8, 9 residual blocks at 512 channels (ADE20K: 151 labels).
+    "paper": dict(comp_ngf=64, fine_ngf=64, n_down_comp=3, n_down_fine=3, n_blocks=9),
+    # A few thousand parameters: CPU tests and the builtin smoke-test pipeline.
+    "tiny": dict(comp_ngf=8, fine_ngf=8, n_down_comp=3, n_down_fine=2, n_blocks=2),
+    "small": dict(comp_ngf=16, fine_ngf=32, n_down_comp=3, n_down_fine=3, n_blocks=3),
+}
 
 
 @dataclass(frozen=True)
@@ -47,13 +57,17 @@ class DSSLICConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "DSSLICConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown DSSLIC config keys: {sorted(unknown)}")
-        return cls(**data)
+        return dataclass_from_dict(cls, data, "DSSLIC config")
 
 
+def dsslic_config(preset: str = "paper", label_nc: int = 151, **overrides) -> "DSSLICConfig":
+    """A preset (``paper``, ``small``, ``tiny``) with ``label_nc`` classes and any overrides."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+    return DSSLICConfig(**{**PRESETS[preset], "label_nc": label_nc, **overrides})
+
+
+@register_model("dsslic", DSSLICConfig, preset=dsslic_config)
 class DSSLIC(nn.Module):
     """CompNet and FineNet trained jointly; the codec uses :meth:`compact` and :meth:`reconstruct`."""
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,14 +26,20 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from . import codec, edms
-from .checkpoint import save_model
-from .errors import ConfigError
-from .imageio import atomic_write_bytes, load_image, load_label_map
-from .losses import ssim
-from .models import DSSLIC, SMapNet
-from .segnet.prepared import list_prepared
-from .training import load_dsslic
+from ...config_files import dataclass_from_dict
+from ...errors import ConfigError
+from ...fileio import atomic_write_bytes
+from ...imageio import load_image, load_label_map
+from ...layers import pad_to_multiple
+from ...model_files import load_model, save_model
+from ...nn.losses import ssim
+from ...segnet.prepared import list_prepared
+from ..dsslic.codec import compact_image, predict
+from ..dsslic.model import DSSLIC
+from .matched import matched_segmentation
+from .smapnet import SMapNet
+
+FINETUNE_METHODS = ("edms", "edms_noenh")
 
 
 @dataclass
@@ -49,8 +55,8 @@ class FinetuneConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.method not in edms.EDMS_METHODS or self.maps not in ("matched", "reference"):
-            raise ConfigError(f"method must be one of {edms.EDMS_METHODS} and maps 'matched' or 'reference'; "
+        if self.method not in FINETUNE_METHODS or self.maps not in ("matched", "reference"):
+            raise ConfigError(f"method must be one of {FINETUNE_METHODS} and maps 'matched' or 'reference'; "
                               f"found {self.method!r}, {self.maps!r}")
         if self.iterations < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ConfigError(f"iterations and batch_size must be >= 1 and lr > 0; found {self.iterations}, "
@@ -58,10 +64,7 @@ class FinetuneConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "FinetuneConfig":
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ConfigError(f"unknown finetune_finenet keys: {sorted(unknown)}")
-        return cls(**data)
+        return dataclass_from_dict(cls, data, "finetune_finenet")
 
 
 def matched_set(model: DSSLIC, segnet, smapnet: SMapNet | None, prepared_dir, split: str, seg_dir,
@@ -69,10 +72,10 @@ def matched_set(model: DSSLIC, segnet, smapnet: SMapNet | None, prepared_dir, sp
     """Per image of a split: (x, c^, s^, reference s), x and maps at the padded size."""
     out = []
     for sample in tqdm(list_prepared(prepared_dir, split), desc=f"s^ {split}", disable=not progress, leave=False):
-        image = codec.pad_to_multiple(load_image(sample.image_path), model.config.multiple)
-        reference = codec.pad_to_multiple(load_label_map(Path(seg_dir) / f"{sample.id}.png"), model.config.multiple)
-        compact = codec.compact_image(model, image, reference)
-        out.append((image, compact, edms.matched_segmentation(compact, model, segnet, smapnet), reference))
+        image = pad_to_multiple(load_image(sample.image_path), model.config.multiple)
+        reference = pad_to_multiple(load_label_map(Path(seg_dir) / f"{sample.id}.png"), model.config.multiple)
+        compact = compact_image(model, image, reference)
+        out.append((image, compact, matched_segmentation(compact, model, segnet, smapnet), reference))
     return out
 
 
@@ -80,7 +83,7 @@ def prediction_psnr(model: DSSLIC, items) -> float:
     """Mean PSNR (dB, 8-bit RGB) of x' = RecNet(s^, c^) over :func:`matched_set` items."""
     values = []
     for image, compact, matched, _ in items:
-        mse = np.mean((codec.predict(model, compact, matched, image.shape[:2]).astype(np.float64) - image) ** 2)
+        mse = np.mean((predict(model, compact, matched, image.shape[:2]).astype(np.float64) - image) ** 2)
         values.append(math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse))
     return float(np.mean(values))
 
@@ -95,7 +98,7 @@ def finetune_finenet(config: FinetuneConfig | dict, base_path, segnet, smapnet: 
     """Fine-tune FineNet on s^ of ``train_split``; return the better of the two base models' paths."""
     cfg = config if isinstance(config, FinetuneConfig) else FinetuneConfig.from_dict(config)
     enhancer = smapnet if cfg.method == "edms" else None
-    model = load_dsslic(base_path, device)
+    model = load_model(base_path, device, expect="dsslic")
     train = matched_set(model, segnet, enhancer, prepared_dir, train_split, seg_dir, progress)
     held_out = matched_set(model, segnet, enhancer, prepared_dir, eval_split, eval_seg_dir or seg_dir, progress)
     if len({item[0].shape for item in train}) != 1:
@@ -118,8 +121,8 @@ def finetune_finenet(config: FinetuneConfig | dict, base_path, segnet, smapnet: 
     model.eval()
     after = prediction_psnr(model, held_out)
     out_dir = Path(out_dir)
-    tuned_path = out_dir / "base_finetuned.safetensors"
-    save_model(tuned_path, model.cpu(), "dsslic", model.config.to_dict(), extra={"finetuned_on": asdict(cfg)})
+    tuned_path = out_dir / "dsslic_finetuned.safetensors"
+    save_model(tuned_path, model.cpu(), extra={"finetuned_on": asdict(cfg)})
     kept = after > before
     record = {"config": asdict(cfg), "eval_split": eval_split, "psnr_before_db": before, "psnr_after_db": after,
               "kept": kept, "model": str(tuned_path if kept else base_path)}

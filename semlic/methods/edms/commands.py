@@ -1,82 +1,67 @@
 """``semlic smap-pairs``, ``train-smapnet``, ``finetune-finenet``: EDMS's training steps 2 and 3.
 
 * ``smap-pairs --model BASE --segnet PSPNET --data PREPARED --split train --segs REF_DIR --out DIR
-  [--ids a,b,...] [--device]``: :func:`semlic.edms.generate_pairs`; writes ``DIR/pairs.parquet``
+  [--ids a,b,...] [--device]``: :func:`semlic.methods.edms.pairs.generate_pairs`; writes ``DIR/pairs.parquet``
   (per image: mIoU of PSPNet(up(c^)) against the reference map) and prints a JSON summary.
 * ``train-smapnet --pairs DIR --out DIR [--config CFG.yaml] [--device] [--epochs N | --iterations N]
   [--batch-size N] [--preset paper|tiny] [--crop N] [--restart]``:
-  :func:`semlic.smapnet_training.train_smapnet`; the config's ``train_smapnet`` section (or its
-  top-level keys) gives :class:`~semlic.smapnet_training.SMapNetTrainConfig` keys, the options
+  :func:`semlic.methods.edms.training.train_smapnet`; the config's ``train_smapnet`` section (or its
+  top-level keys) gives :class:`~semlic.methods.edms.training.SMapNetTrainConfig` keys, the options
   override them. Prints the model path.
-* ``finetune-finenet --model BASE --segnet PSPNET [--smapnet SMAPNET] --data PREPARED --segs REF_DIR
+* ``finetune-finenet --model DSSLIC --segnet PSPNET [--smapnet SMAPNET] --data PREPARED --segs REF_DIR
   --out DIR [--eval-split val] [--eval-segs DIR] [--method edms|edms_noenh] [--maps matched|reference]
-  [--iterations N]``: :func:`semlic.edms_finetune.finetune_finenet`; prints ``finetune.json`` (x'
+  [--iterations N]``: :func:`semlic.methods.edms.finetune.finetune_finenet`; prints ``finetune.json`` (x'
   PSNR before / after on the held-out split, and whether the fine-tuned model is kept).
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 from pathlib import Path
 
-import yaml
-
-from .errors import ConfigError
+from ...config_files import read_section
 
 
 def run_pairs(args: argparse.Namespace) -> int:
-    from .edms import generate_pairs
-    from .imageio import atomic_write_bytes
-    from .segnet.checkpoint import load_segnet
-    from .training import load_dsslic
+    from ...fileio import write_parquet
+    from ...model_files import load_model
+    from .pairs import generate_pairs
 
-    model, segnet = load_dsslic(args.model, args.device), load_segnet(args.segnet, args.device)
+    model = load_model(args.model, args.device, expect="dsslic")
+    segnet = load_model(args.segnet, args.device, expect="pspnet")
     ids = [i for i in args.ids.split(",") if i] if args.ids else None
     table = generate_pairs(model, segnet, args.data, args.split, args.segs, args.out, ids=ids,
                            progress=not args.no_progress)
-    buf = io.BytesIO()
-    table.sort_values("id", kind="stable").to_parquet(buf, index=False)
-    atomic_write_bytes(Path(args.out) / "pairs.parquet", buf.getvalue())
+    write_parquet(table.sort_values("id", kind="stable"), Path(args.out) / "pairs.parquet")
     print(json.dumps({"pairs": len(table), "mean_image_miou_pspnet_up_c": float(table["miou"].mean()),
                       "table": str(Path(args.out) / "pairs.parquet")}, indent=2))
     return 0
 
 
-def _load_config(path: str | None) -> dict:
-    if not path:
-        return {}
-    try:
-        loaded = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot read the config ({exc})") from exc
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"{path}: expected a mapping, found {type(loaded).__name__}")
-    return dict(loaded.get("train_smapnet", loaded))
-
-
 def run_train(args: argparse.Namespace) -> int:
-    from .smapnet_training import train_smapnet
+    from .training import train_smapnet
 
-    config = _load_config(args.config)
+    config = read_section(args.config, "train_smapnet")
     for key in ("epochs", "iterations", "batch_size", "preset", "crop"):
         value = getattr(args, key)
         if value is not None:
             config[key] = value
     if args.epochs is not None:
         config["iterations"] = None
-    print(train_smapnet(config, args.pairs, args.out, device=args.device, resume=not args.restart))
+    result = train_smapnet(config, args.pairs, args.out, device=args.device, resume=not args.restart,
+                           time_limit_s=None if args.minutes is None else 60 * args.minutes,
+                           progress=not args.no_progress)
+    print(json.dumps(result.to_dict(), indent=2, default=str))
     return 0
 
 
 def run_finetune(args: argparse.Namespace) -> int:
-    from .edms_finetune import finetune_finenet
-    from .segnet.checkpoint import load_segnet
-    from .smapnet_training import load_smapnet
+    from ...model_files import load_model
+    from .finetune import finetune_finenet
 
-    segnet = load_segnet(args.segnet, args.device)
-    smapnet = load_smapnet(args.smapnet, args.device) if args.smapnet else None
+    segnet = load_model(args.segnet, args.device, expect="pspnet")
+    smapnet = load_model(args.smapnet, args.device, expect="smapnet") if args.smapnet else None
     config = {"method": args.method, "maps": args.maps, **({"iterations": args.iterations} if args.iterations else {})}
     finetune_finenet(config, args.model, segnet, smapnet, args.data, args.segs, args.out, train_split=args.split,
                      eval_split=args.eval_split, eval_seg_dir=args.eval_segs, device=args.device,
@@ -87,7 +72,7 @@ def run_finetune(args: argparse.Namespace) -> int:
 
 def register_cli(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("smap-pairs", help="EDMS: SMapNet training pairs (PSPNet(up(c^)), reference map)")
-    p.add_argument("--model", required=True, help="base model (base.safetensors from train-base)")
+    p.add_argument("--model", required=True, help="DSSLIC model (dsslic.safetensors from train-dsslic)")
     p.add_argument("--segnet", required=True, help="PSPNet checkpoint")
     p.add_argument("--data", required=True, help="prepared data directory")
     p.add_argument("--split", default="train", help="split to make pairs of (default train)")
@@ -108,11 +93,13 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--preset", help="paper | tiny")
     p.add_argument("--crop", type=int)
+    p.add_argument("--minutes", type=float, help="train for at most this long in this call (rerun to continue)")
     p.add_argument("--restart", action="store_true", help="ignore an existing train_state and start afresh")
+    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_train)
 
     p = sub.add_parser("finetune-finenet", help="EDMS step 3: fine-tune FineNet on s^, kept only if x' improves")
-    p.add_argument("--model", required=True, help="base model (base.safetensors from train-base)")
+    p.add_argument("--model", required=True, help="DSSLIC model (dsslic.safetensors from train-dsslic)")
     p.add_argument("--segnet", required=True)
     p.add_argument("--smapnet", help="needed for --method edms")
     p.add_argument("--data", required=True, help="prepared data directory")

@@ -32,12 +32,14 @@ Representation (the paper leaves it open; its ``3c3`` output suggests a colour-c
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ...config_files import dataclass_from_dict
+from ...errors import ConfigError
+from ...model_files import register_model
 
 
 @dataclass(frozen=True)
@@ -60,10 +62,7 @@ class SMapNetConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "SMapNetConfig":
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ConfigError(f"unknown SMapNet config keys: {sorted(unknown)}")
-        return cls(**data)
+        return dataclass_from_dict(cls, data, "SMapNet config")
 
 
 SMAPNET_PRESETS = {
@@ -72,12 +71,16 @@ SMAPNET_PRESETS = {
 }
 
 
-def smapnet_config(preset: str = "paper", **overrides) -> SMapNetConfig:
+def smapnet_config(preset: str = "paper", num_classes: int | None = None, **overrides) -> SMapNetConfig:
+    """A preset (``paper``, ``tiny``) for ``num_classes`` classes, with any overrides."""
+    if num_classes is not None:
+        overrides["num_classes"] = num_classes
     if preset not in SMAPNET_PRESETS:
         raise ConfigError(f"unknown SMapNet preset {preset!r}; known: {', '.join(SMAPNET_PRESETS)}")
     return SMapNetConfig(**{**SMAPNET_PRESETS[preset], **overrides})
 
 
+@register_model("smapnet", SMapNetConfig, preset=smapnet_config)
 class SMapNet(nn.Module):
     """Class probabilities (N, K, H, W) in [0, 1] -> enhanced class scores (N, K, H, W)."""
 

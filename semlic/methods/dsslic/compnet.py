@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import conv7_block, down_block, label_image_conv
+from ...nn.blocks import conv7_block, down_block, label_image_conv
 
 
 class CompNet(nn.Module):

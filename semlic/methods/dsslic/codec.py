@@ -1,0 +1,301 @@
+"""The layered DSSLIC codec, done right: the decoder sees only the file.
+
+Akbari et al. 2019, Algorithm 1, with the fixes REFERENCE.md calls for:
+
+encode(x, s):
+  1. pad x and s to a multiple of the model's input multiple, at least 4 multiples
+     (reflect; cropped back after RecNet);
+  2. c = CompNet(x, s), rounded (not truncated) to 8 bits, coded losslessly;
+  3. x' = RecNet(s, c^) on the *decoded* 8-bit compact image c^ (what the decoder will have),
+     cropped and rounded to 8 bits;
+  4. r = x - x' (integers in -255..255); min/max (integers, in the method section), r scaled
+     to 0..255, rounded, HEVC-intra coded at an explicit QP (chroma 4:2:0 as in the paper, or
+     4:4:4); the quality ``None`` sends no residual (the paper's Table 1 setting);
+  5. s coded losslessly at its original size.
+decode(file): s^ and c^ from their layers, x' = RecNet(s^, c^), x~ = clip(round(x' + r^)).
+
+Steps 1-3 do not depend on the QP: :meth:`LayeredCodec.encode_many` runs them once per image
+and codes only the residual per QP. The encoder computes its reconstruction by decoding its
+own residual bytes, so the decoder reproduces it exactly on the same device and thread
+settings. :class:`LayeredCodec` is written so that a method that derives the map instead of
+sending it (EDMS, :mod:`semlic.methods.edms`) changes only how the map is obtained.
+
+The method section (6 bytes): input multiple m (u8; each side is padded to
+max(4 m, ceil(side / m) m)), residual QP (u8, 255: none), residual min and max (i16 each).
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ... import format as fmt
+from ...errors import ConfigError, DeclaredSizeError, LayerError
+from ...image_codecs import get_codec
+from ...layers import (LOSSLESS_CHOICES, LOSSLESS_DEFAULT, add_residual, array_to_tensor, check_image, code_lossless, decode_layer,
+                       image_to_tensor, module_device, pad_to_multiple, padded_side, scaled_residual,
+                       tensor_to_uint8, unscaled_residual)
+from .. import EncodeResult, Method, ModelSet, Option, PaperPoint, register_method
+from .model import DSSLIC
+
+# The residual QPs of the DSSLIC paper's evaluation script (REFERENCE.md).
+PAPER_RESIDUAL_QPS = (32, 27, 23, 19, 16, 14, 12, 10)
+ROLE_SEGMENTATION, ROLE_COMPACT, ROLE_RESIDUAL, ROLE_CORRECTION = 1, 2, 3, 4
+NO_RESIDUAL = 255
+_SECTION = struct.Struct("<BBhh")
+
+
+@dataclass(frozen=True)
+class Section:
+    """DSSLIC's header fields (and EDMS's: the same)."""
+
+    multiple: int
+    residual_qp: int | None = None
+    res_min: int = 0
+    res_max: int = 0
+
+    def pack(self) -> bytes:
+        qp = NO_RESIDUAL if self.residual_qp is None else int(self.residual_qp)
+        return _SECTION.pack(self.multiple, qp, self.res_min, self.res_max)
+
+    @classmethod
+    def unpack(cls, data: bytes) -> "Section":
+        if len(data) != _SECTION.size:
+            raise LayerError(f"the method section has {len(data)} bytes, expected {_SECTION.size}")
+        multiple, qp, res_min, res_max = _SECTION.unpack(data)
+        if multiple < 1 or multiple & (multiple - 1) or multiple > 64:
+            raise DeclaredSizeError(f"declared size multiple {multiple} is not a power of two in 1..64")
+        if not (-255 <= res_min <= res_max <= 255):
+            raise LayerError(f"declared residual range {res_min}..{res_max} is outside -255..255")
+        return cls(multiple, None if qp == NO_RESIDUAL else qp, res_min, res_max)
+
+
+@torch.inference_mode()
+def compact_image(model: DSSLIC, image_padded: np.ndarray, seg_padded: np.ndarray) -> np.ndarray:
+    """c^ = CompNet(x, s) rounded to 8 bits: (H / alpha, W / alpha, 3) uint8 from padded x and s."""
+    device = module_device(model)
+    labels = array_to_tensor(seg_padded).to(device)[None].long()
+    return tensor_to_uint8(model.compact(image_to_tensor(image_padded, device), labels))
+
+
+@torch.inference_mode()
+def predict(model: DSSLIC, compact: np.ndarray, seg_padded: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """x' = RecNet(s, c^) from the 8-bit compact image, cropped to ``size`` = (H, W), uint8."""
+    device = module_device(model)
+    labels = array_to_tensor(seg_padded).to(device)[None].long()
+    recon = model.reconstruct(image_to_tensor(compact, device), labels)
+    return tensor_to_uint8(recon[..., : size[0], : size[1]])
+
+
+def segment_image(segnet: torch.nn.Module, image: np.ndarray) -> np.ndarray:
+    """PSPNet label map (H, W) uint8 of an (H, W, 3) uint8 image, on the network's device."""
+    from ...segnet.inference import predict_labels
+    from ...segnet.prepared import image_to_tensor as segnet_input
+
+    return predict_labels(segnet, segnet_input(image)[None].to(module_device(segnet)))[0].cpu().numpy()
+
+
+def _parse_qp(value: Any) -> int | None:
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "")):
+        return None
+    qp = int(value)
+    if qp < 0:
+        return None
+    if qp > 51:
+        raise ConfigError(f"residual QP must be in 0..51 (or -1 / none: no residual), got {qp}")
+    return qp
+
+
+@dataclass
+class _Base:
+    """What every QP of one image shares: x, the padded map, c^, the map the prediction uses, x'."""
+
+    image: np.ndarray
+    prediction: np.ndarray
+    layers_before: list[fmt.Layer]
+    layers_after: list[fmt.Layer]
+    seconds: float
+    timings: dict[str, float]
+    extras: dict[str, Any]
+
+
+class LayeredCodec(Method):
+    """Compact image + prediction + HEVC residual; how the map reaches the decoder is a hook."""
+
+    models = ("dsslic",)
+    encoder_models = ("pspnet",)
+    uses_segmentation = True
+    quality_name = "qp"
+    default_qualities = PAPER_RESIDUAL_QPS
+    options = {
+        "chroma": Option("420", str, "residual chroma: 420 (the paper's libbpg default) or 444"),
+        "lossless": Option(LOSSLESS_DEFAULT, str, f"lossless codec of the image-like layers: {', '.join(LOSSLESS_CHOICES)}"),
+    }
+    layer_roles = {ROLE_SEGMENTATION: "segmentation", ROLE_COMPACT: "compact", ROLE_RESIDUAL: "residual",
+                   ROLE_CORRECTION: "correction"}
+
+    # --- qualities ----------------------------------------------------------------------------
+    def parse_quality(self, value: Any) -> int | None:
+        return _parse_qp(value)
+
+    def quality_value(self, quality: int | None) -> float:
+        return -1.0 if quality is None else float(quality)
+
+    def quality_label(self, quality: int | None) -> str:
+        return "none" if quality is None else str(int(quality))
+
+    # --- the map: hooks ---------------------------------------------------------------------
+    def map_layers(self, segmentation: np.ndarray, seg_padded: np.ndarray, compact: np.ndarray, models: ModelSet,
+                   options: dict, timings: dict) -> tuple[np.ndarray, list[fmt.Layer], list[fmt.Layer], dict]:
+        """(map the prediction uses (padded), layers before the compact one, layers after it, extras)."""
+        start = time.perf_counter()
+        codec_id, payload = code_lossless(segmentation, options["lossless"])
+        timings["lossless_s"] = timings.get("lossless_s", 0.0) + time.perf_counter() - start
+        return seg_padded, [fmt.Layer(ROLE_SEGMENTATION, codec_id, payload)], [], {}
+
+    def decoder_map(self, sem: fmt.SemFile, compact: np.ndarray, models: ModelSet) -> np.ndarray:
+        """The padded map the decoder predicts with, from the file and c^."""
+        model = models["dsslic"]
+        segmentation = decode_layer(sem.layer(ROLE_SEGMENTATION), 1, (sem.height, sem.width), "segmentation")
+        if int(segmentation.max()) >= model.config.label_nc:
+            raise LayerError(f"segmentation label {int(segmentation.max())} >= the model's label_nc "
+                             f"{model.config.label_nc}")
+        return pad_to_multiple(segmentation, Section.unpack(sem.section).multiple)
+
+    def required_roles(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(roles every file has, roles a file may have)."""
+        return (ROLE_SEGMENTATION, ROLE_COMPACT), (ROLE_SEGMENTATION, ROLE_COMPACT, ROLE_RESIDUAL)
+
+    # --- encoding ---------------------------------------------------------------------------
+    def _segmentation(self, image: np.ndarray, segmentation: np.ndarray | None, models: ModelSet,
+                      timings: dict) -> np.ndarray:
+        if segmentation is None:
+            segnet = models.get("pspnet")
+            if segnet is None:
+                raise ConfigError(f"{self.name} needs the image's segmentation map: give it (--seg LABELS.png) "
+                                  "or a PSPNet model file to compute it")
+            start = time.perf_counter()
+            segmentation = segment_image(segnet, image)
+            timings["segment_x_s"] = time.perf_counter() - start
+        if segmentation.shape != image.shape[:2]:
+            raise ConfigError(f"segmentation {segmentation.shape} does not match image {image.shape[:2]}")
+        label_nc = models["dsslic"].config.label_nc
+        if segmentation.size and int(segmentation.max()) >= label_nc:
+            raise ConfigError(f"segmentation label {int(segmentation.max())} >= the model's label_nc {label_nc}")
+        return segmentation
+
+    def _base(self, image: np.ndarray, models: ModelSet, segmentation: np.ndarray | None, options: dict) -> _Base:
+        check_image(image)
+        self.check_models(models)
+        if options["chroma"] not in ("420", "444"):
+            raise ConfigError(f"chroma must be '420' or '444', got {options['chroma']!r}")
+        if options["lossless"] not in LOSSLESS_CHOICES:
+            raise ConfigError(f"lossless must be one of {', '.join(LOSSLESS_CHOICES)}, got {options['lossless']!r}")
+        model = models["dsslic"]
+        started = time.perf_counter()
+        timings: dict[str, float] = {}
+        segmentation = self._segmentation(image, segmentation, models, timings)
+        h, w = image.shape[:2]
+        multiple = model.config.multiple
+        t = time.perf_counter()
+        seg_padded = pad_to_multiple(segmentation, multiple)
+        compact = compact_image(model, pad_to_multiple(image, multiple), seg_padded)
+        timings["compnet_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        comp_codec, comp_bytes = code_lossless(compact, options["lossless"])
+        timings["lossless_s"] = time.perf_counter() - t
+        used_map, before, after, extras = self.map_layers(segmentation, seg_padded, compact, models, options, timings)
+        t = time.perf_counter()
+        prediction = predict(model, compact, used_map, (h, w))
+        timings["recnet_s"] = time.perf_counter() - t
+        extras["prediction"] = prediction
+        compact_layer = fmt.Layer(ROLE_COMPACT, comp_codec, comp_bytes)
+        return _Base(image, prediction, before + [compact_layer], after, time.perf_counter() - started, timings,
+                     extras)
+
+    def _finish(self, base: _Base, models: ModelSet, qp: int | None, chroma: str) -> EncodeResult:
+        start = time.perf_counter()
+        h, w = base.image.shape[:2]
+        layers = list(base.layers_before) + list(base.layers_after)
+        res_min = res_max = 0
+        reconstruction = base.prediction
+        timings = dict(base.timings)
+        if qp is not None:
+            r8, res_min, res_max = scaled_residual(base.image, base.prediction)
+            hevc = get_codec("hevc")
+            payload = hevc.encode(r8, qp, chroma=chroma)
+            layers.append(fmt.Layer(ROLE_RESIDUAL, hevc.codec_id, payload))
+            reconstruction = add_residual(base.prediction, unscaled_residual(hevc.decode(payload, 3), res_min, res_max))
+        timings["residual_s"] = time.perf_counter() - start
+        section = Section(models["dsslic"].config.multiple, qp, res_min, res_max)
+        sem = fmt.SemFile(self.name, w, h, self.fingerprint(models), section.pack(), tuple(layers))
+        data = fmt.pack(sem)
+        bits = self.layer_bits(sem)
+        assert sum(bits.values()) == 8 * len(data)
+        network = sum(timings.get(k, 0.0) for k in ("segment_x_s", "compnet_s", "segmentation_s", "recnet_s"))
+        timings.update(network_s=network, entropy_s=timings.get("lossless_s", 0.0) + timings["residual_s"])
+        seconds = base.seconds + time.perf_counter() - start
+        return EncodeResult(data, reconstruction, bits, qp, seconds, timings, dict(base.extras))
+
+    def encode(self, image: np.ndarray, models: ModelSet, quality: Any = 27, *,
+               segmentation: np.ndarray | None = None, **options) -> EncodeResult:
+        return self.encode_many(image, models, [quality], segmentation=segmentation, **options)[0]
+
+    def encode_many(self, image: np.ndarray, models: ModelSet, qualities: Sequence[Any], *,
+                    segmentation: np.ndarray | None = None, **options) -> list[EncodeResult]:
+        """c^ and x' once, then the residual at each QP (steps 1-3 do not depend on it)."""
+        options = self.encode_options(options)
+        qps = [self.parse_quality(q) for q in qualities]
+        base = self._base(image, models, segmentation, options)
+        return [self._finish(base, models, qp, options["chroma"]) for qp in qps]
+
+    # --- decoding ---------------------------------------------------------------------------
+    def decode_with_prediction(self, data: bytes | fmt.SemFile, models: ModelSet) -> tuple[np.ndarray, np.ndarray]:
+        """(x~, x') of a file: the reconstruction and the prediction before the residual."""
+        sem = self.open(data, models)
+        model = models["dsslic"]
+        section = Section.unpack(sem.section)
+        if section.multiple != model.config.multiple:
+            raise LayerError(f"file declares input multiple {section.multiple}, the model needs {model.config.multiple}")
+        required, allowed = self.required_roles()
+        self.check_roles(sem, required, allowed)
+        h, w = sem.height, sem.width
+        ph, pw = padded_side(h, section.multiple), padded_side(w, section.multiple)
+        alpha = model.config.alpha
+        compact = decode_layer(sem.layer(ROLE_COMPACT), 3, (ph // alpha, pw // alpha), "compact")
+        prediction = predict(model, compact, self.decoder_map(sem, compact, models), (h, w))
+        residual = sem.layer(ROLE_RESIDUAL)
+        if residual is None:
+            return prediction, prediction
+        r8 = decode_layer(residual, 3, (h, w), "residual")
+        return add_residual(prediction, unscaled_residual(r8, section.res_min, section.res_max)), prediction
+
+    def decode_file(self, sem: fmt.SemFile, models: ModelSet) -> np.ndarray:
+        return self.decode_with_prediction(sem, models)[0]
+
+    def describe(self, sem: fmt.SemFile) -> dict:
+        section = Section.unpack(sem.section)
+        return {"input_multiple": section.multiple, "residual_qp": section.residual_qp,
+                "residual_min": section.res_min, "residual_max": section.res_max}
+
+
+@register_method
+class DSSLICCodec(LayeredCodec):
+    """DSSLIC: segmentation map (lossless) + compact image (lossless) + HEVC residual."""
+
+    name = "dsslic"
+    format_id = 1
+    label = "DSSLIC"
+    paper = "Akbari, Liang, Han, Tu: DSSLIC: Deep Semantic Segmentation-based Layered Image Compression, ICASSP 2019"
+    colour = "tab:blue"
+    paper_points = (
+        PaperPoint("EDMS paper, Table 1", 0.671, 31.86, 0.964, quality=32.0),
+        PaperPoint("DSSLIC paper, Table 1 (no residual)", 0.087, 21.91, 0.891, quality=-1.0),
+    )
+    # EDMS Table 1 (Kodak, V100, BPG QP 32) and the DSSLIC paper's RecNet decode on a CPU.
+    paper_seconds = {"enc_gpu": 1.08, "dec_gpu": 0.342, "dec_cpu": 44.0}

@@ -1,0 +1,117 @@
+"""The EDMS codecs: DSSLIC's layers without the segmentation map, which both ends derive from c^.
+
+Hoang, Zhou & Fan 2020: the file holds the compact image and the residual (and, for
+cross-device agreement, a sparse correction layer: the encoder's class at every pixel whose
+top-2 score margin is below ``agreement_tau``, :mod:`.matched`). CompNet still sees the
+original segmentation s at the encoder; the prediction uses s^ = argmax SMapNet(PSPNet(up(c^)))
+(``edms``) or PSPNet's own map (``edms_noenh``), which the decoder computes the same way. The
+header's fingerprint names the DSSLIC model, the PSPNet and the SMapNet together.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from ... import format as fmt
+from ...errors import ConfigError, ModelMismatchError
+from ...image_codecs import get_codec
+from ...layers import decode_layer, padded_side
+from .. import ModelSet, Option, PaperPoint, register_method
+from ..dsslic.codec import ROLE_COMPACT, ROLE_CORRECTION, ROLE_RESIDUAL, LayeredCodec, Section
+from .matched import apply_correction, correction_map, matched_scores
+
+# Decision margin below which the encoder sends its class (reports/edms_agreement.md: class
+# scores differed by at most 7.3e-5 between 1 and 2 CPU threads).
+AGREEMENT_TAU = 2e-4
+
+
+class MatchedMapCodec(LayeredCodec):
+    """A layered codec whose map is derived at both ends from c^ (no segmentation layer)."""
+
+    enhanced: bool = True   # SMapNet on PSPNet's probabilities
+    options = {**LayeredCodec.options,
+               "agreement_tau": Option(AGREEMENT_TAU, float,
+                                       "send the encoder's class where the top-2 score margin is below this (0: never)")}
+    compare_to = "dsslic"
+
+    def check_models(self, models: ModelSet, needed=None) -> None:
+        super().check_models(models, needed)
+        if needed is not None:
+            return
+        dsslic, segnet = models["dsslic"], models["pspnet"]
+        classes = segnet.config.num_classes
+        if classes > dsslic.config.label_nc:
+            raise ModelMismatchError(f"PSPNet has {classes} classes, more than the DSSLIC model's label_nc "
+                                     f"{dsslic.config.label_nc}")
+        if self.enhanced and models["smapnet"].config.num_classes != classes:
+            raise ModelMismatchError(f"SMapNet maps {models['smapnet'].config.num_classes} classes, "
+                                     f"PSPNet predicts {classes}")
+
+    def matched_scores(self, compact: np.ndarray, models: ModelSet) -> torch.Tensor:
+        """(1, K, H, W) class scores both ends compute from c^; their argmax is the map s^."""
+        return matched_scores(compact, models["dsslic"], models["pspnet"], models["smapnet"] if self.enhanced else None)
+
+    def map_layers(self, segmentation, seg_padded, compact, models, options, timings):
+        tau = float(options["agreement_tau"])
+        if tau < 0:
+            raise ConfigError(f"agreement_tau must be >= 0, got {tau}")
+        start = time.perf_counter()
+        scores = self.matched_scores(compact, models)
+        matched = scores[0].argmax(0).to(torch.uint8).cpu().numpy()
+        after = []
+        if tau > 0:
+            correction = correction_map(scores, tau)
+            if correction.any():
+                sparse = get_codec("sparse_labels")
+                after.append(fmt.Layer(ROLE_CORRECTION, sparse.codec_id, sparse.encode(correction)))
+        timings["segmentation_s"] = time.perf_counter() - start
+        return matched, [], after, {"matched_segmentation": matched}
+
+    def decoder_map(self, sem: fmt.SemFile, compact: np.ndarray, models: ModelSet) -> np.ndarray:
+        matched = self.matched_scores(compact, models)[0].argmax(0).to(torch.uint8).cpu().numpy()
+        correction = sem.layer(ROLE_CORRECTION)
+        if correction is None:
+            return matched
+        multiple = Section.unpack(sem.section).multiple
+        shape = (padded_side(sem.height, multiple), padded_side(sem.width, multiple))
+        return apply_correction(matched, decode_layer(correction, 1, shape, "correction"))
+
+    def required_roles(self):
+        return (ROLE_COMPACT,), (ROLE_COMPACT, ROLE_CORRECTION, ROLE_RESIDUAL)
+
+    def describe(self, sem: fmt.SemFile) -> dict:
+        return {**super().describe(sem), "map": "derived at both ends" + (" (SMapNet-enhanced)" if self.enhanced else "")}
+
+
+@register_method
+class EDMSCodec(MatchedMapCodec):
+    """EDMS: s^ = argmax SMapNet(softmax(PSPNet(up(c^)))) at both ends."""
+
+    name = "edms"
+    format_id = 2
+    label = "EDMS"
+    paper = ("Hoang, Zhou, Fan: Image Compression with Encoder-Decoder Matched Semantic Segmentation, "
+             "CVPR workshops 2020")
+    models = ("dsslic", "pspnet", "smapnet")
+    enhanced = True
+    colour = "tab:orange"
+    paper_points = (PaperPoint("EDMS paper, Table 1", 0.642, 31.87, 0.964, quality=32.0),)
+    paper_seconds = {"enc_gpu": 0.745, "dec_gpu": 0.305}
+
+
+@register_method
+class EDMSWithoutEnhancement(MatchedMapCodec):
+    """EDMS without SMapNet: s^ = argmax PSPNet(up(c^)) at both ends."""
+
+    name = "edms_noenh"
+    format_id = 3
+    label = "EDMS w/o SMapNet"
+    paper = EDMSCodec.paper
+    models = ("dsslic", "pspnet")
+    enhanced = False
+    colour = "tab:green"
+    paper_points = (PaperPoint("EDMS paper, Table 1", 0.657, 31.77, 0.959, quality=32.0),)
+    paper_seconds = {"enc_gpu": 0.703, "dec_gpu": 0.2635}

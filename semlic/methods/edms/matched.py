@@ -1,0 +1,126 @@
+"""Encoder-decoder matched segmentation (EDMS): the map both ends derive from the compact image.
+
+Hoang, Zhou & Fan, "Image Compression with Encoder-Decoder Matched Semantic Segmentation"
+(CVPR workshops 2020), sections 2.2-2.4: the file carries no segmentation; encoder and decoder
+both compute
+
+    s^ = argmax SMapNet(softmax(PSPNet(up(c^))))      (method ``edms``)
+    s^ = argmax PSPNet(up(c^))                         (method ``edms_noenh``, no enhancement)
+
+from the *decoded* 8-bit compact image c^ (h, w, 3), at the padded image size
+(H, W) = (alpha h, alpha w), and FineNet reconstructs with s^ in place of the sent map.
+
+Agreement. A decoder that derives another s^ adds the residual to another prediction, so
+both ends run this one function, in float32 (no autocast), batch size 1, eval mode, and on
+CUDA with deterministic cuDNN kernels, no autotuning and no TF32 (:func:`deterministic_float32`).
+That makes s^ bit-identical on one device and thread setting; across devices the logits may
+differ in their last bits, and a pixel flips only where the top-2 margin is that small
+(:func:`top2_margin`; measured in reports/edms_agreement.md: 2 of 524,288 pixels between 2 and
+1 CPU threads). The guard against it, :func:`correction_map` / :func:`apply_correction`, sends
+the encoder's class of every pixel whose margin is below tau, in a correction layer of the file.
+
+Fingerprints. An EDMS decoder needs three sets of weights; the header's 8-byte fingerprint
+is SHA-256 over the method name and the three weight fingerprints
+(:meth:`semlic.methods.base.Method.fingerprint`), so a wrong PSPNet or SMapNet is refused
+like a wrong DSSLIC model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from ...errors import ConfigError
+from ...layers import image_to_tensor, module_device
+from ..dsslic.model import DSSLIC
+from .smapnet import SMapNet
+
+
+@contextlib.contextmanager
+def deterministic_float32() -> Iterator[None]:
+    """cuDNN deterministic, no benchmark autotuning, IEEE float32 (no TF32); restored on exit."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = (cudnn.deterministic, cudnn.benchmark, cudnn.conv.fp32_precision, matmul.fp32_precision)
+    cudnn.deterministic, cudnn.benchmark = True, False
+    cudnn.conv.fp32_precision = matmul.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        cudnn.deterministic, cudnn.benchmark, cudnn.conv.fp32_precision, matmul.fp32_precision = saved
+
+
+def upsampled_for_segnet(compact: np.ndarray, model: DSSLIC, device: torch.device) -> torch.Tensor:
+    """up(c^) as PSPNet takes it: (1, 3, alpha h, alpha w) float32 in [0, 1]."""
+    up = model.upsample(image_to_tensor(compact, module_device(model)))
+    return ((up + 1) / 2).to(device)
+
+
+@torch.inference_mode()
+def matched_scores(compact: np.ndarray, model: DSSLIC, segnet, smapnet: SMapNet | None = None) -> torch.Tensor:
+    """(1, K, alpha h, alpha w) float32 class scores whose argmax is s^ (module docstring).
+
+    ``compact``: the decoded 8-bit compact image (h, w, 3) uint8 of a padded image. Without
+    ``smapnet`` these are PSPNet's logits (``edms_noenh``); with it, SMapNet's scores.
+    Puts ``segnet`` and ``smapnet`` in eval mode.
+    """
+    if compact.ndim != 3 or compact.shape[2] != 3 or compact.dtype != np.uint8:
+        raise ConfigError(f"compact image must be (h, w, 3) uint8, got {compact.shape} {compact.dtype}")
+    segnet.eval()
+    with deterministic_float32():
+        logits = segnet(upsampled_for_segnet(compact, model, module_device(segnet))).float()
+        if smapnet is None:
+            return logits
+        smapnet.eval()
+        return smapnet(torch.softmax(logits, 1).to(module_device(smapnet))).float()
+
+
+def matched_segmentation(compact: np.ndarray, model: DSSLIC, segnet, smapnet: SMapNet | None = None) -> np.ndarray:
+    """s^ (alpha h, alpha w) uint8 at the padded image size: the argmax of :func:`matched_scores`."""
+    return matched_scores(compact, model, segnet, smapnet)[0].argmax(0).to(torch.uint8).cpu().numpy()
+
+
+def top2_margin(scores: torch.Tensor) -> torch.Tensor:
+    """(N, K, H, W) scores -> (N, H, W) best minus second-best score: how far a pixel is from flipping."""
+    top2 = scores.float().topk(2, dim=1).values
+    return top2[:, 0] - top2[:, 1]
+
+
+def segnet_lowres_logits(segnet, images: torch.Tensor) -> torch.Tensor:
+    """PSPNet's logits before its final bilinear upsampling: (N, K, H/s, W/s), s its output stride.
+
+    ``upsample_logits(segnet_lowres_logits(net, x), x.shape[-2:], net.config.align_corners)``
+    equals ``net(x)`` in eval mode (tests/test_edms_pairs.py checks it): storing these is 64x
+    smaller than the full-size logits at output stride 8.
+    """
+    _, layer4 = segnet.features(images)
+    return segnet.head(segnet.ppm(layer4))
+
+
+def upsample_logits(logits: torch.Tensor, size: tuple[int, int], align_corners: bool) -> torch.Tensor:
+    """Bilinear upsampling of low-resolution logits to ``size`` = (H, W), as PSPNet does."""
+    return F.interpolate(logits.float(), size=tuple(size), mode="bilinear", align_corners=align_corners)
+
+
+# --- a guard against cross-device disagreement (reports/edms_agreement.md) ------------------------
+def correction_map(scores: torch.Tensor, tau: float) -> np.ndarray:
+    """Encoder side: (1, K, H, W) scores -> (H, W) uint8, 0 where the top-2 margin is >= ``tau``
+    (a pixel no score error below tau / 2 can flip), else 1 + the encoder's class (K <= 254).
+
+    Sent losslessly, it makes the decoder's s^ equal the encoder's whenever every score differs
+    by less than tau / 2 between the two machines (:func:`apply_correction`); its cost is the
+    coded size of a map that is almost all zeros (measured in reports/edms_agreement.md).
+    """
+    margin = top2_margin(scores)[0]
+    labels = scores[0].argmax(0)
+    return torch.where(margin < tau, labels + 1, torch.zeros_like(labels)).to(torch.uint8).cpu().numpy()
+
+
+def apply_correction(labels: np.ndarray, correction: np.ndarray) -> np.ndarray:
+    """Decoder side: the decoder's own s^ with the encoder's classes at the guarded pixels."""
+    if correction.shape != labels.shape:
+        raise ConfigError(f"correction map {correction.shape} does not match the label map {labels.shape}")
+    return np.where(correction > 0, correction.astype(np.int16) - 1, labels).astype(np.uint8)

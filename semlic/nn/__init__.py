@@ -1,0 +1,1 @@
+"""Network parts the methods share: convolution blocks, PatchGAN discriminators, losses."""
