@@ -1,12 +1,12 @@
-"""Stage ``code``: the test images through DSSLIC, EDMS and every baseline -> ``data/coded/``.
+"""Stage ``code``: the test images through every method of ``code.methods`` and every baseline -> ``<paths.coded>``.
 
-Shards of ``code.shard_size`` images are mapped over Ray: one baselines task, one DSSLIC
-task and one task per EDMS method (``code.edms.methods``: edms, edms_noenh) per shard (the
-models are loaded once per shard). DSSLIC's encoder segments each image with the PSPNet
-(``code.dsslic.segmentation: segnet``, its time counted in enc_s as in the paper) or reads
-the segment stage's maps (``precomputed``). EDMS codes at DSSLIC's residual QPs, chroma and
-lossless codecs; its encoder always segments with the PSPNet (the decoder derives the map
-from the compact image with the same network, and SMapNet for ``edms``). Output::
+Shards of ``code.shard_size`` images are mapped over Ray: one baselines task and one task per
+registered method named in ``code.methods`` (its section: ``qualities`` and the method's
+options, semlic.code_stage.MethodPlan; ``{}`` for the method's defaults, null to leave it out)
+per shard; each task finds the models its method needs
+by name below ``<paths.models>`` and loads them once. A method that takes a segmentation map
+runs its segmentation network on each image (``segmentation: segnet``, the time counted in
+enc_s as in the papers) or reads the segment stage's maps (``precomputed``). Output::
 
     files/<dataset>/<method>/<image>_<quality>.<ext>   every coded file (bpp is measured on it)
     rows/method=<m>/dataset=<d>/part-0.parquet          section-6 rows, sorted (hive partitions)
@@ -28,15 +28,14 @@ from pathlib import Path
 from prefect import flow
 from prefect_ray.context import remote_options
 
-from flows.runtime import (PARAMS_FILE, code_signature, content_signature, load_params, ray_runner, run_stage,
-                           shard_options, shards, staged_dir, wait_all)
+from flows.params import PARAMS_FILE, load_params, shards, stage_paths
+from flows.ray_cluster import shard_options
+from flows.runner import ray_runner, wait_all
+from flows.stage import run_stage
+from flows.staging import code_signature, content_signature, staged_dir
 
 STAGE = "code"
-SECTIONS = ("base", "code")
-OUT = Path("data/coded")
-BASE_MODEL = Path("data/models/base/base.safetensors")
-SEGNET = Path("data/models/segnet/segnet.safetensors")
-SMAPNET = Path("data/models/smapnet/smapnet.safetensors")
+SECTIONS = ("base", "paths", "code")
 TIMING_COLUMNS = ("enc_s", "dec_s")
 KEY_COLUMNS = ("dataset", "method", "image_id", "quality")
 
@@ -49,43 +48,36 @@ def split_timings(rows: list[dict]) -> tuple[list[dict], list[dict]]:
 
 def write_timings(timings: list[dict], path: Path) -> None:
     import pyarrow as pa
-    import pyarrow.parquet as pq
+
+    from semlic.fileio import write_parquet
 
     timings = sorted(timings, key=lambda r: tuple(r[k] for k in KEY_COLUMNS))
-    table = pa.Table.from_pylist(timings, schema=pa.schema(
-        [(k, pa.float64() if k in ("quality",) + TIMING_COLUMNS else pa.string()) for k in KEY_COLUMNS + TIMING_COLUMNS]))
-    pq.write_table(table, path)
+    schema = pa.schema([(k, pa.float64() if k in ("quality",) + TIMING_COLUMNS else pa.string())
+                        for k in KEY_COLUMNS + TIMING_COLUMNS])
+    write_parquet(pa.Table.from_pylist(timings, schema=schema), path)
 
 
 @flow(name=STAGE, task_runner=ray_runner())
 def code(params: dict | None = None) -> dict:
     from semlic import results
-    from tasks.coding import baselines_shard, dsslic_shard
+    from semlic.code_stage import MethodPlan
+    from tasks.coding import baselines_shard, method_shard
 
     params = params or load_params(PARAMS_FILE, SECTIONS)
-    base, cfg = params["base"], params[STAGE]
+    base, cfg, paths = params["base"], params[STAGE], stage_paths(params)
     dataset, split = base["dataset"], cfg.get("split", "test")
-    prepared = Path("data/prepared").absolute() / dataset  # absolute: tasks may run elsewhere
+    prepared = paths["prepared"] / dataset
     images = sorted((prepared / split / "images").glob("*.png"))[: cfg.get("limit") or None]
-    seg_dir = Path("data/segments").absolute() / dataset / split
-    baselines, dsslic = cfg.get("baselines"), dict(cfg.get("dsslic") or {})
-    segmentation = dsslic.pop("segmentation", "segnet")  # segnet: the encoder segments; precomputed: segment stage's maps
-    if segmentation not in ("segnet", "precomputed"):
-        raise SystemExit(f"code.dsslic.segmentation must be segnet or precomputed, got {segmentation!r}")
-    # EDMS codes at DSSLIC's settings: no code.dsslic, no EDMS rows either
-    edms_methods = list((cfg.get("edms") or {}).get("methods") or []) if dsslic else []
-    base_model, segnet = BASE_MODEL.absolute(), SEGNET.absolute() if segmentation == "segnet" else None
-    smapnet = SMAPNET.absolute() if "edms" in edms_methods else None
-    semantic = ([("dsslic", dsslic, segnet, None)] if dsslic else []) + [
-        (method, {**dsslic, "method": method}, SEGNET.absolute(), smapnet if method == "edms" else None)
-        for method in edms_methods]  # (method, code_semantic keywords, segnet, smapnet)
-    inputs = [prepared / "manifest.parquet"]
-    if dsslic:
-        inputs += [base_model, segnet or seg_dir.parent / f"{split}.parquet"]
-    if edms_methods:
-        inputs += [SEGNET.absolute()] + ([smapnet] if smapnet else [])
+    seg_dir = paths["segments"] / dataset / split
+    baselines = cfg.get("baselines")
+    methods = {name: section or {} for name, section in (cfg.get("methods") or {}).items() if section is not None}
+    for name, section in sorted(methods.items()):  # refuse unknown methods or options before any work
+        MethodPlan.from_section(name, section)
+    inputs = [prepared / "manifest.parquet", paths["models"]]
+    if (seg_dir.parent / f"{split}.parquet").is_file():
+        inputs.append(seg_dir.parent / f"{split}.parquet")
     fingerprint = [dataset, base["device"], cfg, code_signature(), content_signature(*inputs)]
-    with staged_dir(OUT, fingerprint) as staging:
+    with staged_dir(paths["coded"], fingerprint) as staging:
         files, parts = staging / "files" / dataset, staging / "parts"
         all_parts, futures = [], []
         for index, shard in enumerate(shards([str(p) for p in images], cfg["shard_size"])):
@@ -97,25 +89,24 @@ def code(params: dict | None = None) -> dict:
                         futures.append(baselines_shard.submit(
                             shard, list(baselines["codecs"]), baselines.get("sweep"), baselines.get("options"),
                             dataset, str(files), str(part)))
-            for method, config, method_segnet, method_smapnet in semantic:
-                part = parts / f"{method}-{index:04d}.parquet"
+            for name, section in sorted(methods.items()):
+                part = parts / f"{name}-{index:04d}.parquet"
                 all_parts.append(part)
                 if not part.is_file():
                     with remote_options(**shard_options(base)):
-                        futures.append(dsslic_shard.submit(
-                            shard, str(base_model), method_segnet and str(method_segnet),
-                            None if method_segnet else str(seg_dir), config, dataset, str(files), str(part),
-                            base["device"], method_smapnet and str(method_smapnet)))
+                        futures.append(method_shard.submit(
+                            shard, name, section, str(paths["models"]), str(seg_dir), dataset, str(files), str(part),
+                            base["device"]))
         records = wait_all(futures)
         rows = [row for part in all_parts for row in results.read_rows(part)]
         rows, timings = split_timings(rows)
         results.write_partitioned(rows, staging / "rows")
         write_timings(timings, staging / "timings.parquet")
         shutil.rmtree(parts, ignore_errors=True)
-    methods = sorted({row["method"] for row in rows})
-    print(f"code: {len(rows)} rows for {len(images)} images, methods {methods} "
+    coded = sorted({row["method"] for row in rows})
+    print(f"code: {len(rows)} rows for {len(images)} images, methods {coded} "
           f"({len(records)} of {len(all_parts)} shard tasks run)", file=sys.stderr)
-    return {"rows": len(rows), "methods": methods, "shards": records}
+    return {"rows": len(rows), "methods": coded, "shards": records}
 
 
 def main(argv: list[str] | None = None) -> int:

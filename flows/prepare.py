@@ -1,4 +1,4 @@
-"""Stage ``prepare``: the data set named in ``base.dataset`` -> ``data/prepared/<dataset>``.
+"""Stage ``prepare``: the data set named in ``base.dataset`` -> ``<paths.prepared>/<dataset>``.
 
 One task (semlic.data.prepare.prepare_dataset, threaded over ``base.workers``): preparing is
 I/O bound and quick next to the other stages, so it is not sharded across nodes.
@@ -11,11 +11,13 @@ from pathlib import Path
 
 from prefect import flow
 
-from flows.runtime import PARAMS_FILE, load_params, ray_runner, run_stage, staged_dir
+from flows.params import PARAMS_FILE, load_params, stage_paths
+from flows.runner import ray_runner
+from flows.stage import run_stage
+from flows.staging import staged_dir
 
 STAGE = "prepare"
-SECTIONS = ("base", "prepare")
-OUT = Path("data/prepared")
+SECTIONS = ("base", "paths", "prepare")
 
 
 def dataset_root(base: dict, cfg: dict) -> str | None:
@@ -30,13 +32,13 @@ def prepare(params: dict | None = None) -> dict:
     from tasks.data import prepare_dataset
 
     params = params or load_params(PARAMS_FILE, SECTIONS)
-    base, cfg = params["base"], params[STAGE]
-    with staged_dir(OUT, fingerprint=[base["dataset"], cfg]) as staging:
+    base, cfg, out = params["base"], params[STAGE], stage_paths(params)["prepared"]
+    with staged_dir(out, fingerprint=[base["dataset"], cfg]) as staging:
         record = prepare_dataset.submit(
             base["dataset"], dataset_root(base, cfg), str(staging / base["dataset"]), cfg["train_size"],
             cfg.get("splits"), int(base.get("workers", 2)), cfg.get("limit"),
         ).result()
-    print(f"prepare: {record['images']} images of {base['dataset']} in {OUT / base['dataset']}", file=sys.stderr)
+    print(f"prepare: {record['images']} images of {base['dataset']} in {out / base['dataset']}", file=sys.stderr)
     return record
 
 

@@ -1,4 +1,4 @@
-"""Stage ``segment``: label maps of every prepared image -> ``data/segments/<dataset>/``.
+"""Stage ``segment``: label maps of every prepared image -> ``<paths.segments>/<dataset>/``.
 
 Shards of ``segment.shard_size`` images are mapped over Ray (each loads the PSPNet once).
 Output: ``<split>/<id>.png`` (class index per pixel) and ``<split>.parquet`` (per-image
@@ -9,32 +9,33 @@ from __future__ import annotations
 
 import shutil
 import sys
-from pathlib import Path
 
 import pandas as pd
 from prefect import flow
 from prefect_ray.context import remote_options
 
-from flows.runtime import (PARAMS_FILE, code_signature, content_signature, load_params, ray_runner, run_stage,
-                           shard_options, shards, staged_dir, wait_all)
+from flows.params import PARAMS_FILE, load_params, shards, stage_paths
+from flows.ray_cluster import shard_options
+from flows.runner import ray_runner, wait_all
+from flows.stage import run_stage
+from flows.staging import code_signature, content_signature, staged_dir
 
 STAGE = "segment"
-SECTIONS = ("base", "segment")
-OUT = Path("data/segments")
-SEGNET = Path("data/models/segnet/segnet.safetensors")
+SECTIONS = ("base", "paths", "segment")
 
 
 @flow(name=STAGE, task_runner=ray_runner())
 def segment(params: dict | None = None) -> dict:
-    from semlic.segnet import write_segment_table
-    from tasks.segnet import part_name, segment_shard
+    from semlic.segnet.segment import write_segment_table
+    from tasks.segnet import SEGNET_FILE, part_name, segment_shard
 
     params = params or load_params(PARAMS_FILE, SECTIONS)
-    base, cfg = params["base"], params[STAGE]
-    prepared = Path("data/prepared").absolute() / base["dataset"]  # absolute: tasks may run elsewhere
+    base, cfg, paths = params["base"], params[STAGE], stage_paths(params)
+    prepared = paths["prepared"] / base["dataset"]
+    segnet = paths["models"] / "segnet" / SEGNET_FILE
     fingerprint = [base["dataset"], base["device"], cfg, code_signature(),
-                   content_signature(prepared / "manifest.parquet", SEGNET)]
-    with staged_dir(OUT, fingerprint) as staging:
+                   content_signature(prepared / "manifest.parquet", segnet)]
+    with staged_dir(paths["segments"], fingerprint) as staging:
         out, parts = staging / base["dataset"], staging / "parts"
         jobs, records = {}, []
         with remote_options(**shard_options(base)):
@@ -47,7 +48,7 @@ def segment(params: dict | None = None) -> dict:
                     if part.is_file():  # finished by an interrupted run with the same inputs
                         continue
                     records.append(segment_shard.submit(
-                        str(SEGNET.absolute()), [str(p) for p in shard], str(labels) if labels.is_dir() else None,
+                        str(segnet), [str(p) for p in shard], str(labels) if labels.is_dir() else None,
                         str(out / split), str(part), base["device"], int(cfg.get("batch_size", 4))))
         records = wait_all(records)
         summary = {}

@@ -1,26 +1,26 @@
-"""Stage ``train_segnet``: PSPNet on the prepared train split -> ``data/models/segnet/``.
+"""Stage ``train_segnet``: PSPNet on the prepared train split -> ``<paths.models>/segnet/``.
 
-One GPU task (semlic.segnet.train_segnet). Killed midway, the rerun resumes from the
-library's checkpoint kept in the staging directory (same params and inputs only).
-Output: ``segnet.safetensors``, ``segnet.train_log.parquet``, ``summary.json``.
+One GPU task (semlic.segnet.train.train_segnet). Killed midway, the rerun resumes from the
+training loop's state kept in the staging directory (same params and inputs only).
+Output: ``segnet.safetensors`` (model ``pspnet``), ``train_log.parquet``, ``summary.json``.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 from prefect import flow
 from prefect_ray.context import remote_options
 
-from flows.runtime import (PARAMS_FILE, code_signature, content_signature, load_params, ray_runner, run_stage,
-                           staged_dir, training_options)
+from flows.params import PARAMS_FILE, load_params, stage_paths
+from flows.ray_cluster import training_options
+from flows.runner import ray_runner
+from flows.stage import run_stage
+from flows.staging import code_signature, content_signature, staged_dir
 
 STAGE = "train_segnet"
-SECTIONS = ("base", "train_segnet")
-OUT = Path("data/models/segnet")
-MODEL_NAME = "segnet.safetensors"
+SECTIONS = ("base", "paths", "train_segnet")
 
 
 def segnet_config(params: dict) -> dict:
@@ -32,16 +32,17 @@ def segnet_config(params: dict) -> dict:
 
 @flow(name=STAGE, task_runner=ray_runner())
 def train_segnet(params: dict | None = None) -> dict:
+    from semlic.train_loop import STATE_FILE
     from tasks.segnet import train_segnet as train
 
     params = params or load_params(PARAMS_FILE, SECTIONS)
-    base, config = params["base"], segnet_config(params)
-    prepared = Path("data/prepared").absolute() / base["dataset"]  # absolute: tasks may run elsewhere
+    base, config, paths = params["base"], segnet_config(params), stage_paths(params)
+    prepared = paths["prepared"] / base["dataset"]
     fingerprint = [config, base["device"], content_signature(prepared / "manifest.parquet"), code_signature()]
-    with staged_dir(OUT, fingerprint) as staging:
+    with staged_dir(paths["models"] / "segnet", fingerprint) as staging:
         with remote_options(**training_options(base)):
-            record = train.submit(config, str(prepared), str(staging / MODEL_NAME), base["device"]).result()
-        (staging / "segnet.train_state.pt").unlink(missing_ok=True)  # the model is complete
+            record = train.submit(config, str(prepared), str(staging), base["device"]).result()
+        (staging / STATE_FILE).unlink(missing_ok=True)  # the model is complete
         summary = {k: record.get(k) for k in ("step", "final_loss", "train_images_per_s", "eval", "seconds")}
         (staging / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
     miou = (record.get("eval") or {}).get("miou")

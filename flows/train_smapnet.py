@@ -1,4 +1,4 @@
-"""Stage ``train_smapnet``: EDMS's SMapNet on the smap_pairs stage's pairs -> ``data/models/smapnet/``.
+"""Stage ``train_smapnet``: EDMS's SMapNet on the smap_pairs stage's pairs -> ``<paths.models>/smapnet/``.
 
 One GPU task (semlic.smapnet_training.train_smapnet). Killed midway, the rerun resumes
 from the library's checkpoint in the staging directory. Output: ``smapnet.safetensors``
@@ -13,13 +13,14 @@ from pathlib import Path
 from prefect import flow
 from prefect_ray.context import remote_options
 
-from flows.runtime import (PARAMS_FILE, code_signature, content_signature, load_params, ray_runner, run_stage,
-                           staged_dir, training_options)
+from flows.params import PARAMS_FILE, load_params, stage_paths
+from flows.ray_cluster import training_options
+from flows.runner import ray_runner
+from flows.stage import run_stage
+from flows.staging import code_signature, content_signature, staged_dir
 
 STAGE = "train_smapnet"
-SECTIONS = ("base", "train_smapnet")
-OUT = Path("data/models/smapnet")
-TRAIN_STATE = "train_state.safetensors"
+SECTIONS = ("base", "paths", "train_smapnet")
 
 
 def smapnet_config(params: dict) -> dict:
@@ -31,17 +32,19 @@ def smapnet_config(params: dict) -> dict:
 
 @flow(name=STAGE, task_runner=ray_runner())
 def train_smapnet(params: dict | None = None) -> dict:
+    from semlic.train_loop import STATE_FILE
     from tasks.edms import train_smapnet as train
 
     params = params or load_params(PARAMS_FILE, SECTIONS)
-    base, config = params["base"], smapnet_config(params)
-    pairs = Path("data/pairs").absolute() / base["dataset"]  # absolute: tasks may run elsewhere
+    base, config, paths = params["base"], smapnet_config(params), stage_paths(params)
+    pairs = paths["pairs"] / base["dataset"]
+    out = paths["models"] / "smapnet"
     fingerprint = [config, base["device"], code_signature(), content_signature(pairs)]
-    with staged_dir(OUT, fingerprint) as staging:
+    with staged_dir(out, fingerprint) as staging:
         with remote_options(**training_options(base)):
             record = train.submit(config, str(pairs), str(staging), base["device"]).result()
-        (staging / TRAIN_STATE).unlink(missing_ok=True)  # the model is complete
-    print(f"train_smapnet: {OUT / Path(record['model']).name} in {record['seconds']:.0f} s", file=sys.stderr)
+        (staging / STATE_FILE).unlink(missing_ok=True)  # the model is complete
+    print(f"train_smapnet: {out / Path(record['model']).name} in {record['seconds']:.0f} s", file=sys.stderr)
     return record
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prefect import task
 
+from semlic.data.prepare import prepare_dataset as prepare
+
 from .common import TASK_OPTIONS, timed
 
 
@@ -11,8 +13,6 @@ from .common import TASK_OPTIONS, timed
 def prepare_dataset(name: str, root: str | None, out_dir: str, train_size: list[int], splits: list[str] | None,
                     workers: int, limit: int | None) -> dict:
     """semlic.data.prepare.prepare_dataset into ``out_dir``; returns image counts per split."""
-    from semlic.data.prepare import prepare_dataset as prepare
-
     with timed({"out_dir": out_dir}) as record:
         manifest = prepare(name, root, out_dir, train_size=tuple(train_size), splits=splits, workers=workers,
                            limit=limit, show_progress=False)

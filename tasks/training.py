@@ -1,18 +1,20 @@
-"""The train_base stage's task."""
+"""The train_dsslic stage's task."""
 
 from __future__ import annotations
 
 from prefect import task
 
+from semlic.methods.dsslic.training import train_dsslic as train
+
 from .common import TASK_OPTIONS, timed, use_assigned_threads
 
 
-@task(name="train-base", **TASK_OPTIONS)
-def train_base(config: dict, image_dir: str, seg_dir: str, out_dir: str, device: str) -> dict:
-    """semlic.training.train_base (CompNet + FineNet), resuming from its own checkpoint."""
-    from semlic.training import train_base as train
-
+@task(name="train-dsslic", **TASK_OPTIONS)
+def train_dsslic(config: dict, image_dir: str, seg_dir: str, out_dir: str, device: str) -> dict:
+    """semlic.methods.dsslic.training.train_dsslic (CompNet + FineNet), resuming from its own state."""
     with timed({"out_dir": out_dir}) as record:
         record["threads"] = use_assigned_threads()
-        record["model"] = str(train(config, image_dir, seg_dir, out_dir, device=device, resume=True))
+        result = train(config, image_dir, seg_dir, out_dir, device=device, resume=True, progress=False)
+        record.update(completed=result.completed, iterations=result.iteration, model=str(result.model_path),
+                      last=result.last)
     return record

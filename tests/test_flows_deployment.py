@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 PREFECT = str(Path(PYTHON).parent / "prefect")
 PARAMS = {"base": {"workers": 1},
-          "code": {"limit": 2, "shard_size": 1, "dsslic": None,
+          "code": {"limit": 2, "shard_size": 1, "methods": None,
                    "baselines": {"codecs": ["jpeg"], "sweep": {"jpeg": [50, 90]}}}}
 
 

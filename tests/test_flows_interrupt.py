@@ -17,8 +17,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 CODE_PARAMS = {
     "base": {"workers": 1},
     "code": {"limit": 4, "shard_size": 1,
-             "dsslic": {"residual_qps": [40, 30], "chroma": "420", "lossless": "png", "segmentation": "segnet"},
-             "edms": None,  # the EDMS tasks are the same task as DSSLIC's (and need a trained SMapNet)
+             "methods": {"dsslic": {"qualities": [40, 30], "chroma": "420", "lossless": "png", "segmentation": "segnet"},
+                         "edms": None, "edms_noenh": None},  # the EDMS tasks are the same task (and need a SMapNet)
              "baselines": {"codecs": ["jpeg", "webp"], "sweep": {"jpeg": [50, 90], "webp": [50, 90]}}},
 }
 

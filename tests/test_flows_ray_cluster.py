@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 PARAMS = {
     "base": {"workers": 2},
-    "code": {"limit": 4, "shard_size": 1, "dsslic": None,
+    "code": {"limit": 4, "shard_size": 1, "methods": None,
              "baselines": {"codecs": ["jpeg", "webp"], "sweep": {"jpeg": [40, 70, 90], "webp": [40, 70, 90]}}},
 }
 

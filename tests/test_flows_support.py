@@ -109,16 +109,16 @@ def prepare_synthetic(project: Path, limit: int, train_size=(64, 64)) -> Path:
 
 
 def tiny_models(project: Path) -> None:
-    """A PSPNet and a DSSLIC base model trained for two steps: enough to code with."""
-    from semlic.segnet import train_segnet
-    from semlic.training import train_base
+    """A PSPNet and a DSSLIC model trained for two steps: enough to code with."""
+    from semlic.methods.dsslic.training import train_dsslic
+    from semlic.segnet.train import train_segnet
 
     prepared = project / "data" / "prepared" / "synthetic"
     segnet_cfg = {"model": {"num_classes": 8, "backbone": "resnet18", "base_channels": 8, "head_channels": 16,
                             "aux_channels": 8, "ppm_channels": 4},
                   "iterations": 2, "batch_size": 2, "crop_size": 32, "checkpoint_every": 10}
-    train_segnet(segnet_cfg, prepared, project / "data/models/segnet/segnet.safetensors", progress=False)
-    # train_base reads maps named like the images: the ground truth stands in for PSPNet's maps here
+    train_segnet(segnet_cfg, prepared, project / "data/models/segnet", progress=False)
+    # train_dsslic reads maps named like the images: the ground truth stands in for PSPNet's maps here
     segs = project / "data" / "segments" / "synthetic" / "train"
     segs.mkdir(parents=True, exist_ok=True)
     import numpy as np
@@ -127,8 +127,8 @@ def tiny_models(project: Path) -> None:
     for label in sorted((prepared / "train" / "labels").glob("*.png")):
         array = np.asarray(Image.open(label))
         Image.fromarray(np.where(array == 255, 0, array).astype(np.uint8)).save(segs / label.name)
-    train_base({"preset": "tiny", "label_nc": 8, "iterations": 2, "batch_size": 2, "crop": 32, "gan": False},
-               prepared / "train" / "images", segs, project / "data/models/base")
+    train_dsslic({"preset": "tiny", "label_nc": 8, "iterations": 2, "batch_size": 2, "crop": 32, "gan": False},
+                 prepared / "train" / "images", segs, project / "data/models/dsslic", progress=False)
 
 
 def tree_bytes(root: Path, exclude: tuple[str, ...] = ()) -> dict[str, bytes]:

@@ -2,9 +2,10 @@
 
 In a scratch copy of the project (params.yaml, dvc.yaml, .dvcignore and the code) with a
 fresh git and DVC: every stage runs, rd.parquet holds rows for DSSLIC, EDMS (edms,
-edms_noenh) and every baseline, EDMS is compared with DSSLIC (edms_vs_dsslic.csv, metrics.json),
-the whole run fits in 15 minutes on this 2-core machine, and a second ``dvc repro`` finds
-everything up to date.
+edms_noenh) and every baseline, EDMS is compared with DSSLIC (comparisons.csv, metrics.json),
+the whole run fits in 15 minutes on this 2-core machine, a second ``dvc repro`` finds
+everything up to date, and after an edit of the EDMS package only the EDMS stages and those
+below them are out of date.
 """
 
 from __future__ import annotations
@@ -58,15 +59,21 @@ def test_dvc_repro_end_to_end_then_up_to_date(tmp_path):
 
     import pandas as pd
 
-    edms = pd.read_csv(project / "data" / "results" / "edms_vs_dsslic.csv")
+    edms = pd.read_csv(project / "data" / "results" / "comparisons.csv")
     assert edms[["dataset", "method", "anchor"]].values.tolist() == [["synthetic", "edms", "dsslic"],
                                                                      ["synthetic", "edms_noenh", "dsslic"]]
     assert (edms.enc_time_ratio > 0).all() and (edms.dec_time_ratio > 0).all()  # timings joined
     metrics = json.loads((project / "data" / "results" / "metrics.json").read_text())
-    assert set(metrics["edms_vs_dsslic"]["synthetic"]) == {"edms", "edms_noenh"}
+    assert set(metrics["comparisons"]["synthetic"]) == {"edms", "edms_noenh"}
 
     second = subprocess.run([DVC, "repro"], cwd=project, env=env, capture_output=True, text=True)
     assert second.returncode == 0, second.stderr[-4000:]
     assert "Running stage" not in second.stdout, second.stdout
     status = subprocess.run([DVC, "status"], cwd=project, env=env, capture_output=True, text=True, check=True)
     assert "up to date" in status.stdout, status.stdout
+
+    matched = project / "semlic" / "methods" / "edms" / "matched.py"
+    matched.write_text(matched.read_text() + "\n# an edit of EDMS's code\n")
+    status = subprocess.run([DVC, "status", "--json"], cwd=project, env=env, capture_output=True, text=True,
+                            check=True)
+    assert set(json.loads(status.stdout)) == {"smap_pairs", "train_smapnet", "code", "aggregate"}, status.stdout

@@ -1,0 +1,76 @@
+"""Staged outputs: a stage's output appears whole or not at all, and a rerun resumes.
+
+Every output is built in ``data/.staging/<output>`` and swapped in with two renames
+(:func:`staged_dir`). A fingerprint of what the output is made from (the stage's params,
+:func:`content_signature` of its inputs, :func:`code_signature`) decides whether the
+staging directory a killed run left is resumed (finished shards, training checkpoints) or
+discarded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Iterator
+
+from flows import REPO
+
+STAGING = Path("data") / ".staging"
+
+
+@contextlib.contextmanager
+def staged_dir(final: str | os.PathLike, fingerprint: Any = None) -> Iterator[Path]:
+    """A staging directory that replaces ``final`` only when the block succeeds.
+
+    The staging path is absolute: tasks on other nodes (a shared file system) write there.
+    Nothing half-written ever sits at ``final``: the work goes to ``data/.staging/<name>``
+    (same file system), then two renames swap it in. A run killed midway leaves only the
+    staging directory. ``fingerprint`` (JSON data: the stage's params) decides what the next
+    run does with it: the same fingerprint keeps it, so work that resumes (training
+    checkpoints, finished shards) resumes; another one, or ``None``, starts from empty.
+    """
+    final = Path(final).absolute()
+    staging = Path.cwd() / STAGING / Path(final).relative_to(Path.cwd()).as_posix().replace("/", "__")
+    old = staging.with_name(staging.name + ".old")
+    stamp = staging / ".fingerprint.json"
+    text = None if fingerprint is None else json.dumps(fingerprint, sort_keys=True, default=str)
+    if old.exists():
+        shutil.rmtree(old)
+    if staging.exists() and (text is None or not stamp.is_file() or stamp.read_text() != text):
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True, exist_ok=True)
+    if text is not None:
+        stamp.write_text(text)
+    yield staging
+    stamp.unlink(missing_ok=True)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(staging, final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def content_signature(*paths: str | os.PathLike) -> str:
+    """SHA-256 over files (directories: every file below, sorted), for staging fingerprints.
+
+    Used on small inputs (manifests, models, tables) and the library's source, so a staging
+    directory left by a killed run is reused only if nothing it was made from has changed.
+    """
+    digest = hashlib.sha256()
+    for path in map(Path, paths):
+        files = sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts) \
+            if path.is_dir() else [path]
+        for file in files:
+            digest.update(file.as_posix().encode() + b"\0")
+            digest.update(hashlib.sha256(file.read_bytes()).digest() if file.is_file() else b"missing")
+    return digest.hexdigest()
+
+
+def code_signature() -> str:
+    """Signature of the code a stage runs: semlic/ and tasks/."""
+    return content_signature(REPO / "semlic", REPO / "tasks")
