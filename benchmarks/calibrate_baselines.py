@@ -39,7 +39,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from semlic import baselines, bd, codecs, results  # noqa: E402
+from semlic import baselines, bd, image_codecs, results  # noqa: E402
 from semlic.imageio import load_image  # noqa: E402
 
 BPG_ANCHOR = "bpg_444_x265_ycbcr.json"
@@ -89,7 +89,7 @@ def timing_pass(images, codec_names):
     """
     timings = {}
     for name in codec_names:
-        codec = codecs.get_codec(name)
+        codec = image_codecs.get_codec(name)
         options = baselines.DEFAULT_OPTIONS.get(name, {})
         samples = []
         for image in images:
@@ -295,7 +295,7 @@ def write_report(path, context):
         "Seconds of one `codec.encode` / `codec.decode` call (numpy <-> Pillow conversion included), mean over the "
         f"quality sweep. `*_wall_s`, `*_cpu_s`: a sequential pass over {c['timing_images']} image(s) in one process "
         "after the main run; CPU time counts all threads of the process, so CPU/wall above 1 would show a codec "
-        "working in parallel (x265, libavif and libjxl are told to use one thread in semlic/codecs.py; Pillow's "
+        "working in parallel (x265, libavif and libjxl are told to use one thread in semlic/image_codecs.py; Pillow's "
         "JPEG, WebP and OpenJPEG are given no thread option). `*_in_run`: wall clock inside the "
         f"{c['workers']} worker processes of the main run, over all images (inflated when the cores are busy).",
         "",

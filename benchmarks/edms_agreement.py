@@ -1,8 +1,12 @@
 """Do an EDMS encoder and decoder derive the same segmentation s^ under different thread counts?
 
 An encoder process (``torch.set_num_threads(A)``) codes every image of a prepared split with
-``edms`` and ``edms_noenh``, and keeps its reconstruction and its matched scores (the float32
-class scores whose argmax is s^). Decoder processes (``torch.set_num_threads(B)`` for each B
+each measured method (``--methods``; default: every registered method that is compared with
+another, ``Method.compare_to``: ``edms`` and ``edms_noenh``), and keeps its reconstruction and
+its matched scores (the float32 class scores whose argmax is s^). The models are found by their
+registered names among the files given (``--model FILE``, repeatable, or ``--models-dir DIR``);
+each method uses those it declares (``Method.models``). By default the files carry no
+correction layer (``--agreement-tau 0``), so the decoder's output shows the raw disagreement. Decoder processes (``torch.set_num_threads(B)`` for each B
 asked) decode those files, and recompute the scores from the compact layer. Per (method,
 decoder threads) the report gives: the fraction of pixels whose class differs, the largest
 score difference, the PSNR of the decoder's output against the encoder's own reconstruction
@@ -32,25 +36,43 @@ import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-METHODS = ("edms", "edms_noenh")
 MARGINS = (1e-5, 1e-4, 1e-3, 1e-2)
-GUARDS = (1e-4, 1e-3)   # tau of the correction map (semlic.edms.correction_map)
+GUARDS = (1e-4, 1e-3)   # tau of the correction map (semlic.methods.edms.matched.correction_map)
 LOSSLESS = "jxl_lossless"
 
 
-def _models(args):
-    from semlic.segnet import load_segnet
-    from semlic.smapnet_training import load_smapnet
-    from semlic.training import load_dsslic
+def default_methods() -> list[str]:
+    """Every registered method measured against another (``compare_to``): the matched-map codecs."""
+    from semlic.methods import all_methods
 
-    return load_dsslic(args.model), load_segnet(args.segnet), load_smapnet(args.smapnet)
+    return [m.name for m in all_methods() if m.compare_to]
 
 
-def _compact_of(data: bytes):
+def _methods(args):
+    from semlic.methods import get_method
+
+    return [get_method(name) for name in (args.methods or default_methods())]
+
+
+def _store(args):
+    from semlic.model_files import ModelStore
+
+    return ModelStore(files=args.model or (), dirs=args.models_dir or ())
+
+
+def _models(method, store) -> dict:
+    """The models ``method`` declares, loaded from ``store``; refused by name when one is missing."""
+    models = store.models(method.models)
+    method.check_models(models)
+    return models
+
+
+def _compact_of(data: bytes, method):
+    """c^: the file's layer the method calls ``compact``, decoded alone."""
     from semlic import format as fmt
-    from semlic.codecs import CODECS_BY_ID
+    from semlic.image_codecs import CODECS_BY_ID
 
-    layer = fmt.unpack(data).layer(fmt.ROLE_COMPACT)
+    layer = next(lay for lay in fmt.unpack(data).layers if method.role_name(lay.role) == "compact")
     return CODECS_BY_ID[layer.codec].decode(layer.payload, 3)
 
 
@@ -59,27 +81,27 @@ def worker(args) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from semlic import codec, edms
     from semlic.imageio import load_image, load_label_map
     from semlic.segnet.prepared import list_prepared
 
-    model, segnet, smapnet = _models(args)
+    store = _store(args)
+    methods = [(method, _models(method, store)) for method in _methods(args)]
     work, tag = Path(args.work), f"t{args.threads}"
     for sample in list_prepared(args.data, args.split):
-        for method in METHODS:
-            stem = work / f"{sample.id}.{method}"
-            enhancer = smapnet if method == "edms" else None
+        for method, models in methods:
+            stem = work / f"{sample.id}.{method.name}"
             if args.role == "encode":
                 image, seg = load_image(sample.image_path), load_label_map(Path(args.segs) / f"{sample.id}.png")
-                result = codec.encode(image, seg, model, args.qp, method=method, segnet=segnet, smapnet=smapnet)
+                result = method.encode(image, models, method.parse_quality(args.quality), segmentation=seg,
+                                       agreement_tau=args.agreement_tau)
                 Path(f"{stem}.sem").write_bytes(result.data)
                 np.save(f"{stem}.enc.recon.npy", result.reconstruction)
-                scores = edms.matched_scores(_compact_of(result.data), model, segnet, enhancer)
-                assert np.array_equal(scores[0].argmax(0).numpy(), result.matched_segmentation)
+                scores = method.matched_scores(_compact_of(result.data, method), models)
+                assert np.array_equal(scores[0].argmax(0).numpy(), result.extras["matched_segmentation"])
             else:
                 data = Path(f"{stem}.sem").read_bytes()
-                np.save(f"{stem}.{tag}.recon.npy", codec.decode(data, model, segnet=segnet, smapnet=smapnet))
-                scores = edms.matched_scores(_compact_of(data), model, segnet, enhancer)
+                np.save(f"{stem}.{tag}.recon.npy", method.decode(data, models))
+                scores = method.matched_scores(_compact_of(data, method), models)
             np.save(f"{stem}.{'enc' if args.role == 'encode' else tag}.scores.npy", scores[0].numpy())
     return 0
 
@@ -92,14 +114,14 @@ def _psnr(a, b) -> float:
 def compare(args, work: Path) -> pd.DataFrame:
     import torch
 
-    from semlic import edms
-    from semlic.codecs import get_codec
+    from semlic.image_codecs import get_codec
     from semlic.imageio import load_image, load_label_map
+    from semlic.methods.edms import matched as edms
     from semlic.segnet.prepared import list_prepared
 
     rows = []
     samples = list_prepared(args.data, args.split)
-    for method in METHODS:
+    for method in (m.name for m in _methods(args)):
         for threads in args.decode_threads:
             acc = {"pixels": 0, "differ": 0, "max_dscore": 0.0, "psnr_enc": [], "psnr_dec": [], "psnr_enc_dec": [],
                    **{f"margin<{m:g}": 0 for m in MARGINS}, **{f"guard{g:g}_bytes": 0 for g in GUARDS},
@@ -148,7 +170,8 @@ def write_report(table: pd.DataFrame, args, seconds: float) -> None:
     lines = [
         "# EDMS: encoder-decoder agreement of the matched segmentation",
         "",
-        f"Data: `{args.data}`, split `{args.split}`, residual QP {args.qp}. " + (args.note or ""),
+        f"Data: `{args.data}`, split `{args.split}`, quality (residual QP) {args.quality}, agreement_tau "
+        f"{args.agreement_tau:g}. " + (args.note or ""),
         "",
         "Command (from the repository root):",
         "",
@@ -169,7 +192,8 @@ def write_report(table: pd.DataFrame, args, seconds: float) -> None:
                      f"{r['max_abs_score_diff']:.3g} | {r['min_psnr_decoder_vs_encoder_db']:.2f} | "
                      f"{r['psnr_change_db']:+.4f} | "
                      + " | ".join(f"{r[f'fraction_margin_below_{m:g}']:.2e}" for m in MARGINS) + " |")
-    lines += ["", f"Correction map (semlic.edms.correction_map, coded with {LOSSLESS}): bytes per image, and the "
+    lines += ["", f"Correction map (semlic.methods.edms.matched.correction_map, coded with {LOSSLESS}): bytes per "
+              "image, and the "
               "fraction of pixels still differing after the decoder applies it; DSSLIC's segmentation layer "
               "(the reference map, same codec) for scale.", "",
               "| method | dec. threads | " + " | ".join(f"tau {g:g}: bytes / image | tau {g:g}: class differs"
@@ -187,10 +211,15 @@ def main(argv=None) -> int:
     parser.add_argument("--data", required=True)
     parser.add_argument("--split", default="test")
     parser.add_argument("--segs", required=True, help="maps <id>.png CompNet sees (semlic segment)")
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--segnet", required=True)
-    parser.add_argument("--smapnet", required=True)
-    parser.add_argument("--qp", type=int, default=28)
+    parser.add_argument("--model", action="append", metavar="FILE",
+                        help="a model file (repeatable): the dsslic, pspnet and smapnet models the methods declare")
+    parser.add_argument("--models-dir", action="append", metavar="DIR", help="a folder of model files (repeatable)")
+    parser.add_argument("--methods", nargs="+", metavar="METHOD",
+                        help="registered methods to measure (default: every method with a compare_to: "
+                             "the matched-map codecs)")
+    parser.add_argument("--quality", "--qp", dest="quality", default="28", help="the methods' quality (residual QP)")
+    parser.add_argument("--agreement-tau", type=float, default=0.0,
+                        help="the methods' agreement_tau option (default 0: no correction layer in the files)")
     parser.add_argument("--encode-threads", type=int, default=2)
     parser.add_argument("--decode-threads", type=int, nargs="+", default=[2, 1])
     parser.add_argument("--out", default="reports")
@@ -200,11 +229,13 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if not (args.model or args.models_dir):
+        parser.error("give the models: --model FILE (repeatable) or --models-dir DIR")
     if args.role:
         return worker(args)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="edms_agreement_") as work:
-        base = [sys.executable, __file__, *sys.argv[1:], "--work", work]
+        base = [sys.executable, __file__, *(sys.argv[1:] if argv is None else argv), "--work", work]
         for role, threads in [("encode", args.encode_threads)] + [("decode", t) for t in args.decode_threads]:
             env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
             subprocess.run([*base, "--role", role, "--threads", str(threads)], check=True, env=env)

@@ -12,6 +12,9 @@ each scored against s and against the ground truth (confusion matrices accumulat
 :mod:`semlic.segnet.metrics` conventions), plus the PSNR of RecNet's prediction x' = RecNet(map, c^)
 with each map (no residual): what the map is worth to the reconstruction.
 
+The networks are found by their registered names (``dsslic``, ``pspnet``, ``smapnet``) among the
+model files given (``--model FILE``, repeatable, or ``--models-dir DIR``).
+
 Writes ``<out>/edms_segmentation.csv`` (one row per map) and ``<out>/edms_segmentation.md``.
 """
 
@@ -34,13 +37,13 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from semlic import codec, edms  # noqa: E402
 from semlic.imageio import load_image, load_label_map  # noqa: E402
-from semlic.segnet import load_segnet  # noqa: E402
+from semlic.layers import pad_to_multiple  # noqa: E402
+from semlic.methods.dsslic.codec import compact_image, predict  # noqa: E402
+from semlic.methods.edms import matched as edms  # noqa: E402
+from semlic.model_files import ModelStore  # noqa: E402
 from semlic.segnet.metrics import confusion_matrix, scores_from_confusion  # noqa: E402
 from semlic.segnet.prepared import list_prepared  # noqa: E402
-from semlic.smapnet_training import load_smapnet  # noqa: E402
-from semlic.training import load_dsslic  # noqa: E402
 
 MAPS = ("pspnet_x", "pspnet_up_c", "smapnet")
 
@@ -51,7 +54,11 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def evaluate(args) -> pd.DataFrame:
-    model, segnet, smapnet = load_dsslic(args.model), load_segnet(args.segnet), load_smapnet(args.smapnet)
+    store = ModelStore(files=args.model or (), dirs=args.models_dir or ())
+    missing = [name for name in ("dsslic", "pspnet", "smapnet") if name not in store]
+    if missing:
+        raise SystemExit(f"no model file of {', '.join(missing)} among the given ones (--model / --models-dir)")
+    model, segnet, smapnet = store["dsslic"], store["pspnet"], store["smapnet"]
     classes = segnet.config.num_classes
     vs_ref = {m: torch.zeros(classes, classes, dtype=torch.long) for m in MAPS}
     vs_gt = {m: torch.zeros(classes, classes, dtype=torch.long) for m in MAPS}
@@ -61,8 +68,8 @@ def evaluate(args) -> pd.DataFrame:
     for sample in samples:
         image, ref = load_image(sample.image_path), load_label_map(Path(args.segs) / f"{sample.id}.png")
         h, w = ref.shape
-        padded_ref = codec.pad_to_multiple(ref, model.config.multiple)
-        compact = codec.compact_image(model, codec.pad_to_multiple(image, model.config.multiple), padded_ref)
+        padded_ref = pad_to_multiple(ref, model.config.multiple)
+        compact = compact_image(model, pad_to_multiple(image, model.config.multiple), padded_ref)
         maps = {"pspnet_x": padded_ref, "pspnet_up_c": edms.matched_segmentation(compact, model, segnet),
                 "smapnet": edms.matched_segmentation(compact, model, segnet, smapnet)}
         gt = load_label_map(sample.label_path) if sample.label_path else None
@@ -72,7 +79,7 @@ def evaluate(args) -> pd.DataFrame:
             vs_ref[name] += confusion_matrix(labels[:h, :w], ref, classes)
             if gt is not None:
                 vs_gt[name] += confusion_matrix(labels[:h, :w], gt, classes)
-            psnrs[name].append(psnr(codec.predict(model, compact, labels, (h, w)), image))
+            psnrs[name].append(psnr(predict(model, compact, labels, (h, w)), image))
     rows = []
     for name in MAPS:
         ref_scores, gt_scores = scores_from_confusion(vs_ref[name]), scores_from_confusion(vs_gt[name])
@@ -123,9 +130,9 @@ def main(argv=None) -> int:
     parser.add_argument("--data", required=True, help="prepared data directory")
     parser.add_argument("--split", default="test")
     parser.add_argument("--segs", required=True, help="reference maps <id>.png of the split (semlic segment)")
-    parser.add_argument("--model", required=True, help="base.safetensors")
-    parser.add_argument("--segnet", required=True)
-    parser.add_argument("--smapnet", required=True)
+    parser.add_argument("--model", action="append", metavar="FILE",
+                        help="a model file (repeatable): the dsslic, pspnet and smapnet models")
+    parser.add_argument("--models-dir", action="append", metavar="DIR", help="a folder of model files (repeatable)")
     parser.add_argument("--out", default="reports")
     parser.add_argument("--note", help="a sentence for the report (e.g. what data set this is)")
     parser.add_argument("--append", help="a markdown file appended to the report (how the models were made)")

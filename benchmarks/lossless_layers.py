@@ -1,12 +1,13 @@
 """Which lossless codec for the segmentation and compact-image layers? Measured, not assumed.
 
-For every candidate (PNG, WebP lossless, JPEG XL lossless) and the per-layer "best of"
-(what ``lossless="best"`` in semlic.codec does), this prints and records the mean bytes and
-encode/decode milliseconds on:
+For every candidate (PNG, WebP lossless, JPEG XL lossless) and the per-layer "best of" (what
+the ``lossless="best"`` option of the DSSLIC / EDMS methods does: semlic.layers.code_lossless),
+this prints and records the mean bytes and encode/decode milliseconds on:
 - segmentation maps: the CamVid test label maps (11 classes + void), 480x360;
 - compact images: Kodak images area-downsampled by 8 (96x64 or 64x96), a stand-in for
   CompNet's output, which is trained to look like a small version of the image; and, with
-  ``--model``, the real compact images of that DSSLIC model on Kodak (segmentation = zeros).
+  ``--model``, the real compact images of that DSSLIC model file (registered model ``dsslic``) on
+  Kodak (segmentation = zeros).
 
 Usage: python benchmarks/lossless_layers.py [--shared ../shared/data] [--out reports/lossless]
 """
@@ -23,7 +24,7 @@ import pandas as pd
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from semlic.codecs import LOSSLESS, get_codec  # noqa: E402
+from semlic.image_codecs import LOSSLESS, get_codec  # noqa: E402
 from semlic.imageio import load_image, load_label_map  # noqa: E402
 from semlic.results import git_revision  # noqa: E402
 
@@ -54,7 +55,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     parser.add_argument("--out", default="reports/lossless")
-    parser.add_argument("--model", help="a DSSLIC base.safetensors: also measure its real compact images")
+    parser.add_argument("--model", help="a DSSLIC model file (dsslic.safetensors): also measure its real compact images")
     parser.add_argument("--limit", type=int, default=None)
     args = parser.parse_args(argv)
     shared = Path(args.shared)
@@ -63,18 +64,15 @@ def main(argv=None) -> int:
     small = [np.asarray(Image.fromarray(k).reduce(8)) for k in kodak]
     rows = measure(labels, "segmentation (CamVid test labels)") + measure(small, "compact (Kodak / 8, box filter)")
     if args.model:
-        import torch
+        from semlic.layers import pad_to_multiple
+        from semlic.methods.dsslic.codec import compact_image
+        from semlic.model_files import load_model
 
-        from semlic.codec import _to_tensor, _to_uint8, pad_to_multiple
-        from semlic.training import load_dsslic
-
-        model = load_dsslic(args.model)
+        model = load_model(args.model, expect="dsslic")
         compacts = []
         for image in kodak:
             padded = pad_to_multiple(image, model.config.multiple)
-            with torch.inference_mode():
-                labels0 = torch.zeros(1, *padded.shape[:2], dtype=torch.long)
-                compacts.append(_to_uint8(model.compact(_to_tensor(padded, "cpu"), labels0)))
+            compacts.append(compact_image(model, padded, np.zeros(padded.shape[:2], np.uint8)))
         rows += measure(compacts, "compact (CompNet of the given model)")
     df = pd.DataFrame(rows)
     summary = (df.groupby(["layer", "codec"], sort=False)

@@ -7,13 +7,16 @@ The task does nothing (returns a small record), so what is timed is pure overhea
 * ``plain``: a Python function call;
 * ``ray``: a Ray remote function on a local 2-CPU Ray (submit all, then get);
 * ``prefect``: a Prefect task called inside a flow (one task run each, no parallelism);
-* ``prefect_ray``: a Prefect task mapped on semlic's RayTaskRunner (2 workers), the way every
-  stage runs its shards, sequential (submit, wait, next) and mapped (all at once);
+* ``prefect_ray``: a Prefect task mapped on semlic's task runner (``flows.runner``, 2 workers),
+  the way every stage runs its shards, sequential (submit, wait, next) and mapped (all at once);
+* ``prefect_ray_public_ctx``: the same runner shipping Prefect's public ``serialize_context``
+  (settings dropped after serializing them), the public-API alternative to its private fork;
 * ``prefect_ray_stock``: the same on prefect-ray's own RayTaskRunner (same Ray session, same
   API URL given to the workers), for comparison.
 
 Each variant is warmed up first (worker processes started, imports done); startup costs
-(Prefect server, Ray) are reported separately.
+(the stage's Prefect server and Ray, overlapped, as ``flows.prefect_api.stage_session`` does)
+are reported separately.
 """
 
 from __future__ import annotations
@@ -27,9 +30,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from flows import runtime  # noqa: E402  (sets Prefect/Ray environment defaults first)
+import flows  # noqa: E402,F401  (sets Prefect/Ray environment defaults first)
 from prefect import flow, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
+
+from flows.prefect_api import stage_session  # noqa: E402
+from flows.runner import SemlicRayTaskRunner, ray_runner, wait_all  # noqa: E402
 
 
 def noop(i: int) -> dict:
@@ -48,17 +54,31 @@ def prefect_flow(n: int) -> float:
     return (time.perf_counter() - start) / n
 
 
-@flow(name="overhead-prefect-ray", task_runner=runtime.ray_runner())
+@flow(name="overhead-prefect-ray", task_runner=ray_runner())
 def prefect_ray_flow(n: int) -> dict:
-    runtime.wait_all(noop_task.map(list(range(4))))  # warm both workers
+    wait_all(noop_task.map(list(range(4))))  # warm both workers
     start = time.perf_counter()
     for i in range(n):
         noop_task.submit(i).result()
     sequential = (time.perf_counter() - start) / n
     start = time.perf_counter()
-    runtime.wait_all(noop_task.map(list(range(n))))
+    wait_all(noop_task.map(list(range(n))))
     mapped = (time.perf_counter() - start) / n
     return {"sequential_s": sequential, "mapped_s": mapped}
+
+
+class PublicContextRunner(SemlicRayTaskRunner):
+    """semlic's runner shipping Prefect's public serialize_context, its settings dropped after."""
+
+    def serialize_context(self, asset_ctx_kwargs: dict) -> dict:
+        from prefect.context import serialize_context
+
+        return {**serialize_context(asset_ctx_kwargs=asset_ctx_kwargs), "settings_context": {}}
+
+
+def public_context_flow(n: int) -> dict:
+    return prefect_ray_flow.with_options(name="overhead-prefect-ray-public-ctx",
+                                         task_runner=PublicContextRunner(init_kwargs={"namespace": "semlic"}))(n)
 
 
 def stock_flow(n: int) -> dict:
@@ -85,7 +105,7 @@ def main(argv=None) -> int:
     import ray
 
     start = time.perf_counter()
-    with runtime.stage_session({"workers": args.workers, "cluster": None}):
+    with stage_session({"workers": args.workers, "cluster": None}):
         report["startup_s"] = time.perf_counter() - start  # Prefect server + Ray, overlapped
         remote = ray.remote(noop)
         ray.get([remote.remote(i) for i in range(8)])
@@ -98,6 +118,7 @@ def main(argv=None) -> int:
         report["ray_mapped_s"] = (time.perf_counter() - start) / n
         report["prefect_s"] = prefect_flow(n)
         report.update({f"prefect_ray_{k}": v for k, v in prefect_ray_flow(n).items()})
+        report.update({f"prefect_ray_public_ctx_{k}": v for k, v in public_context_flow(n).items()})
         report.update({f"prefect_ray_stock_{k}": v for k, v in stock_flow(n).items()})
     report["load_average_1m_end"] = os.getloadavg()[0]
 

@@ -65,30 +65,193 @@ def test_unpack_refuses_wrong_pixels(tmp_path):
         datapack.unpack(tmp_path / "bad.tar", tmp_path / "data", workers=1)
 
 
-def test_throughput_from_a_cumulative_log():
-    # 10 iterations of batch 8: 5 s of warm-up, then 1 s per iteration; images_per_s is cumulative
+def test_throughput_from_a_train_log():
+    # 10 iterations of batch 8 in one call that resumed at 100: 5 s of warm-up, then 1 s per
+    # iteration; ``seconds`` counts from the call's start, images_per_s is the log window's
     times = [5.0] + [5.0 + k for k in range(1, 10)]
-    rows = [{"iteration": 100 + k + 1, "images_per_s": (k + 1) * 8 / t} for k, t in enumerate(times)]
+    rows = [{"iteration": 100 + k + 1, "seconds": t, "images_per_s": 8 / (t - (times[k - 1] if k else 0.0))}
+            for k, t in enumerate(times)]
+    rows = [{"iteration": 50, "seconds": 999.0, "images_per_s": 1.0}] + rows  # an earlier call's row
     measured = workers._ips_from_log(rows, 8, 100)
     assert measured["iterations"] == 10
     assert measured["train_s"] == pytest.approx(14.0)
     assert measured["steady_images_per_s"] == pytest.approx(8.0)
     assert measured["images_per_s"] == pytest.approx(80 / 14)
+    # a log every 2 iterations: the same figures from the iterations the rows name
+    sparse = [r for r in rows[1:] if r["iteration"] % 2 == 0]
+    measured = workers._ips_from_log(sparse, 8, 100)
+    assert measured["iterations"] == 10 and measured["train_s"] == pytest.approx(14.0)
+    assert measured["steady_images_per_s"] == pytest.approx(8.0)
+    assert workers._ips_from_log(rows, 8, 110)["iterations"] == 0
 
 
 def test_runner_config_and_help():
     import yaml
 
     import run
+    from semlic.methods import get_method
+    from semlic.methods.dsslic.training import DSSLICTrainConfig
+    from semlic.methods.edms.training import SMapNetTrainConfig
+    from semlic.segnet.train_config import SegnetTrainConfig
 
     for name in ("study.yaml", "dryrun.yaml"):
         cfg = yaml.safe_load((SCRIPTS / name).read_text())
-        from semlic.segnet.train_config import SegnetTrainConfig
-        from semlic.smapnet_training import SMapNetTrainConfig
-        from semlic.training import BaseTrainConfig
-
         SegnetTrainConfig.from_dict({**cfg["segnet"]["config"], "iterations": 10})
-        BaseTrainConfig.from_dict(cfg["base"]["config"])
+        DSSLICTrainConfig.from_dict(cfg["dsslic"]["config"])
         SMapNetTrainConfig.from_dict(cfg["smapnet"]["config"])
-        assert set(cfg["code"]["methods"]) <= {"dsslic", "edms", "edms_noenh"}
+        sections = run.method_sections(cfg["code"])  # every name and option checked against the registry
+        assert sections and all(get_method(m).name == m for m in sections)
+        for plan in workers.method_plans(sections):
+            assert plan.qualities
     assert run.STEPS[0] == "unpack" and set(run.STEPS[1:]) == set(run.STEP_FUNCTIONS) - {"unpack"}
+    assert set(run.TRAINING) <= set(run.STEPS)
+    with pytest.raises(SystemExit):
+        run.main(["--help"])
+
+
+def test_methods_come_from_the_registry(tmp_path):
+    import yaml
+
+    import run
+    from semlic.errors import ConfigError
+    from semlic.methods import get_method, method_names
+
+    assert set(run.method_sections({})) == set(method_names())
+    assert run.method_sections({"methods": ["dsslic"]}) == {"dsslic": {}}
+    with pytest.raises(ConfigError, match="unknown method"):
+        run.method_sections({"methods": ["nonesuch"]})
+    with pytest.raises(ConfigError, match="unknown option"):
+        run.method_sections({"methods": {"dsslic": {"nonesuch": 1}}})
+
+    def study(methods) -> "run.Study":
+        cfg = yaml.safe_load((SCRIPTS / "dryrun.yaml").read_text())
+        cfg["code"]["methods"] = methods
+        path = tmp_path / f"{len(list(tmp_path.glob('*.yaml')))}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        return run.Study(str(tmp_path / "w"), str(path), None, None)
+
+    # the models a method needs (decoder and encoder) and those their training data is made with
+    for names in (["dsslic"], sorted(method_names())):
+        st = study(names)
+        used = {n for m in names for n in get_method(m).models + get_method(m).encoder_models}
+        assert used <= st.wanted()
+        assert {n for n in st.wanted() - used} <= {model for model, _ in run.TRAINING.values()}
+        for step, (model, _) in run.TRAINING.items():
+            assert st.pending(step) == (model in st.wanted())  # nothing trained yet
+    assert "smapnet" not in study(["dsslic"]).wanted()
+
+
+def test_entropy_decoding_time_covers_every_image_layer(tiny_model):
+    from semlic import format as fmt
+    from semlic.image_codecs import CODECS_BY_ID
+    from semlic.methods import get_method
+
+    from .conftest import make_image
+
+    image, seg = make_image(40, 56)
+    method = get_method("dsslic")
+    plan = workers.method_plans({"dsslic": {"qualities": [30]}})[0]
+    encoded, enc = workers._encode_timed(image, plan, {"dsslic": tiny_model}, segmentation=seg)
+    assert enc["enc_s"] > 0 and enc["enc_network_s"] > 0 and enc["enc_entropy_s"] > 0
+    channels = [workers._layer_channels(CODECS_BY_ID[layer.codec], layer.payload)
+                for layer in fmt.unpack(encoded.data).layers]
+    assert sorted(channels) == [1, 3, 3]  # the map, the compact image, the residual
+    decoded, dec = workers._decode_timed(encoded.data, method, {"dsslic": tiny_model})
+    assert np.array_equal(decoded, encoded.reconstruction)
+    assert dec["dec_entropy_s"] > 0 and dec["dec_s"] > 0  # timed apart: with a tiny model either may be larger
+    assert dec["dec_network_s"] == pytest.approx(max(0.0, dec["dec_s"] - dec["dec_entropy_s"]))
+
+
+def _dry_run_config(num_classes: int) -> dict:
+    """dryrun.yaml, smaller still: 32x32 crops, a few iterations, two methods, one baseline."""
+    return {
+        "device": "cpu", "unpack_workers": 1,
+        "segnet": {"budget_s": 30, "probe_steps": 2, "max_epochs": 2, "min_steps": 2, "config": {
+            "model": {"num_classes": num_classes, "backbone": "resnet18", "base_channels": 8, "head_channels": 16,
+                      "aux_channels": 8, "ppm_channels": 4, "output_stride": 8},
+            "batch_size": 2, "crop_size": 32, "scale_range": [1.0, 1.0], "num_workers": 0,
+            "checkpoint_every": 1000000, "log_every": 1}},
+        "segment": {"batch_size": 2, "num_workers": 0},
+        "bench_train": {"enabled": True, "iterations": 1, "warmup": 1, "estimate_s": 5,
+                        "variants": [{"amp": False, "channels_last": False}]},
+        "dsslic": {"budget_s": 30, "probe_iterations": 1, "min_chunk": 1, "config": {
+            "preset": "tiny", "label_nc": num_classes, "epochs": 2, "batch_size": 2, "crop": 32, "gan": False,
+            "checkpoint_every": 1000000}},
+        "smapnet": {"budget_s": 30, "probe_iterations": 1, "min_chunk": 1, "config": {
+            "preset": "tiny", "epochs": 1, "batch_size": 2, "crop": 16, "checkpoint_every": 1000000}},
+        "code": {"methods": {"dsslic": {"qualities": [40, 30]}, "edms": {"qualities": [40], "agreement_tau": 0.001}},
+                 "datasets": [{"dataset": "camvid", "split": "test"}, {"dataset": "kodak", "split": "test"}],
+                 "workers": 2, "image_s": 10},
+        "speed": {"quality": 40, "images": 1, "cpu_images": 0, "estimate_s": 5},
+        "baselines": {"codecs": ["jpeg"], "sweep": {"jpeg": [50]}, "datasets": [{"dataset": "kodak", "split": "test"}],
+                      "workers": 1, "shard_size": 4, "shard_s": 10, "nice": 0},
+        "cpu_paper_size": {"enabled": True, "images": 1, "threads": 1, "estimate_s": 5, "preset": "tiny",
+                           "quality": 40},
+    }
+
+
+@pytest.mark.slow
+def test_cpu_dry_run_of_the_study(tmp_path):
+    """The whole study on CPU (tiny models, synthetic data): every step runs, the pack holds what the report reads."""
+    import tarfile
+
+    import pandas as pd
+    import yaml
+
+    import run
+    from semlic import results, study
+    from semlic.data.synthetic import NUM_CLASSES, make_sample
+    from semlic.imageio import save_png
+
+    src = tmp_path / "src"
+    packs = tmp_path / "packs"
+    for dataset, split, count, size in (("camvid", "train", 4, (32, 32)), ("camvid", "test", 1, (40, 48)),
+                                        ("kodak", "test", 1, (48, 40))):
+        items = []
+        for i in range(count):
+            image, label = make_sample(i + 10 * len(items), seed=hash((dataset, split)) % 1000, size=size)
+            save_png(src / dataset / split / f"{dataset}{i}.png", image)
+            label_path = None
+            if dataset == "camvid":
+                label_path = src / dataset / split / f"{dataset}{i}.label.png"
+                save_png(label_path, label)
+            items.append((f"{dataset}{i}", src / dataset / split / f"{dataset}{i}.png", label_path))
+        datapack.pack(items, packs / f"{dataset}-{split}.tar", dataset, split, workers=1)
+    config = tmp_path / "study.yaml"
+    config.write_text(yaml.safe_dump(_dry_run_config(NUM_CLASSES)))
+    work, out = tmp_path / "w", tmp_path / "out"
+    args = ["--workdir", str(work), "--config", str(config), "--packs", str(packs), "--budget-s", "1200"]
+    assert run.main(["auto", *args]) == 0, (work / "logs" / "runner.log").read_text()[-6000:]
+    assert run.main(["pack", *args, "--out", str(out), "--models"]) == 0
+    with tarfile.open(out / "study_results.tar.gz") as tar:
+        tar.extractall(tmp_path / "results")
+    res = tmp_path / "results" / "study_results"
+
+    # the models each step trained, found by their registered names
+    assert {p.name for p in (res / "models").glob("*.json")} == {"pspnet.json", "dsslic.json", "smapnet.json"}
+    assert list(out.glob("models.fp16.tar.part*"))
+    # rows: every chosen method on every data set at its qualities, and the background baseline
+    rows = pd.DataFrame(results.read_rows(res / "rows"))
+    coded = rows[rows["method"] != "jpeg"].groupby(["method", "dataset"]).size().to_dict()
+    assert coded == {("dsslic", "camvid"): 2, ("dsslic", "kodak"): 2, ("edms", "camvid"): 1, ("edms", "kodak"): 1}
+    assert set(rows[rows["method"] == "jpeg"]["dataset"]) == {"kodak"}
+    assert (rows["git_rev"] != "").all()
+    # the training logs the report reads
+    training = study.training_table(res).set_index("step")
+    assert {"dsslic", "smapnet", "segnet"} <= set(training.index)
+    assert training.loc["dsslic", "iterations"] == json.loads((res / "logs" / "dsslic_plan.json").read_text())[
+        "total_iterations"]
+    assert "iteration" in pd.read_parquet(res / "logs" / "segnet_train_log.parquet").columns
+    # the clean timing pass and the paper-size decode
+    speed = pd.read_parquet(res / "speed" / "speed.parquet")
+    assert set(speed["method"]) == {"dsslic", "edms"} and speed["matches_encoder"].all()
+    assert (speed[["enc_network_s", "enc_entropy_s", "dec_entropy_s"]] > 0).all().all()
+    assert len(study.speed_table(speed)) == 2
+    paper = pd.read_parquet(res / "speed" / "cpu_paper_size.parquet").set_index("method")
+    assert paper.loc["edms", "parameters"] > paper.loc["dsslic", "parameters"] > 0
+    assert (res / "segmentation" / "camvid_test.parquet").is_file()
+    assert (res / "segmentation" / "pairs.parquet").is_file()
+    provenance = json.loads((res / "provenance.json").read_text())
+    assert set(provenance["methods"]) == {"dsslic", "edms"}
+    # a second call finds everything done
+    assert run.main(["auto", *args]) == 0

@@ -25,7 +25,7 @@ export PYTHONPATH="$(cd "$_site" && pwd):$_repo${PYTHONPATH:+:$PYTHONPATH}"
 "$_py" - <<'PY' || { return 3 2>/dev/null || exit 3; }
 import PIL, pillow_heif, pillow_jxl, pytorch_msssim, safetensors, yaml, tqdm, torch
 from PIL import Image, features
-pillow_heif.register_heif_opener()  # as semlic.codecs does
+pillow_heif.register_heif_opener()  # as semlic.image_codecs does
 missing = [f for f, ok in (("HEIF", "HEIF" in Image.SAVE), ("JXL", "JXL" in Image.SAVE),
                            ("AVIF", features.check("avif")), ("WEBP", features.check("webp")),
                            ("JPEG2000", features.check("jpg_2000"))) if not ok]

@@ -5,27 +5,40 @@ run. Every step is resumable and skips what is already done, so a device call is
 same command (``call.sh``): ``auto`` runs the unfinished steps in order until the call's
 deadline, each training step fitted to its time allocation; ``pack`` gathers the results.
 
+What is coded comes from the method registry (:mod:`semlic.methods`): ``code.methods`` names
+registered methods, each with its params section (qualities and options, as the pipeline's code
+stage reads them: :meth:`semlic.code_stage.MethodPlan.from_section`); none given: every
+registered method at its defaults. The models a method needs are its ``models`` (decoder) and
+``encoder_models`` (its segmenter), found by registered name among the model files of the
+study's models folders (``W/models`` and ``models_dirs``; :class:`semlic.model_files.ModelStore`).
+A training step runs only when a chosen method needs the model it trains (directly, or to make
+the training data of another) and no models folder holds it yet.
+
 Steps (in order; ``auto`` runs them all):
 
 =============  ==================================================================================
 unpack         every data pack present (datapack.py) -> W/data/<dataset>/<split>/{images,labels}
-segnet         PSPNet: a short probe measures images/s, the run's steps are fitted to
-               ``segnet.budget_s``, then ``semlic train-segnet --resume --time-limit``
-segment-train  ``semlic segment`` of the train split (the maps train-base learns from)
-bench-train    base-model training throughput in a few settings + kernel profile (workers.py);
+segnet         PSPNet (model ``pspnet``): a short probe measures images/s, the run's steps are
+               fitted to ``segnet.budget_s``, then ``semlic train-segnet --out W/models/segnet
+               --minutes M`` (resumes by default)
+segment-train  ``semlic segment`` of the train split (the maps DSSLIC learns from)
+bench-train    DSSLIC training throughput in a few settings + kernel profile (workers.py);
                the fastest of amp / channels_last is used for training
-base           DSSLIC CompNet + FineNet (+ discriminators), paper size: a probe chunk, the total
-               iterations fitted to ``base.budget_s`` (at most ``epochs``), chunks of
-               ``semlic.training.train_base(stop_after=...)`` sized to the time left
-segment-test   ``semlic segment`` of CamVid test and Kodak (mIoU on CamVid test)
-pairs          ``semlic smap-pairs`` on the train split (EDMS)
-smapnet        SMapNet, fitted to ``smapnet.budget_s`` like base (train_smapnet(stop_after=...))
-code           DSSLIC, EDMS, EDMS without SMapNet on CamVid test and Kodak at the paper's
-               residual QPs: ``code.workers`` processes, one part per (dataset, method, image)
-speed          the clean timing pass: encode / decode per Kodak image on the GPU (network and
-               entropy coding apart) and decode on the CPU
-cpu-paper      (optional, ``cpu_paper_size.enabled``) CPU decode of the paper-size networks with
-               random weights: the cost of a trained model's decode on a machine without a GPU
+dsslic         DSSLIC CompNet + FineNet (+ discriminators), model ``dsslic``: a probe chunk, the
+               total iterations fitted to ``dsslic.budget_s`` (at most ``epochs``), chunks of
+               ``semlic.methods.dsslic.training.train_dsslic(stop_after=...)`` sized to the time left
+segment-test   ``semlic segment`` of every data set the code step codes (mIoU on CamVid test)
+pairs          ``semlic smap-pairs`` on the train split (SMapNet's training data)
+smapnet        SMapNet (model ``smapnet``), fitted to ``smapnet.budget_s`` like dsslic
+               (``semlic.methods.edms.training.train_smapnet(stop_after=...)``)
+code           every chosen method on every data set of ``code.datasets`` at its qualities
+               (``semlic.code_stage.code_method``): ``code.workers`` processes, one part per
+               (dataset, method, image)
+speed          the clean timing pass: ``Method.encode`` / ``Method.decode`` per Kodak image on the
+               GPU (network and entropy coding apart) and decode on the CPU
+cpu-paper      (optional, ``cpu_paper_size.enabled``) CPU decode with every network a method's
+               decoder runs at the paper's size, random weights: the cost of a trained model's
+               decode on a machine without a GPU
 baselines      (in the background of ``auto``, niced, on the idle CPU cores) JPEG, JPEG 2000,
                WebP, AVIF, JPEG XL, HEVC 4:4:4 over their sweeps, shard by shard
 pack           W/results (rows as a hive tree, logs, speed, provenance) -> OUT/study_results.tar.gz
@@ -56,10 +69,38 @@ import yaml  # noqa: E402
 import datapack  # noqa: E402
 import workers  # noqa: E402
 
-STEPS = ("unpack", "segnet", "segment-train", "bench-train", "base", "segment-test", "pairs", "smapnet", "code", "speed",
-         "cpu-paper")
+STEPS = ("unpack", "segnet", "segment-train", "bench-train", "dsslic", "segment-test", "pairs", "smapnet", "code",
+         "speed", "cpu-paper")
 MARGIN_S = 20          # kept free at the end of a step's slot (saving state, process exit)
 SPAWN_S = 25           # loading data and models before a training chunk starts its loop
+
+#: The training steps: the registered model each one trains (into ``W/models/<step>/``) and the
+#: models its training data is made with (DSSLIC learns from PSPNet's maps of the train split;
+#: SMapNet from pairs made with DSSLIC's compact image and PSPNet).
+TRAINING = {"segnet": ("pspnet", ()), "dsslic": ("dsslic", ("pspnet",)), "smapnet": ("smapnet", ("dsslic", "pspnet"))}
+
+
+# --- methods ------------------------------------------------------------------------------------
+def method_sections(section: dict | None) -> dict:
+    """A config section's ``methods`` as ``{registered name: params section}``, every name checked.
+
+    ``methods`` may be a mapping (name -> params section: ``qualities``, ``segmentation``, the
+    method's options; null: its defaults), a list of names (their defaults) or absent (every
+    registered method at its defaults).
+    """
+    from semlic.code_stage import MethodPlan
+    from semlic.methods import method_names
+
+    chosen = (section or {}).get("methods")
+    if chosen is None:
+        chosen = list(method_names())
+    if isinstance(chosen, str):
+        chosen = [chosen]
+    sections = {str(n): {} for n in chosen} if isinstance(chosen, (list, tuple)) else \
+        {str(n): dict(s or {}) for n, s in chosen.items()}
+    for name, params in sections.items():
+        MethodPlan.from_section(name, params)  # unknown methods, options and qualities are refused here
+    return sections
 
 
 # --- context ------------------------------------------------------------------------------------
@@ -80,21 +121,54 @@ class Study:
     def data(self, dataset: str, split: str) -> Path:
         return self.w / "data" / dataset / split
 
-    @property
-    def segnet_path(self) -> Path:
-        return self.w / "models" / "segnet.safetensors"
+    def train_dir(self, step: str) -> Path:
+        """Where a training step writes its model, state and log: under the study's models folder."""
+        return self.w / "models" / step
 
     @property
-    def base_dir(self) -> Path:
-        return self.w / "base"
+    def models_dirs(self) -> list[Path]:
+        """W/models (what the study trains) and the config's ``models_dirs`` (models brought along)."""
+        extra = [Path(p) if Path(p).is_absolute() else REPO / p for p in self.cfg.get("models_dirs") or []]
+        return [self.w / "models", *extra]
 
-    @property
-    def smapnet_dir(self) -> Path:
-        return self.w / "smapnet"
+    def store(self):
+        """The model files of the models folders, by registered name (metadata only: nothing loaded)."""
+        return workers.model_store([str(d) for d in self.models_dirs], "cpu")
 
-    def models(self) -> dict:
-        return {"base": str(self.base_dir / "base.safetensors"), "segnet": str(self.segnet_path),
-                "smapnet": str(self.smapnet_dir / "smapnet.safetensors")}
+    def model_path(self, name: str) -> Path | None:
+        return self.store().path(name)
+
+    # methods and the models they need
+    def sections(self, step: str) -> dict:
+        """``{method: params section}`` of ``code``, ``speed`` or ``cpu_paper_size`` (the latter two
+        default to the code step's methods; ``quality`` sets the one quality they time)."""
+        section = self.cfg.get(step) or {}
+        sections = method_sections(section if step == "code" or section.get("methods") is not None
+                                   else self.cfg.get("code"))
+        if step != "code" and section.get("quality") is not None:
+            sections = {name: {**params, "qualities": [section["quality"]]} for name, params in sections.items()}
+        return sections
+
+    def plans(self, step: str) -> list:
+        return workers.method_plans(self.sections(step))
+
+    def wanted(self) -> set[str]:
+        """Registered models the chosen methods use, and those their training data is made with."""
+        names = {n for step in ("code", "speed") for plan in self.plans(step)
+                 for n in workers.plan_models(plan, from_image=step == "speed")}
+        needs = dict(TRAINING.values())
+        stack = list(names)
+        while stack:
+            for name in needs.get(stack.pop(), ()):
+                if name not in names:
+                    names.add(name)
+                    stack.append(name)
+        return names
+
+    def pending(self, step: str) -> bool:
+        """Whether a training step has work: a chosen method needs its model and no folder holds it."""
+        model = TRAINING[step][0]
+        return model in self.wanted() and self.model_path(model) is None
 
     # time
     def left(self) -> float:
@@ -173,10 +247,19 @@ def _train_images(st: Study) -> int:
 def _iteration_of(state: Path) -> int:
     if not state.is_file():
         return 0
-    from safetensors import safe_open
+    from semlic.model_files import read_metadata
 
-    with safe_open(str(state), framework="pt") as fh:
-        return int((fh.metadata() or {}).get("iteration", 0))
+    return int(read_metadata(state).get("iteration", 0))
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def _measured_ips(record: dict) -> float:
+    """Steady images/s of a measured chunk, else its overall images/s."""
+    ips = record.get("steady_images_per_s")
+    return record["images_per_s"] if ips is None or (isinstance(ips, float) and math.isnan(ips)) else ips
 
 
 # --- steps --------------------------------------------------------------------------------------
@@ -194,38 +277,43 @@ def step_unpack(st: Study) -> bool:
     return True
 
 
-def _segnet_config(st: Study, iterations: int) -> Path:
-    scfg = st.cfg["segnet"]
-    config = {**scfg["config"], "iterations": int(iterations), "epochs": None}
-    path = st.w / "models" / "segnet.config.yaml"
+def _segnet_config(path: Path, section: dict, iterations: int) -> Path:
+    config = {**section["config"], "iterations": int(iterations), "epochs": None}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config, sort_keys=True))
     return path
 
 
 def step_segnet(st: Study) -> bool:
-    if st.segnet_path.is_file():
+    if st.model_path("pspnet") is not None:
+        return True
+    if not st.pending("segnet"):
+        st.log("segnet: no chosen method needs a PSPNet")
         return True
     scfg = st.cfg["segnet"]
     prepared = st.w / "data" / "camvid"
+    out = st.train_dir("segnet")
     if not (prepared / "train" / "labels").is_dir():
         st.log("segnet: no CamVid train split (carry build/gpu-data/camvid-train.tar)")
         return False
-    plan_path = st.w / "models" / "segnet.plan.json"
+    plan_path = out / "plan.json"
+    batch = int(scfg["config"].get("batch_size", 8))
     if not plan_path.is_file():
         probe_steps = int(scfg.get("probe_steps", 30))
-        probe = st.w / "probe" / "segnet.safetensors"
-        shutil.rmtree(probe.parent, ignore_errors=True)
+        probe = st.w / "probe" / "segnet"
+        shutil.rmtree(probe, ignore_errors=True)
         started = time.time()
-        config = _segnet_config(st, probe_steps)
+        config = _segnet_config(st.w / "probe" / "segnet.config.yaml", scfg, probe_steps)
         st.semlic("segnet", ["train-segnet", "--config", str(config), "--data", str(prepared), "--out", str(probe),
                              "--device", st.device, "--no-progress"], timeout=min(300, st.left()))
+        if not (probe / "train_log.parquet").is_file():
+            st.log("segnet: the probe failed (logs/segnet.log)")
+            return False
         import pandas as pd
 
-        log = pd.read_parquet(probe.with_name("segnet.train_log.parquet"))
-        ips = float(log["images_per_s"].iloc[1:].median() if len(log) > 1 else log["images_per_s"].iloc[-1])
+        measured = workers._ips_from_log(pd.read_parquet(probe / "train_log.parquet").to_dict("records"), batch, 0)
+        ips = _measured_ips(measured)
         st.note("segnet", spent_s_add=time.time() - started, probe_images_per_s=ips)
-        batch = int(scfg["config"].get("batch_size", 8))
         available = max(10.0, float(scfg["budget_s"]) - st.spent("segnet") - SPAWN_S)
         iterations = int(available * ips / batch)
         max_epochs = scfg.get("max_epochs")
@@ -233,19 +321,19 @@ def step_segnet(st: Study) -> bool:
             iterations = min(iterations, int(max_epochs) * max(1, _train_images(st) // batch))
         iterations = max(iterations, int(scfg.get("min_steps", 50)))
         workers.write_json(plan_path, {"iterations": iterations, "probe_images_per_s": ips, "batch_size": batch,
-                                       "epochs": iterations * batch / max(1, _train_images(st))})
+                                       "epochs": iterations * batch / max(1, _train_images(st)), "probe": measured})
         st.log(f"segnet: probe {ips:.1f} images/s -> {iterations} steps")
     plan = json.loads(plan_path.read_text())
-    config = _segnet_config(st, plan["iterations"])
+    config = _segnet_config(out / "config.yaml", scfg, plan["iterations"])
     limit = min(float(scfg["budget_s"]) - st.spent("segnet") + 30, st.left() - MARGIN_S - SPAWN_S)
     if limit < 20:
         return False
     started = time.time()
-    st.semlic("segnet", ["train-segnet", "--config", str(config), "--data", str(st.w / "data" / "camvid"),
-                         "--out", str(st.segnet_path), "--device", st.device, "--resume", "--time-limit",
-                         f"{limit:.0f}", "--no-progress"], timeout=limit + SPAWN_S + 60)
+    st.semlic("segnet", ["train-segnet", "--config", str(config), "--data", str(prepared), "--out", str(out),
+                         "--device", st.device, "--minutes", f"{limit / 60:.3f}", "--no-progress"],
+              timeout=limit + SPAWN_S + 60)
     st.note("segnet", spent_s_add=time.time() - started)
-    return st.segnet_path.is_file()
+    return st.model_path("pspnet") is not None
 
 
 def _segment(st: Study, step: str, dataset: str, split: str) -> bool:
@@ -255,28 +343,33 @@ def _segment(st: Study, step: str, dataset: str, split: str) -> bool:
     if not (st.data(dataset, split) / "images").is_dir():
         st.log(f"{step}: no {dataset}/{split} data (carry its pack)")
         return False
-    if st.left() < 60 or not st.segnet_path.is_file():
+    segnet = st.model_path("pspnet")
+    if st.left() < 60 or segnet is None:
         return False
     scfg = st.cfg.get("segment", {})
-    st.semlic(step, ["segment", "--model", str(st.segnet_path), "--data", str(st.w / "data" / dataset), "--split",
+    st.semlic(step, ["segment", "--model", str(segnet), "--data", str(st.w / "data" / dataset), "--split",
                      split, "--out", str(out), "--device", st.device, "--batch-size", str(scfg.get("batch_size", 8)),
                      "--num-workers", str(scfg.get("num_workers", 0))], timeout=st.left() - MARGIN_S)
     return (out / "segments.parquet").is_file()
 
 
 def step_segment_train(st: Study) -> bool:
+    if not any(st.pending(step) and "pspnet" in needs for step, (_, needs) in TRAINING.items()):
+        return True  # no training left that learns from PSPNet's maps of the train split
     return _segment(st, "segment-train", "camvid", "train")
 
 
 def step_segment_test(st: Study) -> bool:
+    if "pspnet" not in st.wanted() and st.model_path("pspnet") is None:
+        return True
     done = True
-    for dataset in ("camvid", "kodak"):
-        done &= _segment(st, "segment-test", dataset, "test")
+    for entry in st.cfg["code"]["datasets"]:
+        done &= _segment(st, "segment-test", entry["dataset"], entry.get("split", "test"))
     return done
 
 
-def _base_config(st: Study, total: int | None = None) -> dict:
-    config = dict(st.cfg["base"]["config"])
+def _dsslic_config(st: Study, total: int | None = None) -> dict:
+    config = dict(st.cfg["dsslic"]["config"])
     choice = st.w / "bench" / "train_bench.json"
     if st.cfg.get("bench_train", {}).get("apply", True) and choice.is_file():
         config.update(json.loads(choice.read_text())["best"])
@@ -288,16 +381,16 @@ def _base_config(st: Study, total: int | None = None) -> dict:
 def step_bench_train(st: Study) -> bool:
     bcfg = st.cfg.get("bench_train", {})
     out = st.w / "bench"
-    if not bcfg.get("enabled", False) or (out / "train_bench.json").is_file():
+    if not bcfg.get("enabled", False) or (out / "train_bench.json").is_file() or not st.pending("dsslic"):
         return True
-    if (st.base_dir / "train_state.safetensors").is_file():
+    if (st.train_dir("dsslic") / "train_state.safetensors").is_file():
         return True  # training has begun with the settings it has
     if st.left() < float(bcfg.get("estimate_s", 60)) + 60:
         return False
     variants = bcfg.get("variants")
     started = time.time()
     st.worker("bench-train", "bench_train", {
-        "config": dict(st.cfg["base"]["config"]), "images": str(st.data("camvid", "train") / "images"),
+        "config": dict(st.cfg["dsslic"]["config"]), "images": str(st.data("camvid", "train") / "images"),
         "segs": str(st.w / "segs" / "camvid" / "train"), "device": st.device, "out": str(out),
         "iterations": int(bcfg.get("iterations", 10)), "warmup": int(bcfg.get("warmup", 3)),
         "variants": variants}, timeout=min(st.left() - MARGIN_S, float(bcfg.get("estimate_s", 60)) * 3))
@@ -305,33 +398,45 @@ def step_bench_train(st: Study) -> bool:
     return True
 
 
-def _fit_chunks(st: Study, step: str, section: dict, out_dir: Path, function: str, kwargs_for, per_epoch: int) -> bool:
-    """Probe, fit the total iterations to the step's budget, then train in chunks until time is up."""
+def _fit_chunks(st: Study, step: str, kwargs_for, per_epoch: int) -> bool:
+    """Probe, fit the total iterations to the step's budget, then train in chunks until time is up.
+
+    The probe trains ``probe_iterations`` in a scratch folder (W/probe/<step>: a training state
+    records its total, so the real run starts afresh with the fitted one); the chunks resume
+    the state in ``W/models/<step>`` until it holds the model.
+    """
+    section = st.cfg[step]
+    model = TRAINING[step][0]
+    out_dir = st.train_dir(step)
     plan_path = out_dir / "plan.json"
     state = out_dir / "train_state.safetensors"
+    function = f"{step}_chunk"
     batch = int(section["config"].get("batch_size", 8))
     epochs_total = int(section["config"].get("epochs", 150)) * per_epoch
     if section["config"].get("iterations"):
         epochs_total = int(section["config"]["iterations"])
     if not plan_path.is_file():
-        probe = int(section.get("probe_iterations", 20))
+        probe_iterations = int(section.get("probe_iterations", 20))
         if st.left() < SPAWN_S + MARGIN_S + 30:
             return False
+        probe = st.w / "probe" / step
+        shutil.rmtree(probe, ignore_errors=True)
         started = time.time()
-        code = st.worker(step, function, {**kwargs_for(epochs_total), "stop_after": probe}, timeout=st.left() - MARGIN_S)
+        code = st.worker(step, function, {**kwargs_for(epochs_total, probe), "stop_after": probe_iterations},
+                         timeout=st.left() - MARGIN_S)
         st.note(step, spent_s_add=time.time() - started)
-        if code != 0 or not (out_dir / "chunks.jsonl").is_file():
+        chunks = _read_jsonl(probe / "chunks.jsonl")
+        if code != 0 or not chunks:
             st.log(f"{step}: the probe failed (logs/{step}.log)")
             return False
-        chunks = [json.loads(line) for line in (out_dir / "chunks.jsonl").read_text().splitlines()]
-        ips = chunks[-1]["steady_images_per_s"]
-        ips = chunks[-1]["images_per_s"] if not ips or math.isnan(ips) else ips
+        ips = _measured_ips(chunks[-1])
         available = max(0.0, float(section["budget_s"]) - st.spent(step))
         total = min(epochs_total, _iteration_of(state) + int(available * ips / batch))
         total = max(total, _iteration_of(state) + 1)
         workers.write_json(plan_path, {"total_iterations": total, "probe_images_per_s": ips, "batch_size": batch,
                                        "epochs": total / per_epoch, "epochs_wanted": epochs_total / per_epoch,
-                                       "budget_s": section["budget_s"]})
+                                       "budget_s": section["budget_s"], "probe": chunks[-1]})
+        shutil.rmtree(probe, ignore_errors=True)
         st.log(f"{step}: probe {ips:.1f} images/s -> {total} iterations ({total / per_epoch:.1f} epochs)")
     plan = json.loads(plan_path.read_text())
     total = int(plan["total_iterations"])
@@ -339,48 +444,48 @@ def _fit_chunks(st: Study, step: str, section: dict, out_dir: Path, function: st
         done = _iteration_of(state)
         if done >= total:
             break
-        chunks = [json.loads(line) for line in (out_dir / "chunks.jsonl").read_text().splitlines()]
-        ips = [c["images_per_s"] for c in chunks if c["iterations"] > 0][-1]
+        measured = [c["images_per_s"] for c in _read_jsonl(out_dir / "chunks.jsonl") if c["iterations"] > 0]
+        ips = measured[-1] if measured else float(plan["probe_images_per_s"])
         slot = min(float(section["budget_s"]) - st.spent(step) + 60, st.left() - MARGIN_S - SPAWN_S)
         iterations = min(total - done, int(slot * ips / batch * 0.95))
         if iterations < int(section.get("min_chunk", 20)) and iterations < total - done:
             st.log(f"{step}: {total - done} iterations left, no time in this call")
             return False
         started = time.time()
-        code = st.worker(step, function, {**kwargs_for(total), "stop_after": iterations},
+        code = st.worker(step, function, {**kwargs_for(total, out_dir), "stop_after": iterations},
                          timeout=min(st.left() - 5, iterations * batch / ips * 1.3 + SPAWN_S + 60))
         st.note(step, spent_s_add=time.time() - started)
         if code != 0:
             return False
-    model = out_dir / ("base.safetensors" if step == "base" else "smapnet.safetensors")
-    if not model.is_file():  # a run that ended exactly at its total writes the model itself
-        st.worker(step, function, {**kwargs_for(total), "stop_after": 0}, timeout=st.left() - MARGIN_S)
-    return model.is_file()
+    if st.model_path(model) is None:  # the last chunk writes the model; a state at its total writes it here
+        st.worker(step, function, {**kwargs_for(total, out_dir), "stop_after": 0}, timeout=st.left() - MARGIN_S)
+    return st.model_path(model) is not None
 
 
-def step_base(st: Study) -> bool:
-    if (st.base_dir / "base.safetensors").is_file():
+def step_dsslic(st: Study) -> bool:
+    if not st.pending("dsslic"):
         return True
     segs = st.w / "segs" / "camvid" / "train"
     if not (segs / "segments.parquet").is_file():
         return False
-    batch = int(st.cfg["base"]["config"].get("batch_size", 8))
+    batch = int(st.cfg["dsslic"]["config"].get("batch_size", 8))
     per_epoch = max(1, math.ceil(_train_images(st) / batch))
 
-    def kwargs(total):
-        return {"config": _base_config(st, total), "images": str(st.data("camvid", "train") / "images"),
-                "segs": str(segs), "out": str(st.base_dir), "device": st.device}
+    def kwargs(total, out):
+        return {"config": _dsslic_config(st, total), "images": str(st.data("camvid", "train") / "images"),
+                "segs": str(segs), "out": str(out), "device": st.device}
 
-    return _fit_chunks(st, "base", st.cfg["base"], st.base_dir, "base_chunk", kwargs, per_epoch)
+    return _fit_chunks(st, "dsslic", kwargs, per_epoch)
 
 
 def step_pairs(st: Study) -> bool:
     out = st.w / "pairs"
-    if (out / "pairs.parquet").is_file():
+    if (out / "pairs.parquet").is_file() or not st.pending("smapnet"):
         return True
-    if not (st.base_dir / "base.safetensors").is_file() or st.left() < 60:
+    dsslic, segnet = st.model_path("dsslic"), st.model_path("pspnet")
+    if dsslic is None or segnet is None or st.left() < 60:
         return False
-    st.semlic("pairs", ["smap-pairs", "--model", str(st.base_dir / "base.safetensors"), "--segnet", str(st.segnet_path),
+    st.semlic("pairs", ["smap-pairs", "--model", str(dsslic), "--segnet", str(segnet),
                         "--data", str(st.w / "data" / "camvid"), "--split", "train", "--segs",
                         str(st.w / "segs" / "camvid" / "train"), "--out", str(out), "--device", st.device,
                         "--no-progress"], timeout=st.left() - MARGIN_S)
@@ -388,26 +493,28 @@ def step_pairs(st: Study) -> bool:
 
 
 def step_smapnet(st: Study) -> bool:
-    if (st.smapnet_dir / "smapnet.safetensors").is_file():
+    if not st.pending("smapnet"):
         return True
-    if not (st.w / "pairs" / "pairs.parquet").is_file():
+    pairs_dir = st.w / "pairs"
+    if not (pairs_dir / "pairs.parquet").is_file():
         return False
     batch = int(st.cfg["smapnet"]["config"].get("batch_size", 32))
-    pairs = len(list((st.w / "pairs" / "logits").glob("*.safetensors")))
+    pairs = len(list((pairs_dir / "logits").glob("*.safetensors")))
     per_epoch = max(1, math.ceil(pairs / batch))
 
-    def kwargs(total):
-        return {"config": {**st.cfg["smapnet"]["config"], "iterations": int(total)}, "pairs": str(st.w / "pairs"),
-                "out": str(st.smapnet_dir), "device": st.device}
+    def kwargs(total, out):
+        return {"config": {**st.cfg["smapnet"]["config"], "iterations": int(total)}, "pairs": str(pairs_dir),
+                "out": str(out), "device": st.device}
 
-    return _fit_chunks(st, "smapnet", st.cfg["smapnet"], st.smapnet_dir, "smapnet_chunk", kwargs, per_epoch)
+    return _fit_chunks(st, "smapnet", kwargs, per_epoch)
 
 
 def _code_jobs(st: Study, section: dict) -> list[dict]:
     jobs = []
     for entry in section["datasets"]:
-        images = sorted((st.data(entry["dataset"], entry.get("split", "test")) / "images").glob("*.png"))
-        jobs += [{"dataset": entry["dataset"], "image": str(p)} for p in images[: entry.get("limit")]]
+        split = entry.get("split", "test")
+        images = sorted((st.data(entry["dataset"], split) / "images").glob("*.png"))
+        jobs += [{"dataset": entry["dataset"], "split": split, "image": str(p)} for p in images[: entry.get("limit")]]
     return jobs
 
 
@@ -417,12 +524,20 @@ def _missing_parts(st: Study, jobs: list[dict], methods: list[str]) -> list[dict
                                    for m in methods)]
 
 
+def _missing_models(st: Study, step: str, plans: list, from_image: bool = False) -> list[str]:
+    store = st.store()
+    missing = sorted({n for plan in plans for n in workers.plan_models(plan, from_image) if n not in store})
+    if missing:
+        st.log(f"{step}: no model file of {', '.join(missing)} in {', '.join(map(str, st.models_dirs))}")
+    return missing
+
+
 def step_code(st: Study) -> bool:
     ccfg = st.cfg["code"]
-    models = st.models()
-    methods = list(ccfg["methods"])
-    needed = [models["base"], models["segnet"]] + ([models["smapnet"]] if "edms" in methods else [])
-    if not all(Path(p).is_file() for p in needed):
+    sections = st.sections("code")
+    plans = workers.method_plans(sections)
+    methods = [plan.method.name for plan in plans]
+    if _missing_models(st, "code", plans):
         return False
     jobs = _code_jobs(st, ccfg)
     if {j["dataset"] for j in jobs} != {e["dataset"] for e in ccfg["datasets"]}:
@@ -437,18 +552,16 @@ def step_code(st: Study) -> bool:
     # biggest images first, dealt round robin, so the workers finish together
     missing.sort(key=lambda j: (-Path(j["image"]).stat().st_size, j["image"]))
     shards = [missing[i::n] for i in range(n)]
-    from semlic.results import params_hash
-
-    run_hash = params_hash({k: ccfg[k] for k in ("methods", "residual_qps", "chroma", "lossless") if k in ccfg})
     deadline = st.deadline - MARGIN_S - float(ccfg.get("image_s", 30))
     procs = []
     started = time.time()
     for index, shard in enumerate(shards):
         spec = st.w / "logs" / f"code-{index:02d}.job.json"
         workers.write_json(spec, {"function": "code", "kwargs": {
-            "jobs": shard, "models_paths": models, "cfg": ccfg, "parts_dir": str(st.w / "coded" / "parts"),
+            "jobs": shard, "methods": sections, "models_dirs": [str(d) for d in st.models_dirs],
+            "parts_dir": str(st.w / "coded" / "parts"),
             "files_dir": str(st.w / "coded" / "files") if ccfg.get("write_files", True) else None,
-            "device": st.device, "deadline": deadline, "git_rev": st.git_rev, "params_hash": run_hash}})
+            "segs_dir": str(st.w / "segs"), "device": st.device, "deadline": deadline, "git_rev": st.git_rev}})
         log = open(st.w / "logs" / f"code-{index:02d}.log", "a")
         env = st.env()
         env["OMP_NUM_THREADS"] = "1"
@@ -476,14 +589,16 @@ def step_speed(st: Study) -> bool:
     if (out / "speed.json").is_file():
         return True
     scfg = st.cfg["speed"]
-    models = st.models()
-    if not all(Path(p).is_file() for p in models.values()):
+    sections = st.sections("speed")
+    if _missing_models(st, "speed", workers.method_plans(sections), from_image=True):
         return False
-    images = sorted((st.data("kodak", "test") / "images").glob("*.png"))[: scfg.get("images")]
+    images = sorted((st.data(scfg.get("dataset", "kodak"), scfg.get("split", "test")) / "images").glob("*.png"))
+    images = images[: scfg.get("images")]
     if not images or st.left() < float(scfg.get("estimate_s", 90)):
         return False
     started = time.time()
-    st.worker("speed", "speed", {"images": [str(p) for p in images], "models_paths": models, "cfg": scfg,
+    st.worker("speed", "speed", {"images": [str(p) for p in images], "methods": sections,
+                                 "models_dirs": [str(d) for d in st.models_dirs], "cfg": scfg,
                                  "device": st.device, "out": str(out)}, timeout=st.left() - MARGIN_S)
     st.note("speed", spent_s_add=time.time() - started)
     return (out / "speed.json").is_file()
@@ -495,20 +610,22 @@ def step_cpu_paper(st: Study) -> bool:
     out = st.w / "speed"
     if not ccfg.get("enabled") or (out / "cpu_paper_size.parquet").is_file():
         return True
-    images = sorted((st.data("kodak", "test") / "images").glob("*.png"))[: int(ccfg.get("images", 1))]
+    images = sorted((st.data(ccfg.get("dataset", "kodak"), ccfg.get("split", "test")) / "images").glob("*.png"))
+    images = images[: int(ccfg.get("images", 1))]
     if not images or st.left() < float(ccfg.get("estimate_s", 180)):
         return False
     started = time.time()
+    num_classes = ccfg.get("num_classes") or st.cfg["segnet"]["config"]["model"]["num_classes"]
     st.worker("cpu-paper", "cpu_paper_size", {
-        "images": [str(p) for p in images], "segnet_model": ccfg.get("segnet_model") or st.cfg["segnet"]["config"]["model"],
-        "label_nc": int(st.cfg["base"]["config"]["label_nc"]), "threads": int(ccfg.get("threads", 2)),
-        "out": str(out)}, timeout=st.left() - MARGIN_S)
+        "images": [str(p) for p in images], "methods": st.sections("cpu_paper_size"), "num_classes": int(num_classes),
+        "threads": int(ccfg.get("threads", 2)), "out": str(out), "preset": ccfg.get("preset", "paper"),
+        "overrides": ccfg.get("overrides") or {}}, timeout=st.left() - MARGIN_S)
     st.note("cpu-paper", spent_s_add=time.time() - started)
     return (out / "cpu_paper_size.parquet").is_file()
 
 
 STEP_FUNCTIONS = {"unpack": step_unpack, "segnet": step_segnet, "segment-train": step_segment_train,
-                  "bench-train": step_bench_train, "base": step_base, "segment-test": step_segment_test,
+                  "bench-train": step_bench_train, "dsslic": step_dsslic, "segment-test": step_segment_test,
                   "pairs": step_pairs, "smapnet": step_smapnet, "code": step_code, "speed": step_speed,
                   "cpu-paper": step_cpu_paper}
 
@@ -607,6 +724,13 @@ def _provenance(st: Study) -> dict:
     info = {"git_rev": st.git_rev, "config": st.cfg, "python": platform.python_version(),
             "platform": platform.platform(), "cpus": os.cpu_count(), "written": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     try:
+        from semlic.methods import method_names
+
+        info["registered_methods"] = list(method_names())
+        info["methods"] = {plan.method.name: plan.settings() for plan in st.plans("code")}
+    except Exception as exc:  # pragma: no cover
+        info["methods"] = f"unavailable: {exc}"
+    try:
         import torch
 
         info["torch"] = torch.__version__
@@ -638,23 +762,30 @@ def pack(st: Study, out: Path, models: bool = False, part_mib: int = 15) -> Path
         rows += results.read_rows(part)
     if rows:
         results.write_partitioned(rows, res / "rows")
-    copies = {"models/segnet.train_log.parquet": "logs/segnet_train_log.parquet", "models/segnet.plan.json": "logs/segnet_plan.json",
-              "probe/segnet.train_log.parquet": "logs/segnet_probe_log.parquet",
-              "base/train_log.parquet": "logs/base_train_log.parquet", "base/chunks.jsonl": "logs/base_chunks.jsonl",
-              "base/plan.json": "logs/base_plan.json", "base/base.json": "models/base.json",
-              "smapnet/train_log.parquet": "logs/smapnet_train_log.parquet", "smapnet/chunks.jsonl": "logs/smapnet_chunks.jsonl",
-              "smapnet/plan.json": "logs/smapnet_plan.json", "smapnet/smapnet.json": "models/smapnet.json",
-              "models/segnet.json": "models/segnet.json", "pairs/pairs.parquet": "segmentation/pairs.parquet",
-              "pairs/pairs.json": "segmentation/pairs.json", "segs/camvid/test/segments.parquet": "segmentation/camvid_test.parquet",
-              "segs/camvid/train/segments.parquet": "segmentation/camvid_train.parquet",
-              "segs/kodak/test/segments.parquet": "segmentation/kodak_test.parquet",
+    copies = {"probe/segnet/train_log.parquet": "logs/segnet_probe_log.parquet",
+              "pairs/pairs.parquet": "segmentation/pairs.parquet", "pairs/pairs.json": "segmentation/pairs.json",
               "speed/speed.parquet": "speed/speed.parquet", "speed/speed.json": "speed/speed.json",
               "speed/cpu_paper_size.parquet": "speed/cpu_paper_size.parquet",
               "bench/train_bench.json": "speed/train_bench.json", "status.json": "status.json"}
+    for step in TRAINING:  # logs/<step>_train_log.parquet, <step>_chunks.jsonl, <step>_plan.json
+        for name, target in (("train_log.parquet", "train_log.parquet"), ("chunks.jsonl", "chunks.jsonl"),
+                             ("plan.json", "plan.json")):
+            copies[f"models/{step}/{name}"] = f"logs/{step}_{target}"
+    for table in sorted((st.w / "segs").glob("*/*/segments.parquet")):  # segmentation/<dataset>_<split>.parquet
+        copies[str(table.relative_to(st.w))] = f"segmentation/{table.parent.parent.name}_{table.parent.name}.parquet"
     for source, target in copies.items():
         if (st.w / source).is_file():
             (res / target).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(st.w / source, res / target)
+    for name, path in _model_files(st).items():  # models/<name>.json: what each model file is
+        from semlic.model_files import read_metadata
+
+        meta = read_metadata(path)
+        workers.write_json(res / "models" / f"{name}.json", {
+            "model": name, "file": str(path.relative_to(st.w)) if path.is_relative_to(st.w) else str(path),
+            "fingerprint": meta.get("fingerprint"), "config": json.loads(meta.get("config", "null")),
+            **{k: json.loads(v) for k, v in meta.items() if k not in ("format", "model", "config", "fingerprint")
+               and _is_json(v)}})
     (res / "logs").mkdir(exist_ok=True)
     for log in sorted((st.w / "logs").glob("*.log")):
         text = log.read_text(errors="replace")
@@ -670,8 +801,29 @@ def pack(st: Study, out: Path, models: bool = False, part_mib: int = 15) -> Path
     return tar_path
 
 
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def _model_files(st: Study) -> dict[str, Path]:
+    """Every model file of the models folders, by registered name (one per name)."""
+    from semlic.errors import CheckpointError
+
+    store, found = st.store(), {}
+    for name in store.names():
+        try:
+            found[name] = store.path(name)
+        except CheckpointError as exc:  # two files of one name: neither is the study's
+            st.log(f"pack: {exc}")
+    return found
+
+
 def _pack_models(st: Study, out: Path, part_mib: int) -> None:
-    """The three models as fp16 safetensors in one tar, split into parts of ``part_mib`` MiB (cat to join)."""
+    """Every model as fp16 safetensors in one tar, split into parts of ``part_mib`` MiB (cat to join)."""
     import io
 
     import torch
@@ -679,14 +831,12 @@ def _pack_models(st: Study, out: Path, part_mib: int) -> None:
 
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name, path in st.models().items():
-            if not Path(path).is_file():
-                continue
+        for name, path in _model_files(st).items():
             from safetensors import safe_open
 
-            with safe_open(path, framework="pt") as fh:
+            with safe_open(str(path), framework="pt") as fh:
                 meta = fh.metadata() or {}
-            tensors = {k: (v.half() if v.is_floating_point() else v) for k, v in load_file(path).items()}
+            tensors = {k: (v.half() if v.is_floating_point() else v) for k, v in load_file(str(path)).items()}
             data = save(tensors, metadata={**meta, "semlic_study_note": "float16 copy: fingerprints differ"})
             member = tarfile.TarInfo(f"{name}.fp16.safetensors")
             member.size = len(data)

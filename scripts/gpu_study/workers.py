@@ -1,14 +1,18 @@
 """The study's work that no ``semlic`` command does in one piece, each run as its own process.
 
-* ``base_chunk``: :func:`semlic.training.train_base` for ``stop_after`` iterations (the
-  library has no time limit; the runner sizes chunks from the measured throughput);
-* ``smapnet_chunk``: :func:`semlic.smapnet_training.train_smapnet` likewise;
-* ``code``: DSSLIC / EDMS coding of a list of images, one Parquet part per (dataset, method,
-  image), resumable, with a deadline;
+* ``dsslic_chunk``: :func:`semlic.methods.dsslic.training.train_dsslic` for ``stop_after``
+  iterations (the runner sizes chunks from the measured throughput);
+* ``smapnet_chunk``: :func:`semlic.methods.edms.training.train_smapnet` likewise;
+* ``code``: every chosen method (the registry's: :mod:`semlic.methods`) over a list of images
+  through :func:`semlic.code_stage.code_method`, one Parquet part per (dataset, method, image),
+  resumable, with a deadline; the models each method needs are found by their registered names
+  (:class:`semlic.model_files.ModelStore` over the study's models folders);
 * ``baselines``: :func:`semlic.baselines.run_baselines` shard by shard, resumable, with a deadline;
-* ``speed``: the clean timing pass (encode and decode per Kodak image, network and
-  entropy-coding time apart, on the GPU and on the CPU);
-* ``bench_train``: training throughput of the base model in a few settings and a kernel profile.
+* ``speed``: the clean timing pass (``Method.encode`` / ``Method.decode`` per Kodak image,
+  network and entropy-coding time apart, on the GPU and on the CPU);
+* ``cpu_paper_size``: CPU decode of every network a method's decoder runs, at the paper's size
+  with random weights (:func:`semlic.model_files.build_model`);
+* ``bench_train``: training throughput of the DSSLIC model in a few settings and a kernel profile.
 
 Each samples the GPU's utilisation (NVML, through ``torch.cuda.utilization``) while it trains,
 so the study reports the share of time the GPU was busy.
@@ -16,6 +20,7 @@ so the study reports the share of time the GPU was busy.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -90,119 +95,142 @@ class GpuSampler:
         return float(np.mean(window)) / 100.0
 
 
-def _ips_from_log(rows, batch_size: int, start_iteration: int) -> dict:
-    """Steady training throughput from a train log whose ``images_per_s`` is cumulative in a call."""
-    mine = [r for r in rows if r["iteration"] > start_iteration]
-    if not mine:
-        return {"iterations": 0, "train_s": 0.0, "images_per_s": math.nan, "steady_images_per_s": math.nan}
-    times = [(r["iteration"] - start_iteration) * batch_size / r["images_per_s"] for r in mine]
-    iterations = mine[-1]["iteration"] - start_iteration
-    steady = math.nan
-    skip = min(len(mine) - 1, max(1, len(mine) // 5))  # the first fifth holds the warm-up
-    if len(mine) > skip + 1 and times[-1] > times[skip]:
-        steady = (len(mine) - 1 - skip) * batch_size / (times[-1] - times[skip])
-    return {"iterations": iterations, "train_s": times[-1], "images_per_s": iterations * batch_size / times[-1],
-            "steady_images_per_s": steady}
+# --- methods and models -------------------------------------------------------------------------
+def method_plans(sections: dict) -> list:
+    """``{method: params section}`` -> :class:`semlic.code_stage.MethodPlan` per method (names checked)."""
+    from semlic.code_stage import MethodPlan
+
+    return [MethodPlan.from_section(name, section) for name, section in sections.items()]
+
+
+def plan_models(plan, from_image: bool = False) -> tuple[str, ...]:
+    """Registered model names a plan's encoder and decoder use: the method's ``models`` and its
+    ``encoder_models`` (its segmenter), these unless the plan reads precomputed maps and the
+    encoder does not start ``from_image`` (the timing passes do)."""
+    method = plan.method
+    extra = method.encoder_models if from_image or plan.segmentation != "precomputed" else ()
+    return tuple(dict.fromkeys(method.models + extra))
+
+
+def model_store(models_dirs: list[str], device: str):
+    from semlic.model_files import ModelStore
+
+    return ModelStore(dirs=[d for d in models_dirs if Path(d).is_dir()], device=device)
+
+
+def run_hash(plan, models: dict) -> str:
+    """What decides a method's rows: its settings and the fingerprints of the models (as code_shard)."""
+    from semlic.methods.base import module_fingerprint
+    from semlic.results import params_hash
+
+    prints = {name: module_fingerprint(model).hex() for name, model in sorted(models.items())}
+    return params_hash({**plan.settings(), "models": prints})
 
 
 # --- training chunks ----------------------------------------------------------------------------
+def _ips_from_log(rows, batch_size: int, start_iteration: int) -> dict:
+    """Training throughput of one call from a train log (semlic.train_loop).
+
+    The call's rows are those past ``start_iteration``; their ``seconds`` count from the call's
+    first iteration (cumulative within the call). ``steady_images_per_s`` leaves out the first
+    fifth of the rows (warm-up: kernel selection, allocator, data loader start).
+    """
+    mine = sorted((r for r in rows if r["iteration"] > start_iteration), key=lambda r: r["iteration"])
+    if not mine:
+        return {"iterations": 0, "train_s": 0.0, "images_per_s": math.nan, "steady_images_per_s": math.nan}
+    iterations = int(mine[-1]["iteration"] - start_iteration)
+    train_s = float(mine[-1]["seconds"])
+    steady = math.nan
+    skip = min(len(mine) - 1, max(1, len(mine) // 5))  # the first fifth holds the warm-up
+    if len(mine) > skip + 1 and mine[-1]["seconds"] > mine[skip]["seconds"]:
+        images = (mine[-1]["iteration"] - mine[skip]["iteration"]) * batch_size
+        steady = images / (mine[-1]["seconds"] - mine[skip]["seconds"])
+    return {"iterations": iterations, "train_s": train_s,
+            "images_per_s": iterations * batch_size / train_s if train_s > 0 else math.nan,
+            "steady_images_per_s": steady}
+
+
 def _training_chunk(step: str, train, batch_size: int, out: str, device: str) -> dict:
     """Run ``train()`` (a resumable trainer writing ``out/train_state`` and ``out/train_log``),
     measure it, append the record to ``out/chunks.jsonl`` and return it."""
     import pandas as pd
-    from safetensors import safe_open
+
+    from semlic.model_files import read_metadata
 
     state = Path(out) / "train_state.safetensors"
-    start = 0
-    if state.is_file():
-        with safe_open(str(state), framework="pt") as fh:
-            start = int((fh.metadata() or {}).get("iteration", 0))
+    start = int(read_metadata(state).get("iteration", 0)) if state.is_file() else 0
     started = time.perf_counter()
     with GpuSampler(device) as sampler:
-        train()
+        result = train()
     wall = time.perf_counter() - started
     rows = pd.read_parquet(Path(out) / "train_log.parquet").to_dict("records")
     record = {"step": step, "start_iteration": start, "wall_s": wall, "gpu_busy_share": sampler.busy_share(),
-              "batch_size": batch_size, **_ips_from_log(rows, batch_size, start)}
+              "batch_size": batch_size, "stopped_by": result.stopped_by, "completed": result.completed,
+              **_ips_from_log(rows, batch_size, start)}
     record["end_iteration"] = start + record["iterations"]
     append_jsonl(Path(out) / "chunks.jsonl", record)
     return record
 
 
-def base_chunk(config: dict, images: str, segs: str, out: str, device: str, stop_after: int) -> dict:
-    """Train the DSSLIC base model for ``stop_after`` more iterations; return what was measured."""
-    from semlic.training import BaseTrainConfig, train_base
+def dsslic_chunk(config: dict, images: str, segs: str, out: str, device: str, stop_after: int) -> dict:
+    """Train the DSSLIC generator for ``stop_after`` more iterations; return what was measured."""
+    from semlic.methods.dsslic.training import DSSLICTrainConfig, train_dsslic
 
-    cfg = BaseTrainConfig.from_dict(config)
-    return _training_chunk("base", lambda: train_base(cfg, images, segs, out, device=device, resume=True,
-                                                      stop_after=stop_after), cfg.batch_size, out, device)
+    cfg = DSSLICTrainConfig.from_dict(config)
+    return _training_chunk("dsslic", lambda: train_dsslic(cfg, images, segs, out, device=device, resume=True,
+                                                          stop_after=stop_after, progress=False),
+                           cfg.batch_size, out, device)
 
 
 def smapnet_chunk(config: dict, pairs: str, out: str, device: str, stop_after: int) -> dict:
     """Train SMapNet for ``stop_after`` more iterations; return what was measured."""
-    from semlic.smapnet_training import SMapNetTrainConfig, train_smapnet
+    from semlic.methods.edms.training import SMapNetTrainConfig, train_smapnet
 
     cfg = SMapNetTrainConfig.from_dict(config)
     return _training_chunk("smapnet", lambda: train_smapnet(cfg, pairs, out, device=device, resume=True,
-                                                            stop_after=stop_after), cfg.batch_size, out, device)
+                                                            stop_after=stop_after, progress=False),
+                           cfg.batch_size, out, device)
 
 
 # --- coding -------------------------------------------------------------------------------------
-def load_models(base: str, segnet: str | None, smapnet: str | None, device: str):
-    from semlic.segnet.checkpoint import load_segnet
-    from semlic.training import load_dsslic
+def code(jobs: list[dict], methods: dict, models_dirs: list[str], parts_dir: str, files_dir: str | None,
+         segs_dir: str | None, device: str, deadline: float, git_rev: str) -> dict:
+    """Code each job {dataset, split, image} with every method of ``methods`` ({name: params section}).
 
-    models = {"base": load_dsslic(base, device)}
-    models["segnet"] = load_segnet(segnet, device) if segnet else None
-    if smapnet:
-        from semlic.smapnet_training import load_smapnet
-
-        models["smapnet"] = load_smapnet(smapnet, device)
-    else:
-        models["smapnet"] = None
-    return models
-
-
-def code_rows(sample, models: dict, *, dataset: str, method: str, residual_qps, chroma: str, lossless: str,
-              out_dir: str | None, params_hash: str, git_rev: str) -> list[dict]:
-    """The rows of one image coded with ``method`` at every QP (semlic.coding.code_semantic)."""
-    from semlic import coding
-
-    semantic = coding.SemanticModels(models["base"], models["segnet"], models.get("smapnet"))
-    return coding.code_semantic([sample], semantic, dataset=dataset, method=method, residual_qps=residual_qps,
-                                chroma=chroma, lossless=lossless, out_dir=out_dir, params_hash=params_hash,
-                                git_rev=git_rev, progress=False)
-
-
-def code(jobs: list[dict], models_paths: dict, cfg: dict, parts_dir: str, files_dir: str | None, device: str,
-         deadline: float, git_rev: str, params_hash: str) -> dict:
-    """Code each job {dataset, image} with every method of ``cfg``; one part per (dataset, method, image)."""
+    One part per (dataset, method, image), skipped when present. A method's models are loaded
+    once (by registered name, from ``models_dirs``); precomputed maps, where a plan asks for
+    them, are ``segs_dir/<dataset>/<split>/<id>.png`` (the segment steps' output).
+    """
     import torch
 
     from semlic import results
-    from semlic.coding import CodingSample
+    from semlic.code_stage import CodingSample, code_method
 
     torch.set_num_threads(1)
-    methods = list(cfg["methods"])
-    needs_smapnet = "edms" in methods
-    models = load_models(models_paths["base"], models_paths["segnet"],
-                         models_paths["smapnet"] if needs_smapnet else None, device)
+    plans = method_plans(methods)
+    store = model_store(models_dirs, device)
+    loaded = {}
+    for plan in plans:
+        models = store.models(plan_models(plan))
+        plan.method.check_models(models)
+        loaded[plan.method.name] = (models, run_hash(plan, models))
     done = skipped = 0
     for job in jobs:
         image = Path(job["image"])
-        sample = CodingSample(image.stem, image)
-        for method in methods:
-            part = Path(parts_dir) / job["dataset"] / method / f"{image.stem}.parquet"
+        seg = Path(segs_dir) / job["dataset"] / job.get("split", "test") / f"{image.stem}.png" if segs_dir else None
+        sample = CodingSample(image.stem, image, seg if seg is not None and seg.is_file() else None)
+        for plan in plans:
+            name = plan.method.name
+            part = Path(parts_dir) / job["dataset"] / name / f"{image.stem}.parquet"
             if part.is_file():
                 continue
             if time.time() > deadline:
                 skipped += 1
                 continue
-            rows = code_rows(sample, models, dataset=job["dataset"], method=method,
-                             residual_qps=cfg["residual_qps"], chroma=str(cfg.get("chroma", "420")),
-                             lossless=cfg.get("lossless", "jxl_lossless"),
-                             out_dir=None if files_dir is None else str(Path(files_dir) / job["dataset"]),
-                             params_hash=params_hash, git_rev=git_rev)
+            models, params_hash = loaded[name]
+            rows = code_method([sample], plan, models, dataset=job["dataset"],
+                               out_dir=None if files_dir is None else str(Path(files_dir) / job["dataset"]),
+                               params_hash=params_hash, git_rev=git_rev, progress=False)
             results.write_rows(rows, part)
             done += 1
     return {"parts_written": done, "parts_deferred": skipped}
@@ -236,79 +264,109 @@ def baselines(jobs: list[dict], cfg: dict, parts_dir: str, deadline: float, git_
 
 
 # --- the clean timing pass ----------------------------------------------------------------------
-def _encode_timed(image, models, method: str, qp: int, chroma: str, lossless: str):
-    from semlic import codec, coding
+def _sync(models: dict) -> None:
+    import torch
 
+    if torch.cuda.is_available() and any(next(m.parameters()).is_cuda for m in models.values()):
+        torch.cuda.synchronize()
+
+
+def _encode_timed(image, plan, models: dict, segmentation=None):
+    """``Method.encode`` at the plan's first quality, timed: network and entropy coding as the method reports."""
+    method = plan.method
+    _sync(models)
     start = time.perf_counter()
-    seg = coding.segment_image(models["segnet"], image)
-    seg_s = time.perf_counter() - start
-    encoded = codec.encode(image, seg, models["base"], qp, chroma=chroma, lossless=lossless, method=method,
-                           segnet=models["segnet"], smapnet=models["smapnet"] if method == "edms" else None)
+    result = method.encode(image, models, plan.qualities[0], segmentation=segmentation, **plan.options)
+    _sync(models)
     total = time.perf_counter() - start
-    t = encoded.timings
-    network = seg_s + t.get("compnet_s", 0.0) + t.get("segmentation_s", 0.0) + t.get("recnet_s", 0.0)
-    entropy = t.get("lossless_s", 0.0) + t.get("residual_s", 0.0)
-    return encoded, {"enc_s": total, "enc_network_s": network, "enc_entropy_s": entropy, "enc_seg_x_s": seg_s,
-                     **{f"enc_{k}": v for k, v in t.items()}}
+    t = result.timings
+    parts = {f"enc_{k}": float(v) for k, v in t.items() if k not in ("network_s", "entropy_s")}
+    return result, {"enc_s": total, "enc_network_s": float(t.get("network_s", math.nan)),
+                    "enc_entropy_s": float(t.get("entropy_s", math.nan)), **parts}
 
 
-def _decode_timed(data: bytes, models, method: str):
-    from semlic import codec
+def _layer_channels(codec, payload: bytes) -> int | None:
+    """The channels of a layer's image (a grey map or an RGB image) from its own header; None: the
+    codec's default (a codec outside Pillow decodes to what it holds)."""
+    if not getattr(codec, "pil_format", None):
+        return None
+    from PIL import Image
+
+    with Image.open(io.BytesIO(payload), formats=[codec.pil_format]) as im:
+        return 1 if im.mode in ("1", "L", "I", "I;16", "P") else 3
+
+
+def _decode_timed(data: bytes, method, models: dict):
+    """``Method.decode`` timed; the entropy decoding alone: each image-codec layer of the file decoded
+    by itself (layers of codec RAW are the method's own bytes: their parsing is in the network part)."""
     from semlic import format as fmt
-    from semlic.codecs import CODECS_BY_ID
+    from semlic.image_codecs import CODECS_BY_ID
 
+    _sync(models)
     start = time.perf_counter()
-    image = codec.decode(data, models["base"], segnet=models["segnet"],
-                         smapnet=models["smapnet"] if method == "edms" else None)
+    image = method.decode(data, models)
+    _sync(models)
     total = time.perf_counter() - start
-    start = time.perf_counter()
     sem = fmt.unpack(data)
-    for layer in sem.layers:  # the entropy decoding alone, timed apart on the same file
-        CODECS_BY_ID[layer.codec].decode(layer.payload, 3 if layer.role_name in ("compact", "residual") else 1)
+    layers = [(CODECS_BY_ID[layer.codec], layer.payload) for layer in sem.layers if layer.codec != fmt.RAW]
+    channels = [_layer_channels(codec, payload) for codec, payload in layers]
+    start = time.perf_counter()
+    for (codec, payload), n in zip(layers, channels):
+        codec.decode(payload) if n is None else codec.decode(payload, n)
     entropy = time.perf_counter() - start
     return image, {"dec_s": total, "dec_entropy_s": entropy, "dec_network_s": max(0.0, total - entropy)}
 
 
-def speed(images: list[str], models_paths: dict, cfg: dict, device: str, out: str) -> dict:
+def speed(images: list[str], methods: dict, models_dirs: list[str], cfg: dict, device: str, out: str) -> dict:
     """Encode and decode seconds per image, per method, on ``device``; then decode on the CPU."""
     import pandas as pd
     import torch
 
     from semlic.imageio import load_image
 
-    methods, qp = list(cfg["methods"]), int(cfg.get("qp", 32))
-    chroma, lossless = str(cfg.get("chroma", "420")), cfg.get("lossless", "jxl_lossless")
-    models = load_models(models_paths["base"], models_paths["segnet"],
-                         models_paths["smapnet"] if "edms" in methods else None, device)
+    plans = method_plans(methods)
+    store = model_store(models_dirs, device)
+    every = store.models({name for plan in plans for name in plan_models(plan, from_image=True)})
+    uses = {plan.method.name: {n: every[n] for n in plan_models(plan, from_image=True) if n in every}
+            for plan in plans}
+    for plan in plans:
+        plan.method.check_models(uses[plan.method.name])
     loaded = [(Path(p).stem, load_image(p)) for p in images]
-    for method in methods:  # warm-up: kernels, allocator, codec libraries
-        encoded, _ = _encode_timed(loaded[0][1], models, method, qp, chroma, lossless)
-        _decode_timed(encoded.data, models, method)
+    for plan in plans:  # warm-up: kernels, allocator, codec libraries
+        encoded, _ = _encode_timed(loaded[0][1], plan, uses[plan.method.name])
+        _decode_timed(encoded.data, plan.method, uses[plan.method.name])
     rows, files = [], {}
-    for method in methods:
+    for plan in plans:
+        method, models = plan.method, uses[plan.method.name]
         for image_id, image in loaded:
-            encoded, enc = _encode_timed(image, models, method, qp, chroma, lossless)
-            decoded, dec = _decode_timed(encoded.data, models, method)
-            files[(method, image_id)] = (encoded.data, encoded.reconstruction)
-            rows.append({"method": method, "image_id": image_id, "device": device, "qp": qp,
+            encoded, enc = _encode_timed(image, plan, models)
+            decoded, dec = _decode_timed(encoded.data, method, models)
+            files[(method.name, image_id)] = (encoded.data, encoded.reconstruction)
+            rows.append({"method": method.name, "image_id": image_id, "device": device,
+                         "quality": method.quality_value(plan.qualities[0]), "quality_name": method.quality_name,
                          "height": image.shape[0], "width": image.shape[1], "bytes": len(encoded.data),
                          "matches_encoder": bool(np.array_equal(decoded, encoded.reconstruction)), **enc, **dec})
     cpu_images, cpu_threads = int(cfg.get("cpu_images", 1)), int(cfg.get("cpu_threads", os.cpu_count() or 1))
     if cpu_images and device != "cpu":
         torch.set_num_threads(cpu_threads)
-        cpu_models = {k: (v.to("cpu") if v is not None else None) for k, v in models.items()}  # in place
-        for method in methods:
+        for model in every.values():  # in place: every plan's mapping holds the same modules
+            model.to("cpu")
+        for plan in plans:
+            method, models = plan.method, uses[plan.method.name]
             for image_id, _ in loaded[:cpu_images]:
-                data, reconstruction = files[(method, image_id)]
-                decoded, dec = _decode_timed(data, cpu_models, method)
-                rows.append({"method": method, "image_id": image_id, "device": f"cpu ({cpu_threads} threads)",
-                             "qp": qp, "bytes": len(data), "matches_encoder": bool(np.array_equal(decoded, reconstruction)),
+                data, reconstruction = files[(method.name, image_id)]
+                decoded, dec = _decode_timed(data, method, models)
+                rows.append({"method": method.name, "image_id": image_id, "device": f"cpu ({cpu_threads} threads)",
+                             "quality": method.quality_value(plan.qualities[0]), "quality_name": method.quality_name,
+                             "bytes": len(data), "matches_encoder": bool(np.array_equal(decoded, reconstruction)),
                              **dec})
     table = pd.DataFrame(rows)
     Path(out).mkdir(parents=True, exist_ok=True)
     table.to_parquet(Path(out) / "speed.parquet", index=False)
     info = {"gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
-            "cpu_threads": cpu_threads, "qp": qp, "images": len(loaded), "torch": torch.__version__}
+            "cpu_threads": cpu_threads, "images": len(loaded), "torch": torch.__version__,
+            "methods": {plan.method.name: plan.settings() for plan in plans},
+            "models": {name: str(store.path(name)) for name in sorted(every)}}
     write_json(Path(out) / "speed.json", info)
     return info
 
@@ -316,41 +374,35 @@ def speed(images: list[str], models_paths: dict, cfg: dict, device: str, out: st
 # --- training throughput benchmark --------------------------------------------------------------
 def bench_train(config: dict, images: str, segs: str, device: str, out: str, iterations: int = 10,
                 warmup: int = 3, variants: list[dict] | None = None, profile: bool = True) -> dict:
-    """Images/s of the base model's training step in several settings, and a kernel profile.
+    """Images/s of the DSSLIC training step in several settings, and a kernel profile.
 
-    Uses semlic.training's own step (``_Trainer.step``) on real batches of the training set.
+    Uses the library's own step (:class:`semlic.methods.dsslic.training.DSSLICTraining`) on real
+    batches of the training set.
     """
     import torch
 
-    from semlic import training
+    from semlic.methods.dsslic import training
 
-    cfg0 = training.BaseTrainConfig.from_dict(config)
+    cfg0 = training.DSSLICTrainConfig.from_dict(config)
     x_all, s_all = training.load_training_set(Path(images), Path(segs), cfg0.label_nc, cfg0.limit)
     b = cfg0.batch_size
-    x_all, s_all = x_all[: max(b, 8 * b)].to(device), s_all[: max(b, 8 * b)].to(device)
+    x_all, s_all = x_all[: max(b, 8 * b)], s_all[: max(b, 8 * b)]
     variants = variants or [{"amp": True, "channels_last": True}, {"amp": True, "channels_last": False},
                             {"amp": False, "channels_last": True}]
     results_ = []
     for variant in variants:
-        cfg = training.BaseTrainConfig.from_dict({**config, **variant})
-        trainer = training._Trainer(cfg, device)
-        crop = cfg.crop or min(x_all.shape[-2:])
-
-        def batch(i):
-            idx = torch.arange(i * b, (i + 1) * b) % len(x_all)
-            x, s = x_all[idx.to(device)], s_all[idx.to(device)]
-            return x[..., :crop, :crop].float() / 127.5 - 1, s[..., :crop, :crop]
-
+        cfg = training.DSSLICTrainConfig.from_dict({**config, **variant})
+        trainer = training.DSSLICTraining(cfg, x_all, s_all, device)
         compile_started = time.perf_counter()
         for i in range(warmup):
-            trainer.step(*batch(i), cfg.lr, True)
+            trainer.step(i)
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         warm_s = time.perf_counter() - compile_started
         with GpuSampler(device, period=0.1) as sampler:
             start = time.perf_counter()
             for i in range(iterations):
-                trainer.step(*batch(i), cfg.lr, True)
+                trainer.step(warmup + i)
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
             elapsed = time.perf_counter() - start
@@ -358,7 +410,7 @@ def bench_train(config: dict, images: str, segs: str, device: str, out: str, ite
                   "warmup_s": warm_s, "gpu_busy_share_nvml": sampler.busy_share()}
         if profile and variant is variants[0] and device.startswith("cuda"):
             try:
-                record.update(_profile_steps(trainer, batch, cfg, 3))
+                record.update(_profile_steps(trainer, warmup + iterations, 3))
             except Exception as exc:  # the throughput figures stand without the profile
                 record["profile_error"] = repr(exc)[:300]
         results_.append(record)
@@ -373,7 +425,7 @@ def bench_train(config: dict, images: str, segs: str, device: str, out: str, ite
     return doc
 
 
-def _profile_steps(trainer, batch, cfg, steps: int) -> dict:
+def _profile_steps(trainer, first: int, steps: int) -> dict:
     """Kernel time of ``steps`` training steps over their wall time, and the operators that take it."""
     import torch
     from torch.profiler import ProfilerActivity, profile as torch_profile
@@ -381,7 +433,7 @@ def _profile_steps(trainer, batch, cfg, steps: int) -> dict:
     with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         start = time.perf_counter()
         for i in range(steps):
-            trainer.step(*batch(i), cfg.lr, True)
+            trainer.step(first + i)
         torch.cuda.synchronize()
         wall = time.perf_counter() - start
     events = prof.key_averages()
@@ -396,44 +448,42 @@ def _profile_steps(trainer, batch, cfg, steps: int) -> dict:
 
 
 # --- CPU decode of the paper-size networks, no training needed ----------------------------------
-def cpu_paper_size(images: list[str], segnet_model: dict, label_nc: int, threads: int, out: str,
-                   methods: tuple = ("dsslic", "edms_noenh", "edms"), qp: int = 32) -> dict:
-    """Decode seconds per image on this CPU with the *paper-size* networks, randomly initialised.
+def cpu_paper_size(images: list[str], methods: dict, num_classes: int, threads: int, out: str,
+                   preset: str = "paper", overrides: dict | None = None) -> dict:
+    """Decode seconds per image on this CPU with every network each method runs at ``preset`` size,
+    randomly initialised (:func:`semlic.model_files.build_model`).
 
     The time of a forward pass does not depend on the weights' values, so this measures what a
-    trained model costs (the reconstruction itself is meaningless). Answers "CPU decode seconds
-    per Kodak image" (DSSLIC paper: 44 s) on a machine without a GPU.
+    trained model costs (the reconstruction itself is meaningless). ``parameters``: the
+    parameters of the networks the method's decoder runs. ``overrides``: config keys per
+    registered model name (e.g. the study's PSPNet backbone).
     """
     import pandas as pd
     import torch
 
-    from semlic import codec, coding
-    from semlic.checkpoint import state_fingerprint
     from semlic.imageio import load_image
-    from semlic.models import DSSLIC, SMapNet, dsslic_config, smapnet_config
-    from semlic.segnet.pspnet import PSPNet, PSPNetConfig
+    from semlic.model_files import build_model
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    base = DSSLIC(dsslic_config("paper", label_nc=label_nc)).eval()
-    base.fingerprint = state_fingerprint(base.state_dict())
-    segnet = PSPNet(PSPNetConfig.from_dict(segnet_model)).eval()
-    smapnet = SMapNet(smapnet_config("paper", num_classes=segnet.config.num_classes)).eval()
-    models = {"base": base, "segnet": segnet, "smapnet": smapnet}
+    plans = method_plans(methods)
+    names = sorted({name for plan in plans for name in plan_models(plan, from_image=True)})
+    built = {name: build_model(name, preset, num_classes, **(overrides or {}).get(name, {})).eval() for name in names}
     rows = []
     for path in images:
         image = load_image(path)
-        seg = coding.segment_image(segnet, image)
-        for method in methods:
-            encoded = codec.encode(image, seg, base, qp, method=method, segnet=segnet,
-                                   smapnet=smapnet if method == "edms" else None)
-            _, dec = _decode_timed(encoded.data, models, method)
-            rows.append({"method": method, "image_id": Path(path).stem, "device": f"cpu ({threads} threads)",
-                         "height": image.shape[0], "width": image.shape[1], "qp": qp,
-                         "params_base": sum(p.numel() for p in base.parameters()),
-                         "params_segnet": sum(p.numel() for p in segnet.parameters()),
-                         "params_smapnet": sum(p.numel() for p in smapnet.parameters()), **dec})
+        for plan in plans:
+            method = plan.method
+            models = {n: built[n] for n in plan_models(plan, from_image=True)}
+            encoded = method.encode(image, models, plan.qualities[0], **plan.options)
+            _, dec = _decode_timed(encoded.data, method, models)
+            rows.append({"method": method.name, "image_id": Path(path).stem, "device": f"cpu ({threads} threads)",
+                         "height": image.shape[0], "width": image.shape[1], "preset": preset,
+                         "quality": method.quality_value(plan.qualities[0]), "quality_name": method.quality_name,
+                         "models": "+".join(method.models),
+                         "parameters": int(sum(p.numel() for n in method.models for p in built[n].parameters())),
+                         **dec})
     table = pd.DataFrame(rows)
     Path(out).mkdir(parents=True, exist_ok=True)
     table.to_parquet(Path(out) / "cpu_paper_size.parquet", index=False)
-    return {"rows": len(rows), "threads": threads}
+    return {"rows": len(rows), "threads": threads, "models": names}
