@@ -23,7 +23,6 @@ def make_rows(methods=("dsslic", "edms", "edms_noenh", "hevc"), dataset="synthet
         for k, qp in enumerate(QPS):
             for i, image in enumerate(("a", "b")):
                 nbytes = int(1000 * 2 ** k * BITS.get(method, 1.2))
-                bpp = nbytes * 8 / (64 * 64)
                 psnr = 30 + 6 * math.log2(1000 * 2 ** k * 8 / (64 * 64)) + i  # PSNR of the dsslic bits
                 rows.append(results.make_row(
                     dataset=dataset, image_id=image, method=method, quality=float(qp), quality_name="qp",
