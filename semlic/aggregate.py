@@ -19,11 +19,13 @@ comparisons.csv        each method against the method its paper measures it agai
 metrics.json           BD figures, mean rate and quality per method, segmentation mIoU, the
                        comparisons (``dvc metrics show``)
 plots/<method>.csv     the RD points of one method (``dvc plots show``: bpp vs psnr_rgb)
-figures/rd_<d>.png     PSNR-RGB and MS-SSIM against bpp, every method, one figure per data set
+figures/rd_<d>.png     PSNR-RGB, MS-SSIM and (when measured) LPIPS against bpp, every method,
+                       one figure per data set
 =====================  ===================================================================
 
 RD points follow CompressAI's convention: at each quality setting, bpp and PSNR are
-averaged over the images of the data set. Bjontegaard deltas (:mod:`semlic.bd`) need four
+averaged over the images of the data set (so are MS-SSIM and LPIPS; their NaNs, below
+161 px or without LPIPS weights, are skipped, and a point with none measured is NaN). Bjontegaard deltas (:mod:`semlic.bd`) need four
 points per curve and overlapping ranges; a pair that has neither gets NaN and the reason
 in ``bd.parquet``'s ``note`` column. Every file has the same bytes for the same rows and
 timings; rd.parquet, curves.parquet and the time ratios depend on the measured timings.
@@ -47,13 +49,13 @@ from .fileio import atomic_write_bytes, write_parquet
 
 TIMING_COLUMNS = ("enc_s", "dec_s")
 KEY_COLUMNS = ("dataset", "method", "image_id", "quality")
-CURVE_COLUMNS = ("bpp", "bits_per_subpixel", "psnr_rgb", "psnr_channel_mean", "ms_ssim", "enc_s", "dec_s")
+CURVE_COLUMNS = ("bpp", "bits_per_subpixel", "psnr_rgb", "psnr_channel_mean", "ms_ssim", "lpips", "enc_s", "dec_s")
 BD_SCHEMA = pa.schema([
     ("dataset", pa.string()), ("method", pa.string()), ("anchor", pa.string()), ("distortion", pa.string()),
     ("bd_method", pa.string()), ("bd_rate_pct", pa.float64()), ("bd_psnr_db", pa.float64()),
     ("points", pa.int32()), ("anchor_points", pa.int32()), ("note", pa.string()),
 ])
-PLOT_COLUMNS = ("dataset", "method", "quality", "bpp", "psnr_rgb", "ms_ssim")
+PLOT_COLUMNS = ("dataset", "method", "quality", "bpp", "psnr_rgb", "ms_ssim", "lpips")
 COMPARISON_COLUMNS = ("dataset", "method", "anchor", "distortion", "bd_method", "bd_rate_pct", "bd_psnr_db",
                 "enc_time_ratio", "dec_time_ratio", "points", "anchor_points", "note")
 
@@ -178,26 +180,30 @@ def metrics_dict(curves: pd.DataFrame, bd_rows: pd.DataFrame, segmentation: dict
     for (dataset, name), curve in curves.groupby(["dataset", "method"], sort=True):
         doc["rd"].setdefault(dataset, {})[name] = {
             "points": int(len(curve)), "mean_bpp": _finite(curve["bpp"].mean()),
-            "mean_psnr_rgb": _finite(curve["psnr_rgb"].mean()), "mean_ms_ssim": _finite(curve["ms_ssim"].mean())}
+            "mean_psnr_rgb": _finite(curve["psnr_rgb"].mean()), "mean_ms_ssim": _finite(curve["ms_ssim"].mean()),
+            "mean_lpips": _finite(curve["lpips"].mean())}
     if segmentation:
         doc["segmentation"] = segmentation
     return doc
 
 
 def plot_curves(curves: pd.DataFrame, dataset: str, path: Path, anchor: str | None = None) -> None:
-    """PSNR-RGB and MS-SSIM against bpp, one line per method, written as PNG."""
+    """PSNR-RGB, MS-SSIM and (when any row has it) LPIPS against bpp, one line per method, as PNG."""
     matplotlib = import_extra("matplotlib", "report", "the aggregate stage's plots")
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
     data = curves[curves["dataset"] == dataset]
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    panels = [("psnr_rgb", "PSNR-RGB (dB)"), ("ms_ssim", "MS-SSIM")]
+    if "lpips" in data and data["lpips"].notna().any():
+        panels.append(("lpips", "LPIPS (AlexNet, lower is better)"))
+    figure, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2))
     for name, curve in data.groupby("method", sort=True):
         curve = curve.sort_values("bpp")
         style = dict(marker="o", markersize=3, linewidth=2.2 if name == anchor else 1.4)
-        axes[0].plot(curve["bpp"], curve["psnr_rgb"], label=name, **style)
-        axes[1].plot(curve["bpp"], curve["ms_ssim"], label=name, **style)
-    for ax, ylabel in zip(axes, ("PSNR-RGB (dB)", "MS-SSIM")):
+        for ax, (column, _) in zip(axes, panels):
+            ax.plot(curve["bpp"], curve[column], label=name, **style)
+    for ax, ylabel in zip(axes, (label for _, label in panels)):
         ax.set_xlabel("bits per pixel (whole file)")
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)

@@ -12,6 +12,9 @@ the HEIF file libheif writes: the HEVC slice data (the ``mdat`` payload) plus ``
 raw stream would carry too). A BPG file wraps the same slice data in a header of about
 10-20 bytes, so HEIF costs a few hundred bytes more per image; :func:`heif_layout` measures
 it and the HEVC rows split their bits into ``hevc_mdat`` and ``heif_container`` layers.
+
+Distortion: PSNR-RGB, per-channel PSNR, MS-SSIM and LPIPS (:mod:`semlic.lpips`, on the CPU;
+NaN without its weights) of the decoded image against the original.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import Mapping, NamedTuple, Sequence
 import numpy as np
 
 from . import image_codecs as codecs
-from . import metrics, results
+from . import lpips, metrics, results
 from .errors import ConfigError, LayerError
 from .fileio import atomic_write_bytes
 from .imageio import load_image
@@ -170,6 +173,7 @@ def _code_image_file(path: str, image_id: str, plan: Sequence[tuple[str, tuple, 
     """Code one image file at every (codec, quality) of ``plan``; one row per point."""
     image = load_image(path)
     height, width = image.shape[:2]
+    lpips_ref = lpips.reference(image)   # the original's LPIPS features, once per image (CPU)
     rows = []
     for codec_name, qualities, options in plan:
         codec = codecs.get_codec(codec_name)
@@ -186,13 +190,14 @@ def _code_image_file(path: str, image_id: str, plan: Sequence[tuple[str, tuple, 
                 psnr_rgb=metrics.psnr_rgb(image, coded.reconstruction),
                 psnr_channel_mean=metrics.psnr_channel_mean(image, coded.reconstruction),
                 ms_ssim=metrics.ms_ssim_rgb(image, coded.reconstruction),
+                lpips=lpips_ref.distance(coded.reconstruction),
                 enc_s=coded.enc_s, dec_s=coded.dec_s, device="cpu", git_rev=git_rev, params_hash=run_params,
             ))
     return rows
 
 
 def _single_threaded_worker() -> None:
-    """Each worker process computes MS-SSIM on one thread (torch reads this when first imported)."""
+    """Each worker process computes MS-SSIM and LPIPS on one thread (torch reads this when first imported)."""
     os.environ["OMP_NUM_THREADS"] = "1"
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(1)

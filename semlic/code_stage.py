@@ -5,7 +5,8 @@ For every image, :func:`code_method` codes it at each quality of the method's gr
 done once), writes one ``.sem`` file per quality, decodes it *from its bytes* as a user would,
 checks that the decoder rebuilt exactly the encoder's reconstruction, and returns one
 DESIGN.md section-6 row per file (bpp over the whole file, layer bits, PSNR-RGB, per-channel
-PSNR, MS-SSIM, encode and decode seconds).
+PSNR, MS-SSIM, LPIPS, encode and decode seconds). LPIPS (:mod:`semlic.lpips`) runs on the
+method's device, the original's features computed once per image; NaN without its weights.
 
 Timing is honest: ``enc_s`` is what producing that file from the image costs, including the
 encoder's own segmentation when it runs its segmentation network. With ``segmentation:
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import metrics, results
+from . import lpips, metrics, results
 from .errors import ConfigError, LayerError
 from .fileio import atomic_write_bytes
 from .imageio import load_image, load_label_map
@@ -98,6 +99,7 @@ def code_method(samples: Sequence[CodingSample], plan: MethodPlan, models: Mappi
     for sample in samples:
         image = load_image(sample.image_path)
         h, w = image.shape[:2]
+        lpips_ref = lpips.reference(image, device)
         encoded = method.encode_many(image, models, plan.qualities, segmentation=_segmentation(sample, image, plan),
                                      **plan.options)
         for quality, result in zip(plan.qualities, encoded):
@@ -115,7 +117,7 @@ def code_method(samples: Sequence[CodingSample], plan: MethodPlan, models: Mappi
                 quality_name=method.quality_name, height=h, width=w, bytes_total=len(result.data),
                 layer_bits=result.layer_bits, psnr_rgb=metrics.psnr_rgb(image, decoded),
                 psnr_channel_mean=metrics.psnr_channel_mean(image, decoded),
-                ms_ssim=metrics.ms_ssim_rgb(image, decoded),
+                ms_ssim=metrics.ms_ssim_rgb(image, decoded), lpips=lpips_ref.distance(decoded),
                 enc_s=result.seconds, dec_s=dec_s, device=device_label, git_rev=git_rev, params_hash=params_hash))
             bar.update()
     bar.close()

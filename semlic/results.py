@@ -5,6 +5,8 @@ Long format: one row per (dataset, image_id, method, quality). The columns are
 (a baseline has one layer named after its codec, HEVC splits its HEIF file into
 ``hevc_mdat`` and ``heif_container``; a .sem file names its header and layers). The layer
 bits always add up to ``bits_total = 8 * bytes_total``: every byte of the file is counted.
+``lpips`` (LPIPS v0.1 AlexNet, :mod:`semlic.lpips`) is NaN where no LPIPS weights were
+available; files written before that column existed read with NaN in it (:data:`LATER_COLUMNS`).
 
 Files are reproducible byte for byte, so DVC hashes stay stable across reruns:
 rows sorted by (dataset, method, image_id, quality), duplicates refused, one fixed schema
@@ -50,6 +52,7 @@ SCHEMA = pa.schema([
     pa.field("psnr_rgb", pa.float64(), nullable=False),
     pa.field("psnr_channel_mean", pa.float64(), nullable=False),
     pa.field("ms_ssim", pa.float64(), nullable=False),    # NaN below 161 px (semlic.metrics)
+    pa.field("lpips", pa.float64(), nullable=False),      # NaN without LPIPS weights (semlic.lpips)
     pa.field("enc_s", pa.float64(), nullable=False),
     pa.field("dec_s", pa.float64(), nullable=False),
     pa.field("device", pa.string(), nullable=False),
@@ -60,6 +63,8 @@ COLUMNS = tuple(SCHEMA.names)
 SORT_KEY = ("dataset", "method", "image_id", "quality")
 PARTITION_KEYS = ("method", "dataset")
 PART_FILE = "part-0.parquet"
+#: Columns added after result files were first written: an older file without one reads as this value.
+LATER_COLUMNS = {"lpips": math.nan}
 _PARTITION_VALUE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 _WRITE_OPTIONS = dict(compression="zstd", compression_level=3, use_dictionary=True,
                       write_statistics=True, data_page_version="1.0", version="2.6")
@@ -75,10 +80,11 @@ def check_partition_value(name: str, value: str) -> None:
 def make_row(*, dataset: str, image_id: str, method: str, quality: float, quality_name: str,
              height: int, width: int, bytes_total: int, layer_bits: Mapping[str, int] | None = None,
              psnr_rgb: float, psnr_channel_mean: float, ms_ssim: float, enc_s: float, dec_s: float,
-             device: str, git_rev: str, params_hash: str) -> dict:
+             device: str, git_rev: str, params_hash: str, lpips: float = math.nan) -> dict:
     """One result row; bpp and bits per sub-pixel are derived from ``bytes_total``.
 
     ``layer_bits`` defaults to a single layer named ``method`` holding the whole file.
+    ``lpips`` is NaN when it was not measured (no LPIPS weights: :mod:`semlic.lpips`).
     """
     check_partition_value("dataset", dataset)
     check_partition_value("method", method)
@@ -100,6 +106,7 @@ def make_row(*, dataset: str, image_id: str, method: str, quality: float, qualit
         "bpp": metrics.bpp(bytes_total, height, width),
         "bits_per_subpixel": metrics.bits_per_subpixel(bytes_total, height, width),
         "psnr_rgb": float(psnr_rgb), "psnr_channel_mean": float(psnr_channel_mean), "ms_ssim": float(ms_ssim),
+        "lpips": float(lpips),
         "enc_s": float(enc_s), "dec_s": float(dec_s),
         "device": device, "git_rev": git_rev, "params_hash": params_hash,
     }
@@ -187,6 +194,9 @@ def read_table(root: str | os.PathLike) -> pa.Table:
         for key, value in _partition_values(path, root).items() if root.is_dir() else ():
             if key not in table.column_names:
                 table = table.append_column(key, pa.array([value] * table.num_rows, pa.string()))
+        for column, value in LATER_COLUMNS.items():  # a file written before the column existed
+            if column not in table.column_names:
+                table = table.append_column(column, pa.array([value] * table.num_rows, SCHEMA.field(column).type))
         missing = set(COLUMNS) - set(table.column_names)
         if missing:
             raise ConfigError(f"{path}: not a semlic result file, missing columns {sorted(missing)}")

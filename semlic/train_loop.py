@@ -20,6 +20,9 @@ iteration. The loop owns everything else:
 * **Budgets.** ``stop_after`` iterations or ``time_limit_s`` seconds of this call: the loop
   saves the state and returns with ``completed`` False and ``stopped_by`` saying why; the
   next call continues. When every iteration is done the task writes its model file.
+  ``budget_s`` is a training budget instead: when it runs out the model is written as it is
+  (``stopped_by`` "budget"; the task's ``trained_iterations`` and the log say how far it
+  got), for runs sized to the machine they run on.
 * **Speed.** :func:`autocast` (bf16 on CUDA) and :func:`channels_last` are what tasks use.
 """
 
@@ -54,6 +57,7 @@ class TrainingTask(ABC):
     name: str = "train"
     total_iterations: int
     images_per_iteration: int = 1
+    trained_iterations: int = 0      # set by fit before save_model: how far training got
 
     @abstractmethod
     def modules(self) -> dict[str, torch.nn.Module]:
@@ -85,7 +89,7 @@ class TrainResult:
     completed: bool
     iteration: int
     total_iterations: int
-    stopped_by: str | None              # None (completed), "steps" or "time"
+    stopped_by: str | None              # None (completed), "steps", "time" or "budget" (model written)
     seconds: float                      # wall time of this call's iterations
     images_per_s: float                 # this call's training throughput
     last: dict[str, float] = field(default_factory=dict)   # the last log row's figures
@@ -208,12 +212,13 @@ def write_log(path: Path, rows: list[dict]) -> None:
 # --- the loop --------------------------------------------------------------------------------
 def fit(task: TrainingTask, out_dir: str | Path, *, resume: bool = True, checkpoint_every: int = 200,
         log_every: int = 1, stop_after: int | None = None, time_limit_s: float | None = None,
-        progress: bool = True) -> TrainResult:
+        budget_s: float | None = None, progress: bool = True) -> TrainResult:
     """Train ``task`` to ``task.total_iterations`` (module docstring); return what happened."""
     if checkpoint_every < 1 or log_every < 1:
         raise ConfigError(f"checkpoint_every and log_every must be >= 1, got {checkpoint_every}, {log_every}")
-    if stop_after is not None and stop_after < 0 or time_limit_s is not None and time_limit_s <= 0:
-        raise ConfigError(f"stop_after must be >= 0 and time_limit_s > 0, got {stop_after}, {time_limit_s}")
+    if stop_after is not None and stop_after < 0 or any(t is not None and t <= 0 for t in (time_limit_s, budget_s)):
+        raise ConfigError(f"stop_after must be >= 0, time_limit_s and budget_s > 0; got {stop_after}, "
+                          f"{time_limit_s}, {budget_s}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     state_path, log_path = out_dir / STATE_FILE, out_dir / LOG_FILE
@@ -244,8 +249,10 @@ def fit(task: TrainingTask, out_dir: str | Path, *, resume: bool = True, checkpo
                 else:
                     window[key] = value
             bar.update(1)
-            over_time = time_limit_s is not None and time.perf_counter() - started >= time_limit_s
-            if iteration % log_every == 0 or iteration == total:   # a cut window stays open (state)
+            elapsed = time.perf_counter() - started
+            over_budget = budget_s is not None and elapsed >= budget_s and iteration < end
+            over_time = time_limit_s is not None and elapsed >= time_limit_s
+            if iteration % log_every == 0 or iteration == total or over_budget:  # a cut window stays open (state)
                 now = time.perf_counter()
                 row = {"iteration": iteration, "seconds": now - started,
                        "images_per_s": window_images / max(1e-9, now - window_started)}
@@ -255,6 +262,9 @@ def fit(task: TrainingTask, out_dir: str | Path, *, resume: bool = True, checkpo
                 bar.set_postfix({k: f"{v:.4g}" for k, v in row.items()
                                  if k not in ("iteration", "seconds") and isinstance(v, float)}, refresh=False)
                 window, window_steps, window_images, window_started = {}, 0, 0, now
+            if over_budget:
+                stopped_by = "budget"
+                break
             if over_time and iteration < end:
                 stopped_by = "time"
                 break
@@ -266,8 +276,12 @@ def fit(task: TrainingTask, out_dir: str | Path, *, resume: bool = True, checkpo
         stopped_by = "steps"
     save_state(state_path, task, iteration, window, window_steps)
     write_log(log_path, rows)
-    model_path = task.save_model(out_dir) if iteration >= total else None
-    if stopped_by:
+    task.trained_iterations = iteration
+    model_path = task.save_model(out_dir) if iteration >= total or stopped_by == "budget" else None
+    if stopped_by == "budget":
+        log.info("%s: training budget spent at iteration %d of %d: model written to %s; rerun to train on",
+                 task.name, iteration, total, model_path)
+    elif stopped_by:
         log.info("%s: stopped at iteration %d of %d (%s budget); rerun to continue", task.name, iteration, total,
                  stopped_by)
     last = {k: v for k, v in (rows[-1] if rows else {}).items() if isinstance(v, (int, float))}

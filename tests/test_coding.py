@@ -53,8 +53,8 @@ def test_needs_a_segmentation(samples, tiny_model):
                     progress=False)
     with pytest.raises(ConfigError, match="segmentation map"):  # no map and no PSPNet to compute one
         code_method(bare, plan(qualities=[30]), {"dsslic": tiny_model}, dataset="unit", progress=False)
-    with pytest.raises(ConfigError, match="unknown method 'smic'"):
-        plan("smic")
+    with pytest.raises(ConfigError, match="unknown method 'nonesuch'"):
+        plan("nonesuch")
     with pytest.raises(ConfigError, match="no qualities"):
         plan(qualities=[])
     with pytest.raises(ConfigError, match="unknown option"):

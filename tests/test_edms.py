@@ -119,8 +119,8 @@ def test_wrong_or_missing_models_are_refused(tiny_model, edms_models, tmp_path):
     four_classes = load_model(save_tiny_smapnet(tmp_path / "e4.safetensors", num_classes=4))
     with pytest.raises(errors.ModelMismatchError, match="4 classes"):
         edms_encode(image, seg, tiny_model, 30, method="edms", segnet=segnet, smapnet=four_classes)
-    with pytest.raises(errors.ConfigError, match="unknown method 'smic'"):
-        get_method("smic")
+    with pytest.raises(errors.ConfigError, match="unknown method 'nonesuch'"):
+        get_method("nonesuch")
     models = {"dsslic": tiny_model, "pspnet": segnet, "smapnet": smapnet}
     fingerprints = {get_method(m).fingerprint(models) for m in ("dsslic", "edms", "edms_noenh")}
     assert len(fingerprints) == 3

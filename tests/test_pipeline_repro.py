@@ -33,6 +33,9 @@ def test_dvc_repro_end_to_end_then_up_to_date(tmp_path):
         shutil.copytree(REPO / name, project / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("params.yaml", "dvc.yaml", ".dvcignore"):
         shutil.copy(REPO / name, project / name)
+    (project / "weights").mkdir()   # the LPIPS weights as `make weights` leaves them (maybe none)
+    for weights in (REPO / "weights").glob("*.safetensors"):
+        shutil.copy(weights, project / "weights" / weights.name)
     env = stage_env(project, PYTHONPATH=str(project))
     env.pop("OMP_NUM_THREADS")  # as a user runs it
     for command in (["git", "init", "-q"], [DVC, "init", "-q"], [DVC, "config", "core.analytics", "false"]):
@@ -50,7 +53,8 @@ def test_dvc_repro_end_to_end_then_up_to_date(tmp_path):
 
     methods = query.query("select method, count(*) as n, min(bpp) as bpp from rd group by method",
                           project / "data" / "results" / "rd.parquet").set_index("method")
-    assert set(methods.index) == {"dsslic", "edms", "edms_noenh", "jpeg", "jpeg2000", "webp", "avif", "jxl", "hevc"}
+    assert set(methods.index) == {"dsslic", "edms", "edms_noenh", "smic", "jpeg", "jpeg2000", "webp", "avif", "jxl",
+                                  "hevc"}
     assert (methods.n > 0).all() and (methods.bpp > 0).all()
     bd = query.query("select method from bd where anchor = 'hevc'", project / "data" / "results" / "rd.parquet")
     assert set(bd.method) == set(methods.index) - {"hevc"}

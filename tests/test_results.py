@@ -70,7 +70,7 @@ def test_write_rows_refuses_duplicates_and_foreign_columns(tmp_path):
     with pytest.raises(ConfigError, match="share"):
         results.write_rows([_row(), _row()], tmp_path / "dup.parquet")
     row = _row()
-    row["lpips"] = 0.1
+    row["vmaf"] = 90.0  # not a schema column
     with pytest.raises(ConfigError, match="unexpected"):
         results.write_rows([row], tmp_path / "extra.parquet")
     assert not (tmp_path / "dup.parquet").exists()

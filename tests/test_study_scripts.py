@@ -139,6 +139,11 @@ def test_methods_come_from_the_registry(tmp_path):
         for step, (model, _) in run.TRAINING.items():
             assert st.pending(step) == (model in st.wanted())  # nothing trained yet
     assert "smapnet" not in study(["dsslic"]).wanted()
+    # one timed quality: a QP where the method takes one, else the method's first quality
+    assert run.timed_quality("dsslic", {}, 32) == 32
+    assert run.timed_quality("smic", {"qualities": [[4, 40]]}, 32) == [4, 40]
+    assert run.timed_quality("smic", {}, 32) == get_method("smic").default_qualities[0]
+    assert run.timed_quality("smic", {}, {"smic": "8/30", "dsslic": 32}) == "8/30"
 
 
 def test_entropy_decoding_time_covers_every_image_layer(tiny_model):

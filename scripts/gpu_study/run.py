@@ -103,6 +103,27 @@ def method_sections(section: dict | None) -> dict:
     return sections
 
 
+def timed_quality(name: str, params: dict, quality):
+    """The one quality a timing step uses for method ``name``: ``quality`` may map method names to
+    qualities; a single value serves every method whose quality knob takes it (a QP for the
+    layered methods), and a method it does not fit (SMIC's (factor, map QP)) times the first
+    quality of its section, else its first default."""
+    from semlic.errors import ConfigError
+    from semlic.methods import get_method
+
+    method = get_method(name)
+    if isinstance(quality, dict):
+        if name in quality:
+            return quality[name]
+    else:
+        try:
+            method.parse_quality(quality)
+            return quality
+        except ConfigError:
+            pass
+    return (params.get("qualities") or method.default_qualities)[0]
+
+
 # --- context ------------------------------------------------------------------------------------
 class Study:
     def __init__(self, workdir: str, config: str, deadline: float | None, packs: str | None):
@@ -146,7 +167,8 @@ class Study:
         sections = method_sections(section if step == "code" or section.get("methods") is not None
                                    else self.cfg.get("code"))
         if step != "code" and section.get("quality") is not None:
-            sections = {name: {**params, "qualities": [section["quality"]]} for name, params in sections.items()}
+            sections = {name: {**params, "qualities": [timed_quality(name, params, section["quality"])]}
+                        for name, params in sections.items()}
         return sections
 
     def plans(self, step: str) -> list:

@@ -90,11 +90,21 @@ _IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class VGGPerceptualLoss(nn.Module):
-    """L1 over VGG19 features; frozen. Build it with :func:`load_vgg_loss`."""
+    """Weighted distance between VGG19 features of two images; frozen. Build it with :func:`load_vgg_loss`.
 
-    def __init__(self, features: nn.Sequential):
+    Default: pix2pixHD's (DSSLIC's) L1 over relu1_1..relu5_1 with weights 1/32..1. SMIC uses
+    ``layers=(35,)`` (relu5_4), ``distance="mse"`` (SRGAN's VGG5,4).
+    """
+
+    def __init__(self, features: nn.Sequential, layers: tuple[int, ...] = VGG_LAYERS,
+                 layer_weights: tuple[float, ...] = VGG_WEIGHTS, distance: str = "l1"):
         super().__init__()
-        self.features = features[: VGG_LAYERS[-1] + 1].eval()
+        if len(layers) != len(layer_weights) or distance not in ("l1", "mse"):
+            raise ValueError(f"one weight per layer and distance l1 or mse; got {layers}, {layer_weights}, "
+                             f"{distance!r}")
+        self.layers, self.layer_weights = tuple(layers), tuple(layer_weights)
+        self.distance = F.l1_loss if distance == "l1" else F.mse_loss
+        self.features = features[: max(self.layers) + 1].eval()
         for p in self.features.parameters():
             p.requires_grad_(False)
         self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1))
@@ -105,22 +115,24 @@ class VGGPerceptualLoss(nn.Module):
         taps = []
         for i, layer in enumerate(self.features):
             x = layer(x)
-            if i in VGG_LAYERS:
+            if i in self.layers:
                 taps.append(x)
         return taps
 
     def forward(self, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
         loss = 0.0
-        for w, f, r in zip(VGG_WEIGHTS, self._taps(fake), self._taps(real)):
-            loss = loss + w * F.l1_loss(f, r.detach())
+        for w, f, r in zip(self.layer_weights, self._taps(fake), self._taps(real)):
+            loss = loss + w * self.distance(f, r.detach())
         return loss
 
     def train(self, mode: bool = True):  # stays in eval mode
         return super().train(False)
 
 
-def load_vgg_loss(weights: str | os.PathLike | None) -> VGGPerceptualLoss | None:
+def load_vgg_loss(weights: str | os.PathLike | None, **options) -> VGGPerceptualLoss | None:
     """VGG19 perceptual loss from local weights, torchvision's download, or None.
+
+    ``options``: :class:`VGGPerceptualLoss`'s ``layers``, ``layer_weights`` and ``distance``.
 
     ``weights``: a path to a torchvision-layout VGG19 state dict (``.pth`` or
     ``.safetensors``; the full model or only ``features.*``), the string ``"download"``
@@ -140,7 +152,7 @@ def load_vgg_loss(weights: str | os.PathLike | None) -> VGGPerceptualLoss | None
         except Exception as exc:  # no network, no cache
             log.warning("VGG19 weights could not be downloaded (%s): the VGG loss is switched off", exc)
             return None
-        return VGGPerceptualLoss(model.features)
+        return VGGPerceptualLoss(model.features, **options)
     path = Path(weights)
     if not path.is_file():
         raise CheckpointError(f"VGG19 weights file {path} does not exist")
@@ -153,7 +165,7 @@ def load_vgg_loss(weights: str | os.PathLike | None) -> VGGPerceptualLoss | None
     state = {k[len("features."):] if k.startswith("features.") else k: v for k, v in state.items()}
     state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
     model = vgg19(weights=None)
-    features = model.features[: VGG_LAYERS[-1] + 1]
+    features = model.features[: max(options.get("layers", VGG_LAYERS)) + 1]
     expected = features.state_dict()
     missing = sorted(set(expected) - set(state))
     if missing:
@@ -162,4 +174,4 @@ def load_vgg_loss(weights: str | os.PathLike | None) -> VGGPerceptualLoss | None
         if state[k].shape != v.shape:
             raise CheckpointError(f"{path}: {k} has shape {tuple(state[k].shape)}, expected {tuple(v.shape)}")
     features.load_state_dict({k: state[k] for k in expected})
-    return VGGPerceptualLoss(features)
+    return VGGPerceptualLoss(features, **options)
