@@ -11,6 +11,10 @@ starting point: its output is up(small) + a learned correction), ``recnet_qp40``
 segmenter with a lossless map) and ``recnet_blank`` (Rec-Net with an all-void map: no semantic
 information). Every variant is scored with PSNR-RGB, MS-SSIM and LPIPS (AlexNet). Writes
 ``--out/recnet_gain.csv`` (means per factor and variant) and prints it as a table.
+
+``--map-rates`` measures instead what the map layer costs: SS-Net's map and the ground-truth
+map (same palette) HEVC-coded at each ``--qps``, mean bpp over the images, written to
+``--out/map_rates.csv``.
 """
 
 from __future__ import annotations
@@ -35,6 +39,29 @@ from semlic.model_files import ModelStore  # noqa: E402
 from semlic.segnet.prepared import list_prepared  # noqa: E402
 
 
+def map_rates(args) -> int:
+    """Mean bpp of the HEVC-coded map (4:2:0, as SMIC's default) per QP: SS-Net's and the ground truth's."""
+    ssnet = ModelStore(dirs=[args.models]).get("smic_ssnet")
+    hevc = get_codec("hevc")
+    samples = [s for s in list_prepared(args.prepared, args.split) if s.label_path is not None][: args.limit or None]
+    rows = []
+    for sample in samples:
+        image = load_image(sample.image_path)
+        h, w = image.shape[:2]
+        maps = {"ssnet": draw_map(ssnet, image),
+                "ground_truth": ssnet.draw(torch.from_numpy(load_label_map(sample.label_path))[None])[0]
+                .permute(1, 2, 0).numpy()}
+        for name, drawn in maps.items():
+            for qp in args.qps:
+                rows.append({"map": name, "qp": qp, "bpp": 8 * len(hevc.encode(drawn, qp, chroma="420")) / (h * w)})
+    means = pd.DataFrame(rows).groupby(["map", "qp"], sort=True)["bpp"].mean().reset_index().assign(images=len(samples))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    means.to_csv(out / "map_rates.csv", index=False, float_format="%.6g")
+    print(means.to_string(index=False))
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--prepared", required=True)
@@ -43,7 +70,10 @@ def main(argv=None) -> int:
     parser.add_argument("--split", default="test")
     parser.add_argument("--limit", type=int, help="only the first N images")
     parser.add_argument("--qps", type=int, nargs="+", default=[40, 28])
+    parser.add_argument("--map-rates", action="store_true", help="measure the map layer's bpp instead")
     args = parser.parse_args(argv)
+    if args.map_rates:
+        return map_rates(args)
     if lpips.get_model() is None:
         raise SystemExit("LPIPS weights missing: run `semlic convert-lpips` (make weights) first")
     store = ModelStore(dirs=[args.models])
