@@ -147,13 +147,19 @@ def training_summary(models_dir: Path) -> list[dict]:
     return out
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def arguments(description: str) -> argparse.ArgumentParser:
+    """The arguments the SMIC benchmarks share: the prepared data, train-smic's models, where to write."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--prepared", required=True)
     parser.add_argument("--models", required=True, help="train-smic's output folder (ssnet/, recnet/)")
     parser.add_argument("--out", default="reports/smic")
     parser.add_argument("--split", default="test")
     parser.add_argument("--limit", type=int, help="only the first N images")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = arguments(__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, default=2, help="processes for the baselines")
     args = parser.parse_args(argv)
     out = Path(args.out)

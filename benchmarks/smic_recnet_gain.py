@@ -19,7 +19,6 @@ map (same palette) HEVC-coded at each ``--qps``, mean bpp over the images, writt
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import time
@@ -29,6 +28,7 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from semlic import lpips, metrics  # noqa: E402
 from semlic.image_codecs import get_codec  # noqa: E402
@@ -37,6 +37,7 @@ from semlic.layers import tensor_to_uint8  # noqa: E402
 from semlic.methods.smic.codec import FACTORS, downsample, draw_map, reconstruct, to_unit, upsample  # noqa: E402
 from semlic.model_files import ModelStore  # noqa: E402
 from semlic.segnet.prepared import list_prepared  # noqa: E402
+from smic_camvid import arguments  # noqa: E402  (this folder: the SMIC benchmarks' shared arguments)
 
 
 def map_rates(args) -> int:
@@ -63,12 +64,7 @@ def map_rates(args) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--prepared", required=True)
-    parser.add_argument("--models", required=True, help="train-smic's output folder (ssnet/, recnet/)")
-    parser.add_argument("--out", default="reports/smic")
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--limit", type=int, help="only the first N images")
+    parser = arguments(__doc__.split("\n\n")[0])
     parser.add_argument("--qps", type=int, nargs="+", default=[40, 28])
     parser.add_argument("--map-rates", action="store_true", help="measure the map layer's bpp instead")
     args = parser.parse_args(argv)

@@ -17,9 +17,30 @@ from ...config_files import read_section
 from ...errors import ConfigError
 
 
+def trained_part(out_dir, part: str) -> dict | None:
+    """What a finished ``part`` (ssnet or recnet) in ``out_dir`` reports, TrainResult-like, read from its
+    model file's metadata; None when the part has no model file yet."""
+    from ...model_files import read_metadata
+    from .training import RECNET_FILE, SSNET_FILE
+
+    model = Path(out_dir) / part / {"ssnet": SSNET_FILE, "recnet": RECNET_FILE}[part]
+    if not model.is_file():
+        return None
+    meta = read_metadata(model)
+    iterations, planned = (int(json.loads(meta.get(k, "0"))) for k in ("iterations", "planned_iterations"))
+    return {"completed": iterations >= planned, "stopped_by": None if iterations >= planned else "budget",
+            "iteration": iterations, "total_iterations": planned, "model_path": str(model), "last": {},
+            "reused": True}
+
+
 def train_smic(config: dict, prepared_dir, out_dir, part: str = "both", device: str = "cpu", resume: bool = True,
-               progress: bool = True) -> dict:
-    """SS-Net then Rec-Net (``part``: both, ssnet or recnet); returns each TrainResult as a dict."""
+               progress: bool = True, keep_trained: bool = False) -> dict:
+    """SS-Net then Rec-Net (``part``: both, ssnet or recnet); returns each TrainResult as a dict.
+
+    ``keep_trained``: a part whose model file is already written is not trained again (the
+    pipeline's rerun after a kill: with a ``minutes`` budget, training on would give that part a
+    second budget); its entry is :func:`trained_part`'s. Without it a rerun trains on (the CLI).
+    """
     from ...model_files import load_model
     from .training import SSNET_FILE, train_recnet, train_ssnet
 
@@ -28,16 +49,21 @@ def train_smic(config: dict, prepared_dir, out_dir, part: str = "both", device: 
         raise ConfigError(f"train_smic: unknown keys {sorted(unknown)} or part {part!r} (both, ssnet, recnet)")
     out_dir, results = Path(out_dir), {}
     shared = {k: config[k] for k in ("seed",) if k in config}
-    if part in ("both", "ssnet"):
+    kept = {p: trained_part(out_dir, p) for p in ("ssnet", "recnet")} if keep_trained else {}
+    results.update({p: r for p, r in kept.items() if r is not None and part in ("both", p)})
+    if part in ("both", "ssnet") and "ssnet" not in results:
         ssnet_cfg = {**shared, **(config.get("ssnet") or {}), "num_classes": config.get("num_classes", 11)}
         results["ssnet"] = train_ssnet(ssnet_cfg, prepared_dir, out_dir / "ssnet", device=device, resume=resume,
                                        progress=progress).to_dict()
-    if part in ("both", "recnet"):
+    if part in ("both", "recnet") and "recnet" not in results:
         ssnet_path = out_dir / "ssnet" / SSNET_FILE
         ssnet = load_model(ssnet_path, device, expect="smic_ssnet") if ssnet_path.is_file() else None
         results["recnet"] = train_recnet({**shared, **(config.get("recnet") or {})}, prepared_dir, out_dir / "recnet",
                                          ssnet=ssnet, num_classes=config.get("num_classes"), device=device,
                                          resume=resume, progress=progress).to_dict()
+    for name in ("ssnet", "recnet"):
+        if name in results:
+            results[name].setdefault("reused", False)
     return results
 
 
