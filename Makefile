@@ -9,6 +9,10 @@ PIP     = $(VENV)/bin/pip
 # torch and torchvision are pinned to one matching pair; pip's own configuration decides
 # where the wheels come from (a local wheel directory where the machine has one, else PyPI).
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+# CompressAI (the learned codec of the compressed-domain system) pins numpy<2 in its metadata but
+# works with numpy 2: it is installed without its declared dependencies; what it really imports
+# (einops, torch-geometric, pandas, scipy, matplotlib, tqdm) is in pyproject.toml.
+COMPRESSAI ?= compressai==1.2.8
 export PREFECT_SERVER_ANALYTICS_ENABLED = false
 export OMP_NUM_THREADS ?= 2
 
@@ -21,6 +25,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet $(TORCH_PINS)
 	$(PIP) install --quiet -e '.[pipeline,report,dev]' $(TORCH_PINS)
+	$(PIP) install --quiet --no-deps $(COMPRESSAI)
 	touch $@
 
 install: $(VENV)/.installed

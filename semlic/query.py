@@ -7,6 +7,9 @@ Views (each one only where its file exists):
   the code stage's ``data/coded/rows`` (``method=<m>/dataset=<d>/*.parquet``).
 * ``bd``: BD-rate / BD-PSNR against the anchor (``bd.parquet`` beside rd.parquet).
 * ``curves``: the mean RD point of each (dataset, method, quality) (``curves.parquet``).
+* ``latent_seg``: the rate-mIoU rows of segmentation in the pixel and compressed domains
+  (``../latent_seg/rows.parquet`` from the results folder, i.e. ``data/latent_seg``: what the
+  eval_latent_seg stage writes).
 
 Examples::
 
@@ -29,6 +32,7 @@ from .errors import ConfigError, import_extra
 
 DEFAULT_SOURCE = Path("data/results/rd.parquet")
 SIDE_VIEWS = {"bd": "bd.parquet", "curves": "curves.parquet"}
+OTHER_VIEWS = {"latent_seg": Path("..") / "latent_seg" / "rows.parquet"}   # relative to the results folder
 FORMATS = ("table", "csv", "json", "markdown")
 
 
@@ -58,6 +62,9 @@ def connect(source: str | os.PathLike = DEFAULT_SOURCE):
     for view, name in SIDE_VIEWS.items():
         if (folder / name).is_file() and source.name != name:
             con.execute(f"create view {view} as select * from {_scan(folder / name)}")
+    for view, relative in OTHER_VIEWS.items():
+        if (folder / relative).is_file():
+            con.execute(f"create view {view} as select * from {_scan(folder / relative)}")
     return con
 
 
@@ -98,7 +105,7 @@ def _cli(args: argparse.Namespace) -> int:
 
 def register_cli(subparsers) -> None:
     parser = subparsers.add_parser(
-        "results", help="query the result Parquet with DuckDB SQL (views rd, bd, curves)",
+        "results", help="query the result Parquet with DuckDB SQL (views rd, bd, curves, latent_seg)",
         description="Run a DuckDB SQL query over the results. View rd: every result row; bd: BD-rate/BD-PSNR "
                     "against the anchor; curves: mean RD points. Example: semlic results "
                     "\"select method, avg(bpp), avg(psnr_rgb) from rd group by method\"",

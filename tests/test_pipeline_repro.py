@@ -2,7 +2,7 @@
 
 In a scratch copy of the project (params.yaml, dvc.yaml, .dvcignore and the code) with a
 fresh git and DVC: every stage runs, rd.parquet holds rows for DSSLIC, EDMS (edms,
-edms_noenh) and every baseline, EDMS is compared with DSSLIC (comparisons.csv, metrics.json),
+edms_noenh), SMIC, the hyperprior and every baseline, the compressed-domain rows are queryable, EDMS is compared with DSSLIC (comparisons.csv, metrics.json),
 the whole run fits in 15 minutes on this 2-core machine, a second ``dvc repro`` finds
 everything up to date, and after an edit of the EDMS package only the EDMS stages and those
 below them are out of date.
@@ -53,12 +53,15 @@ def test_dvc_repro_end_to_end_then_up_to_date(tmp_path):
 
     methods = query.query("select method, count(*) as n, min(bpp) as bpp from rd group by method",
                           project / "data" / "results" / "rd.parquet").set_index("method")
-    assert set(methods.index) == {"dsslic", "edms", "edms_noenh", "smic", "jpeg", "jpeg2000", "webp", "avif", "jxl",
-                                  "hevc"}
+    assert set(methods.index) == {"dsslic", "edms", "edms_noenh", "smic", "hyperprior", "jpeg", "jpeg2000", "webp",
+                                  "avif", "jxl", "hevc"}
     assert (methods.n > 0).all() and (methods.bpp > 0).all()
     bd = query.query("select method from bd where anchor = 'hevc'", project / "data" / "results" / "rd.parquet")
     assert set(bd.method) == set(methods.index) - {"hevc"}
     assert (project / "data" / "results" / "metrics.json").is_file()
+    latent = query.query("select method, count(*) as n, avg(bpp) as bpp from latent_seg group by method",
+                         project / "data" / "results" / "rd.parquet").set_index("method")
+    assert {"pixel", "no_gate", "dynamic", "static8"} <= set(latent.index) and (latent.bpp > 0).all()
     import json
 
     import pandas as pd

@@ -34,10 +34,11 @@ def test_params_sections_and_overrides(tmp_path):
     assert paths["models"].is_absolute() and paths["models"].parts[-2:] == ("data", "models")
 
 
-STAGES = ["prepare", "train_segnet", "segment", "train_dsslic", "smap_pairs", "train_smapnet", "train_smic", "code",
-          "aggregate"]
+STAGES = ["prepare", "train_segnet", "segment", "train_dsslic", "smap_pairs", "train_smapnet", "train_smic",
+          "train_hyperprior", "train_latent_seg", "eval_latent_seg", "code", "aggregate"]
 TASK_MODULES = {"prepare": "data", "train_segnet": "segnet", "segment": "segnet", "train_dsslic": "training",
                 "smap_pairs": "edms", "train_smapnet": "edms", "train_smic": "smic", "code": "coding",
+                "train_hyperprior": "latent_seg", "train_latent_seg": "latent_seg", "eval_latent_seg": "latent_seg",
                 "aggregate": "aggregate"}
 
 
@@ -65,7 +66,8 @@ def test_repository_params_have_a_section_per_stage():
         assert {f"flows/{name}.py", f"tasks/{TASK_MODULES[name]}.py", "tasks/common.py"} | shared <= set(stage["deps"])
         assert "semlic" not in stage["deps"] and "tasks" not in stage["deps"]  # the code it runs, not all of it
         assert all(p.split(".")[0] in ("base", name) for p in stage["params"])
-    for name in ("prepare", "train_segnet", "segment", "train_dsslic", "train_smic"):  # none of them runs EDMS
+    for name in ("prepare", "train_segnet", "segment", "train_dsslic", "train_smic", "train_hyperprior",
+                 "train_latent_seg", "eval_latent_seg"):  # none of them runs EDMS
         assert not any(d.startswith("semlic/methods/edms") or d == "semlic/methods" for d in stages[name]["deps"])
 
 
@@ -147,7 +149,8 @@ def test_flow_modules_start_without_importing_torch_or_the_server():
     import sys
 
     code = ("import sys, flows.code, flows.prepare, flows.segment, flows.train_dsslic, flows.train_segnet, "
-            "flows.smap_pairs, flows.train_smapnet, flows.train_smic, flows.aggregate; print(sorted(m for m in ('torch', 'prefect.server.api.server') "
+            "flows.smap_pairs, flows.train_smapnet, flows.train_smic, flows.train_hyperprior, flows.train_latent_seg, "
+            "flows.eval_latent_seg, flows.aggregate; print(sorted(m for m in ('torch', 'prefect.server.api.server') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

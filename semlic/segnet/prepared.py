@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
 from ..errors import DatasetError, LabelMapError
 from ..imageio import load_image, load_label_map
@@ -120,3 +121,19 @@ class NativeSizeSet(Dataset):
             return sample.id, image_to_tensor(load_image(sample.image_path)), None
         image, label = load_labelled_pair(sample)
         return sample.id, image_to_tensor(image), torch.from_numpy(label.astype(np.int64))
+
+
+def load_labelled(prepared_dir, split: str = "train", progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, 3, H, W) uint8 images and (N, H, W) uint8 labels of a prepared split (one size)."""
+    samples = [s for s in list_prepared(prepared_dir, split) if s.label_path is not None]
+    if not samples:
+        raise DatasetError(f"{prepared_dir}: split {split!r} has no labelled images")
+    images, labels = [], []
+    for sample in tqdm(samples, desc=f"load {split}", leave=False, disable=not progress):
+        image, label = load_image(sample.image_path), load_label_map(sample.label_path)
+        if label.shape != image.shape[:2] or (images and image.shape != images[0].shape):
+            raise DatasetError(f"{sample.image_path}: image {image.shape[:2]} / labels {label.shape}: training "
+                               "on whole images needs one size (the prepare stage resizes the train split)")
+        images.append(image)
+        labels.append(label)
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(np.stack(labels))

@@ -32,12 +32,11 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from ...config_files import dataclass_from_dict
-from ...errors import ConfigError, DatasetError
+from ...errors import ConfigError
 from ...image_codecs import get_codec
-from ...imageio import load_image, load_label_map
 from ...model_files import save_model
 from ...nn.losses import load_vgg_loss
-from ...segnet.prepared import list_prepared
+from ...segnet.prepared import load_labelled
 from ...train_loop import TrainingTask, TrainResult, autocast, channels_last, fit, seeded_permutation_batch
 from .codec import FACTORS, downsample, upsample
 from .networks import RecNet, SSNet, d1, d2, gan_loss, recnet_config, ssnet_config
@@ -106,22 +105,6 @@ class RecNetTrainConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "RecNetTrainConfig":
         return dataclass_from_dict(cls, data, "Rec-Net training")
-
-
-def load_labelled(prepared_dir, split: str = "train", progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, 3, H, W) uint8 images and (N, H, W) uint8 labels of a prepared split (one size)."""
-    samples = [s for s in list_prepared(prepared_dir, split) if s.label_path is not None]
-    if not samples:
-        raise DatasetError(f"{prepared_dir}: split {split!r} has no labelled images to train SMIC on")
-    images, labels = [], []
-    for sample in tqdm(samples, desc=f"load {split}", leave=False, disable=not progress):
-        image, label = load_image(sample.image_path), load_label_map(sample.label_path)
-        if label.shape != image.shape[:2] or (images and image.shape != images[0].shape):
-            raise DatasetError(f"{sample.image_path}: image {image.shape[:2]} / labels {label.shape}: SMIC trains on "
-                               "images of one size (the prepare stage resizes the train split)")
-        images.append(image)
-        labels.append(label)
-    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(np.stack(labels))
 
 
 def _crop_flip(seed: int, iteration: int, crop: int | None, flip: bool, *tensors: torch.Tensor) -> list[torch.Tensor]:

@@ -1,0 +1,269 @@
+"""DeepLabv3 (the pixel-domain model and the teacher) and the compressed-domain student.
+
+* Model ``deeplabv3``: torchvision's DeepLabv3 head (its ``ASPP``, rates 12/24/36 at output
+  stride 8, then 3x3 conv + BN + ReLU + 1x1 conv, as ``DeepLabHead``) on a dilated ResNet
+  (semlic.segnet.backbone, torchvision's blocks; ``base_channels`` 64 is the paper's width,
+  smaller values make CPU-sized models). No downloaded weights. Its "first two layers" (the
+  paper's knowledge-distillation path) are the stem and ``layer1``: features F_gt of C
+  channels at 1/4 of the input size.
+* Model ``latent_seg``: the student. y^ (M channels at 1/16) -> channel selection -> transform
+  module -> F (C channels at 1/4) -> the teacher's layers 2-4 and head (initialised from the
+  teacher, then trained). Selection: ``none`` (every channel), ``dynamic`` (the gate: global
+  average pool, 1x1 conv + BN + ReLU, grouped 1x1 conv to 2M logits, hard Gumbel-softmax with
+  the straight-through gradient in training, the argmax at test; as DCTNet's gate, which the
+  paper cites; training adds DCTNet's penalty on the share of channels selected, without
+  which nothing asks the gate to drop a channel), ``static`` (a fixed list of channels: the most often selected by a trained
+  dynamic gate). Transform: ``deconv`` (Module-Deconv: two 5x5 stride-2 transposed convs, as
+  g_s's, with BN + ReLU) or ``res`` (Module-Res: residual blocks and two PixelShuffle x2
+  sub-pixel convs, as Cheng et al. 2020).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torchvision.models.segmentation.deeplabv3 import ASPP
+
+from ...config_files import dataclass_from_dict
+from ...errors import ConfigError
+from ...model_files import register_model
+from ...segnet.backbone import ResNetBackbone
+
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+SELECTIONS = ("none", "dynamic", "static")
+TRANSFORMS = ("deconv", "res")
+
+
+@dataclass
+class DeepLabConfig:
+    num_classes: int = 11
+    backbone: str = "resnet18"
+    base_channels: int = 32
+    output_stride: int = 8
+    aspp_channels: int = 128
+    atrous_rates: tuple = (12, 24, 36)
+    ignore_index: int = 255
+
+    def __post_init__(self) -> None:
+        self.atrous_rates = tuple(int(r) for r in self.atrous_rates)
+        if not 2 <= self.num_classes <= 255 or self.output_stride not in (8, 16):
+            raise ConfigError(f"deeplabv3: num_classes 2..255 and output_stride 8 or 16; got {self.num_classes}, "
+                              f"{self.output_stride}")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "DeepLabConfig":
+        return dataclass_from_dict(cls, data, "deeplabv3")
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+DEEPLAB_PRESETS = {
+    "paper": {"backbone": "resnet50", "base_channels": 64, "aspp_channels": 256},
+    "small": {"backbone": "resnet18", "base_channels": 32, "aspp_channels": 128},
+    "tiny": {"backbone": "resnet18", "base_channels": 8, "aspp_channels": 16},
+}
+
+
+def deeplab_config(preset: str = "small", num_classes: int = 11, **overrides) -> DeepLabConfig:
+    if preset not in DEEPLAB_PRESETS:
+        raise ConfigError(f"deeplabv3 preset {preset!r}: one of {', '.join(DEEPLAB_PRESETS)}")
+    return DeepLabConfig(**{**DEEPLAB_PRESETS[preset], "num_classes": num_classes, **overrides})
+
+
+def normalise(images: Tensor) -> Tensor:
+    """(N, 3, H, W) uint8 or [0, 1] float -> ImageNet-normalised float."""
+    x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+    mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+class DeepLabBack(nn.Module):
+    """DeepLabv3 after its first two layers: ResNet layers 2-4 and torchvision's ASPP head."""
+
+    def __init__(self, config: DeepLabConfig, backbone: ResNetBackbone):
+        super().__init__()
+        self.layer2, self.layer3, self.layer4 = backbone.layer2, backbone.layer3, backbone.layer4
+        c = config.aspp_channels
+        self.head = nn.Sequential(ASPP(backbone.out_channels, config.atrous_rates, c),
+                                  nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(),
+                                  nn.Conv2d(c, config.num_classes, 1))
+
+    def forward(self, features: Tensor, size: tuple[int, int]) -> Tensor:
+        logits = self.head(self.layer4(self.layer3(self.layer2(features))))
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+@register_model("deeplabv3", DeepLabConfig)
+class DeepLabV3(nn.Module):
+    """DeepLabv3 (module docstring): ``front`` = the first two layers, ``back`` = the rest."""
+
+    def __init__(self, config: DeepLabConfig):
+        super().__init__()
+        self.config = config
+        backbone = ResNetBackbone(config.backbone, config.base_channels, output_stride=config.output_stride)
+        self.stem = nn.Sequential(backbone.conv1, backbone.bn1, backbone.relu, backbone.maxpool)
+        self.layer1 = backbone.layer1
+        self.back = DeepLabBack(config, backbone)
+        self.feature_channels = config.base_channels * (4 if config.backbone in ("resnet50", "resnet101") else 1)
+
+    def front(self, images: Tensor) -> Tensor:
+        """The first two layers (stem, layer1): normalised images -> F_gt at 1/4."""
+        return self.layer1(self.stem(images))
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Normalised (N, 3, H, W) -> logits (N, K, H, W)."""
+        return self.back(self.front(images), tuple(images.shape[-2:]))
+
+
+# --- the student -------------------------------------------------------------------------------
+class Gate(nn.Module):
+    """Channel gate: pool -> 1x1 conv + BN + ReLU -> grouped 1x1 conv -> (N, C, 2) -> hard Gumbel-softmax."""
+
+    def __init__(self, channels: int, hidden: int = 16, tau: float = 1.0, bias_on: float = 0.0):
+        super().__init__()
+        groups = math.gcd(hidden, 2 * channels)
+        self.squeeze = nn.Sequential(nn.Conv2d(channels, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU())
+        self.logits = nn.Conv2d(hidden, 2 * channels, 1, groups=groups)
+        self.channels, self.tau = channels, tau
+        nn.init.normal_(self.logits.weight, std=0.01)
+        with torch.no_grad():   # the "on" logit starts ``bias_on`` above the "off" one (0: even odds)
+            self.logits.bias.view(channels, 2)[:, 1] = bias_on
+            self.logits.bias.view(channels, 2)[:, 0] = 0.0
+
+    def logits_of(self, y: Tensor) -> Tensor:
+        """(N, C, 2) logits of (off, on) per channel."""
+        return self.logits(self.squeeze(y.mean((2, 3), keepdim=True))).view(len(y), self.channels, 2)
+
+    def probability(self, y: Tensor) -> Tensor:
+        """(N, C) probability that each channel is selected."""
+        return self.logits_of(y).softmax(-1)[..., 1]
+
+    def forward(self, y: Tensor) -> Tensor:
+        """(N, C) mask of 0/1 values: sampled (straight-through) in training, the argmax at test."""
+        logits = self.logits_of(y)
+        if self.training:
+            return F.gumbel_softmax(logits, tau=self.tau, hard=True, dim=-1)[..., 1]
+        return (logits[..., 1] > logits[..., 0]).to(y.dtype)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.LeakyReLU(inplace=True),
+                                  nn.Conv2d(channels, channels, 3, padding=1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.body(x)
+
+
+def transform_module(kind: str, in_channels: int, width: int, out_channels: int) -> nn.Module:
+    """Latents at 1/16 -> features at 1/4 (x4): Module-Deconv or Module-Res."""
+    if kind == "deconv":
+        return nn.Sequential(
+            nn.ConvTranspose2d(in_channels, width, 5, stride=2, padding=2, output_padding=1),
+            nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.ConvTranspose2d(width, out_channels, 5, stride=2, padding=2, output_padding=1),
+            nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
+    if kind == "res":
+        return nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1), ResBlock(width),
+            nn.Conv2d(width, 4 * width, 3, padding=1), nn.PixelShuffle(2), nn.LeakyReLU(inplace=True), ResBlock(width),
+            nn.Conv2d(width, 4 * width, 3, padding=1), nn.PixelShuffle(2), nn.LeakyReLU(inplace=True), ResBlock(width),
+            nn.Conv2d(width, out_channels, 3, padding=1), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
+    raise ConfigError(f"transform module {kind!r}: one of {', '.join(TRANSFORMS)}")
+
+
+@dataclass
+class StudentConfig:
+    deeplab: dict = field(default_factory=dict)   # the teacher's DeepLabConfig (the back's layout)
+    quality: int = 3                  # the hyperprior quality whose latents it reads
+    latent_channels: int = 192        # M
+    selection: str = "none"           # none | dynamic | static
+    channels: tuple = ()              # static: the selected channels
+    transform: str = "deconv"         # deconv (Module-Deconv) | res (Module-Res)
+    transform_width: int = 128
+    gate_hidden: int = 16
+    gate_bias: float = 0.0            # the "on" logit's initial lead (0: every channel at even odds)
+    tau: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.channels = tuple(int(c) for c in self.channels)
+        if self.selection not in SELECTIONS or self.transform not in TRANSFORMS:
+            raise ConfigError(f"latent_seg: selection one of {SELECTIONS}, transform one of {TRANSFORMS}; got "
+                              f"{self.selection!r}, {self.transform!r}")
+        if self.selection == "static" and (not self.channels or len(set(self.channels)) != len(self.channels)
+                                           or min(self.channels) < 0 or max(self.channels) >= self.latent_channels):
+            raise ConfigError(f"latent_seg static selection: distinct channels in 0..{self.latent_channels - 1}, "
+                              f"got {self.channels}")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "StudentConfig":
+        return dataclass_from_dict(cls, data, "latent_seg")
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @property
+    def label(self) -> str:
+        """no_gate, dynamic or static<N>, with ``_res`` for Module-Res (the ``method`` of result rows)."""
+        base = {"none": "no_gate", "dynamic": "dynamic"}.get(self.selection, f"static{len(self.channels)}")
+        return base + ("_res" if self.transform == "res" else "")
+
+
+@register_model("latent_seg", StudentConfig)
+class LatentSegNet(nn.Module):
+    """y^ -> selection -> transform -> DeepLabv3 without its first two layers (module docstring)."""
+
+    def __init__(self, config: StudentConfig):
+        super().__init__()
+        self.config = config
+        teacher_cfg = DeepLabConfig.from_dict(config.deeplab)
+        backbone = ResNetBackbone(teacher_cfg.backbone, teacher_cfg.base_channels,
+                                  output_stride=teacher_cfg.output_stride)
+        feature_channels = teacher_cfg.base_channels * (4 if teacher_cfg.backbone in ("resnet50", "resnet101") else 1)
+        self.gate = Gate(config.latent_channels, config.gate_hidden, config.tau, config.gate_bias) \
+            if config.selection == "dynamic" else None
+        self.register_buffer("static_channels", torch.tensor(config.channels, dtype=torch.long), persistent=False)
+        inputs = len(config.channels) if config.selection == "static" else config.latent_channels
+        self.transform = transform_module(config.transform, inputs, config.transform_width, feature_channels)
+        self.back = DeepLabBack(teacher_cfg, backbone)
+        self.num_classes = teacher_cfg.num_classes
+
+    def select(self, y_hat: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(the transform's input, the (N, M) mask of a dynamic gate or None)."""
+        if self.config.selection == "static":
+            return y_hat[:, self.static_channels], None
+        if self.gate is None:
+            return y_hat, None
+        mask = self.gate(y_hat)
+        return y_hat * mask[:, :, None, None], mask
+
+    def channels_for(self, y_hat: Tensor) -> list[int]:
+        """The channels the encoder sends for one image (1, M, h, w): the gate's choice, the static list, or all."""
+        if self.config.selection == "static":
+            return list(self.config.channels)
+        if self.gate is None:
+            return list(range(self.config.latent_channels))
+        return torch.nonzero(self.gate(y_hat)[0] > 0.5).flatten().tolist()
+
+    def features(self, y_hat: Tensor) -> tuple[Tensor, Tensor | None]:
+        selected, mask = self.select(y_hat)
+        return self.transform(selected), mask
+
+    def forward(self, y_hat: Tensor, size: tuple[int, int] | None = None) -> Tensor:
+        """(N, M, h, w) y^ -> logits at ``size`` (default 16x the latents)."""
+        features, _ = self.features(y_hat)
+        size = size or (16 * y_hat.shape[-2], 16 * y_hat.shape[-1])
+        return self.back(features, size)
+
+    def init_back_from(self, teacher: DeepLabV3) -> None:
+        """Start the segmentation layers from the teacher's (the paper's pretrained DeepLabv3)."""
+        self.back.load_state_dict(teacher.back.state_dict())
