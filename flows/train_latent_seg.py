@@ -15,7 +15,7 @@ import sys
 from prefect import flow
 from prefect_ray.context import remote_options
 
-from flows.params import PARAMS_FILE, load_params, stage_paths
+from flows.params import PARAMS_FILE, load_params, stage_paths, training_section
 from flows.ray_cluster import training_options
 from flows.runner import ray_runner, wait_all
 from flows.stage import run_stage
@@ -23,17 +23,6 @@ from flows.staging import code_signature, content_signature, staged_dir
 
 STAGE = "train_latent_seg"
 SECTIONS = ("base", "paths", "train_latent_seg")
-
-
-def latent_seg_config(params: dict) -> dict:
-    """The stage's section; ``seed`` from ``base``, ``num_classes`` null -> the data set's classes."""
-    from semlic.data.datasets import get_spec
-
-    config = dict(params[STAGE])
-    config.setdefault("seed", params["base"]["seed"])
-    if config.get("num_classes") is None:
-        config["num_classes"] = get_spec(params["base"]["dataset"]).num_classes
-    return config
 
 
 @flow(name=STAGE, task_runner=ray_runner())
@@ -45,7 +34,7 @@ def train_latent_seg(params: dict | None = None) -> dict:
     from tasks.latent_seg import train_students, train_teacher
 
     params = params or load_params(PARAMS_FILE, SECTIONS)
-    base, config, paths = params["base"], latent_seg_config(params), stage_paths(params)
+    base, config, paths = params["base"], training_section(params, STAGE), stage_paths(params)
     prepared = paths["prepared"] / base["dataset"]
     bank = paths["models"] / "hyperprior" / HYPERPRIOR_FILE
     qualities, _ = latent_seg_parts(config, config_of(bank)[1].qualities)

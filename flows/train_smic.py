@@ -15,7 +15,7 @@ import sys
 from prefect import flow
 from prefect_ray.context import remote_options
 
-from flows.params import PARAMS_FILE, load_params, stage_paths
+from flows.params import PARAMS_FILE, load_params, stage_paths, training_section
 from flows.ray_cluster import training_options
 from flows.runner import ray_runner, wait_all
 from flows.stage import run_stage
@@ -25,24 +25,13 @@ STAGE = "train_smic"
 SECTIONS = ("base", "paths", "train_smic")
 
 
-def smic_config(params: dict) -> dict:
-    """The stage's section; ``seed`` from ``base``, ``num_classes`` null -> the data set's classes."""
-    from semlic.data.datasets import get_spec
-
-    config = dict(params[STAGE])
-    config.setdefault("seed", params["base"]["seed"])
-    if config.get("num_classes") is None:
-        config["num_classes"] = get_spec(params["base"]["dataset"]).num_classes
-    return config
-
-
 @flow(name=STAGE, task_runner=ray_runner())
 def train_smic(params: dict | None = None) -> dict:
     from semlic.train_loop import STATE_FILE
     from tasks.smic import train_smic_part
 
     params = params or load_params(PARAMS_FILE, SECTIONS)
-    base, config, paths = params["base"], smic_config(params), stage_paths(params)
+    base, config, paths = params["base"], training_section(params, STAGE), stage_paths(params)
     prepared = paths["prepared"] / base["dataset"]
     fingerprint = [config, base["device"], code_signature(), content_signature(prepared / "manifest.parquet")]
     parallel = (config.get("recnet") or {}).get("maps", "ssnet") == "ground_truth"

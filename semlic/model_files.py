@@ -180,6 +180,19 @@ def save_model(path: str | os.PathLike, model: torch.nn.Module, extra: dict | No
     return fingerprint
 
 
+def written_model(path: str | os.PathLike) -> dict | None:
+    """What a training wrote to ``path``, TrainResult-like (completed, stopped_by, iteration,
+    total_iterations, model_path, last, reused), from the model file's metadata; None when there is
+    no file. A stage that keeps a part already trained reports it with this."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    meta = read_metadata(path)
+    iterations, planned = (int(json.loads(meta.get(k, "0"))) for k in ("iterations", "planned_iterations"))
+    return {"completed": iterations >= planned, "stopped_by": None if iterations >= planned else "budget",
+            "iteration": iterations, "total_iterations": planned, "model_path": str(path), "last": {}, "reused": True}
+
+
 def assign_state(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str,
                  source_name: Callable[[str], str] | None = None) -> None:
     """Load ``state`` into ``module`` after checking keys and shapes exactly.

@@ -18,7 +18,8 @@ CODE_PARAMS = {
     "base": {"workers": 1},
     "code": {"limit": 4, "shard_size": 1,
              "methods": {"dsslic": {"qualities": [40, 30], "chroma": "420", "lossless": "png", "segmentation": "segnet"},
-                         "edms": None, "edms_noenh": None, "smic": None},  # the EDMS tasks are the same task (and need a SMapNet)
+                         # the EDMS tasks are the same task (and need a SMapNet); SMIC and the hyperprior need theirs
+                         "edms": None, "edms_noenh": None, "smic": None, "hyperprior": None},
              "baselines": {"codecs": ["jpeg", "webp"], "sweep": {"jpeg": [50, 90], "webp": [50, 90]}}},
 }
 

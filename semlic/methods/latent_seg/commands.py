@@ -35,15 +35,9 @@ LATENT_SEG_KEYS = {"teacher", "student", "variants", "qualities", "num_classes",
 
 
 def _written(path: Path) -> dict | None:
-    """TrainResult-like dict of a model file already written (keep_trained), else None."""
-    from ...model_files import read_metadata
+    from ...model_files import written_model
 
-    if not path.is_file():
-        return None
-    meta = read_metadata(path)
-    iterations, planned = (int(json.loads(meta.get(k, "0"))) for k in ("iterations", "planned_iterations"))
-    return {"completed": iterations >= planned, "stopped_by": None if iterations >= planned else "budget",
-            "iteration": iterations, "total_iterations": planned, "model_path": str(path), "last": {}, "reused": True}
+    return written_model(path)
 
 
 # --- the hyperprior ----------------------------------------------------------------------------

@@ -20,17 +20,10 @@ from ...errors import ConfigError
 def trained_part(out_dir, part: str) -> dict | None:
     """What a finished ``part`` (ssnet or recnet) in ``out_dir`` reports, TrainResult-like, read from its
     model file's metadata; None when the part has no model file yet."""
-    from ...model_files import read_metadata
+    from ...model_files import written_model
     from .training import RECNET_FILE, SSNET_FILE
 
-    model = Path(out_dir) / part / {"ssnet": SSNET_FILE, "recnet": RECNET_FILE}[part]
-    if not model.is_file():
-        return None
-    meta = read_metadata(model)
-    iterations, planned = (int(json.loads(meta.get(k, "0"))) for k in ("iterations", "planned_iterations"))
-    return {"completed": iterations >= planned, "stopped_by": None if iterations >= planned else "budget",
-            "iteration": iterations, "total_iterations": planned, "model_path": str(model), "last": {},
-            "reused": True}
+    return written_model(Path(out_dir) / part / {"ssnet": SSNET_FILE, "recnet": RECNET_FILE}[part])
 
 
 def train_smic(config: dict, prepared_dir, out_dir, part: str = "both", device: str = "cpu", resume: bool = True,
