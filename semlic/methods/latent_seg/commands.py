@@ -27,17 +27,12 @@ from pathlib import Path
 from ...config_files import read_section
 from ...errors import ConfigError
 from ...fileio import atomic_write_text
+from ...model_files import written_model
 
 DEFAULT_VARIANTS = ({"selection": "none"}, {"selection": "dynamic"},
                     *({"selection": "static", "channels": n} for n in (16, 32, 64, 128)))
 HYPERPRIOR_KEYS = {"qualities", "per_quality"}
 LATENT_SEG_KEYS = {"teacher", "student", "variants", "qualities", "num_classes", "seed"}
-
-
-def _written(path: Path) -> dict | None:
-    from ...model_files import written_model
-
-    return written_model(path)
 
 
 # --- the hyperprior ----------------------------------------------------------------------------
@@ -55,7 +50,7 @@ def train_hyperprior_quality(config: dict, quality: int, prepared_dir, out_dir, 
     from .training import train_hyperprior
 
     target = Path(out_dir) / f"q{quality}"
-    kept = _written(target / HYPERPRIOR_FILE) if keep_trained else None
+    kept = written_model(target / HYPERPRIOR_FILE) if keep_trained else None
     if kept is not None:
         return {**kept, "quality": int(quality)}
     result = train_hyperprior(hyperprior_quality_config(config, quality), prepared_dir, target, device=device,
@@ -110,7 +105,7 @@ def train_teacher_part(config: dict, prepared_dir, out_dir, device: str = "cpu",
                        progress: bool = True, keep_trained: bool = False) -> dict:
     from .training import train_teacher
 
-    kept = _written(teacher_path(out_dir)) if keep_trained else None
+    kept = written_model(teacher_path(out_dir)) if keep_trained else None
     if kept is not None:
         return kept
     teacher_cfg = {"num_classes": config.get("num_classes", 11), **({"seed": config["seed"]} if "seed" in config else {}),
@@ -136,7 +131,7 @@ def train_students(config: dict, prepared_dir, bank_path, quality: int, out_dir,
     for variant in variants:
         cfg = StudentTrainConfig.from_dict({**shared, **variant, "quality": quality})
         target = base / cfg.label
-        kept = _written(target / f"latent_seg_q{quality}_{cfg.label}.safetensors") if keep_trained else None
+        kept = written_model(target / f"latent_seg_q{quality}_{cfg.label}.safetensors") if keep_trained else None
         if kept is None or (cfg.selection == "dynamic" and counts is None):
             if inputs is None:
                 images, labels = load_labelled(prepared_dir, progress=progress)

@@ -59,12 +59,7 @@ def teacher_labels(teacher: DeepLabV3, image: np.ndarray) -> np.ndarray:
 @torch.inference_mode()
 def student_labels(student: LatentSegNet, y_sent: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     """The student's labels from the latents a file carries (unsent channels zero)."""
-    if student.config.selection == "static":
-        inputs = y_sent[:, student.static_channels]
-    else:   # no gate: every channel; dynamic: the gate ran at the encoder, unsent channels are zero
-        inputs = y_sent
-    features = student.transform(inputs)
-    logits = student.back(features, (16 * y_sent.shape[-2], 16 * y_sent.shape[-1]))
+    logits = student.forward_sent(y_sent)
     return logits[0, :, :size[0], :size[1]].argmax(0).to(torch.uint8).numpy()
 
 
@@ -187,13 +182,14 @@ def transform_macs(students: Iterable[LatentSegNet], height: int, width: int) ->
 
 def load_students(models_dir, device: str = "cpu") -> list[LatentSegNet]:
     """Every ``latent_seg`` model file under ``models_dir`` (sorted by path)."""
+    from ...errors import CheckpointError
     from ...model_files import load_model, model_name_of, read_metadata
 
     found = []
     for path in sorted(Path(models_dir).rglob("*.safetensors")):
         try:
             name = model_name_of(read_metadata(path), path)
-        except Exception:  # noqa: BLE001  (training states beside the models)
+        except CheckpointError:   # training states beside the models
             continue
         if name == "latent_seg":
             found.append(load_model(path, device, expect="latent_seg"))

@@ -264,6 +264,13 @@ class LatentSegNet(nn.Module):
         size = size or (16 * y_hat.shape[-2], 16 * y_hat.shape[-1])
         return self.back(features, size)
 
+    def forward_sent(self, y_sent: Tensor) -> Tensor:
+        """Logits from the latents a file carries (unsent channels zero), at 16x their size: a static
+        student reads its channels; no gate reads all; a dynamic gate ran at the encoder, so the
+        zeros of the unsent channels are its mask."""
+        inputs = y_sent[:, self.static_channels] if self.config.selection == "static" else y_sent
+        return self.back(self.transform(inputs), (16 * y_sent.shape[-2], 16 * y_sent.shape[-1]))
+
     def init_back_from(self, teacher: DeepLabV3) -> None:
         """Start the segmentation layers from the teacher's (the paper's pretrained DeepLabv3)."""
         self.back.load_state_dict(teacher.back.state_dict())
