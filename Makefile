@@ -18,7 +18,7 @@ export OMP_NUM_THREADS ?= 2
 
 LPIPS_WEIGHTS = weights/lpips_alex.safetensors
 
-.PHONY: install test repro bench clean weights
+.PHONY: install test repro repro-camvid bench clean weights
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,13 @@ test: install weights
 # The stages run `python -m flows.<stage>`: the virtualenv goes first on PATH.
 repro: install weights
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/dvc repro
+
+# The reference run on real data (profiles/camvid_cpu.yaml: CamVid and Kodak, every learned system
+# trained on 2 CPU cores, ~100 min) as a DVC experiment. DATA_ROOT holds camvid/ and kodak/
+# (e.g. DATA_ROOT=../shared/data); `semlic download camvid` fills data/raw.
+DATA_ROOT ?= data/raw
+repro-camvid: install weights
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m flows.profile camvid_cpu -S base.data_root=$(DATA_ROOT)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

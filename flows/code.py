@@ -1,6 +1,7 @@
 """Stage ``code``: the test images through every method of ``code.methods`` and every baseline -> ``<paths.coded>``.
 
-Shards of ``code.shard_size`` images are mapped over Ray: one baselines task and one task per
+``code.also`` names more data sets (prepared by ``prepare.also``) whose ``test`` split is coded
+with the same models. Shards of ``code.shard_size`` images are mapped over Ray: one baselines task and one task per
 registered method named in ``code.methods`` (its section: ``qualities`` and the method's
 options, semlic.code_stage.MethodPlan; ``{}`` for the method's defaults, null to leave it out)
 per shard; each task finds the models its method needs
@@ -40,6 +41,20 @@ TIMING_COLUMNS = ("enc_s", "dec_s")
 KEY_COLUMNS = ("dataset", "method", "image_id", "quality")
 
 
+def coded_sets(dataset: str, split: str, also: list | None) -> list[tuple[str, str]]:
+    """(data set, split) pairs the stage codes: ``split`` of ``dataset``, then the ``test`` split (or
+    the last) of each data set in ``code.also`` (models trained on ``dataset``, as the papers
+    test generalisation)."""
+    from semlic.data.datasets import get_spec
+
+    sets = [(dataset, split)]
+    for name in also or []:
+        if name != dataset:
+            splits = get_spec(name).splits
+            sets.append((name, "test" if "test" in splits else splits[-1]))
+    return sets
+
+
 def split_timings(rows: list[dict]) -> tuple[list[dict], list[dict]]:
     """(rows with NaN timings, timing records keyed like the rows)."""
     timings = [{**{k: row[k] for k in KEY_COLUMNS}, **{k: row[k] for k in TIMING_COLUMNS}} for row in rows]
@@ -61,42 +76,58 @@ def write_timings(timings: list[dict], path: Path) -> None:
 def code(params: dict | None = None) -> dict:
     from semlic import results
     from semlic.code_stage import MethodPlan
+    from semlic.errors import ConfigError
     from tasks.coding import baselines_shard, method_shard
 
     params = params or load_params(PARAMS_FILE, SECTIONS)
     base, cfg, paths = params["base"], params[STAGE], stage_paths(params)
-    dataset, split = base["dataset"], cfg.get("split", "test")
-    prepared = paths["prepared"] / dataset
-    images = sorted((prepared / split / "images").glob("*.png"))[: cfg.get("limit") or None]
-    seg_dir = paths["segments"] / dataset / split
+    split = cfg.get("split", "test")
+    sets = coded_sets(base["dataset"], split, cfg.get("also"))
     baselines = cfg.get("baselines")
+    with_lpips = bool(cfg.get("lpips", True))
     methods = {name: section or {} for name, section in (cfg.get("methods") or {}).items() if section is not None}
-    for name, section in sorted(methods.items()):  # refuse unknown methods or options before any work
-        MethodPlan.from_section(name, section)
-    inputs = [prepared / "manifest.parquet", paths["models"]]
-    if (seg_dir.parent / f"{split}.parquet").is_file():
-        inputs.append(seg_dir.parent / f"{split}.parquet")
-    fingerprint = [dataset, base["device"], cfg, code_signature(), content_signature(*inputs)]
+    plans = {name: MethodPlan.from_section(name, section)   # refuse unknown methods or options before any work
+             for name, section in sorted(methods.items())}
+    inputs = [paths["models"]]
+    images: dict[str, list[Path]] = {}
+    for dataset, set_split in sets:
+        prepared = paths["prepared"] / dataset
+        if not (prepared / "manifest.parquet").is_file():
+            raise ConfigError(f"code: data set {dataset} is not prepared ({prepared}/manifest.parquet missing): "
+                              f"name it in prepare.also")
+        images[dataset] = sorted((prepared / set_split / "images").glob("*.png"))[: cfg.get("limit") or None]
+        inputs.append(prepared / "manifest.parquet")
+        seg_table = paths["segments"] / dataset / f"{set_split}.parquet"
+        if seg_table.is_file():
+            inputs.append(seg_table)
+        needing = [name for name, plan in plans.items() if plan.segmentation == "precomputed"]
+        if needing and not seg_table.is_file():
+            raise ConfigError(f"code: {', '.join(needing)} read precomputed maps, but the segment stage made none "
+                              f"for {dataset}/{set_split}: use segmentation: segnet")
+    fingerprint = [sets, base["device"], cfg, code_signature(), content_signature(*inputs)]
     with staged_dir(paths["coded"], fingerprint) as staging:
-        files, parts = staging / "files" / dataset, staging / "parts"
+        parts = staging / "parts"
         all_parts, futures = [], []
-        for index, shard in enumerate(shards([str(p) for p in images], cfg["shard_size"])):
-            if baselines:
-                part = parts / f"baselines-{index:04d}.parquet"
-                all_parts.append(part)
-                if not part.is_file():
-                    with remote_options(**shard_options(base, gpu=False)):  # the codecs run on CPU
-                        futures.append(baselines_shard.submit(
-                            shard, list(baselines["codecs"]), baselines.get("sweep"), baselines.get("options"),
-                            dataset, str(files), str(part)))
-            for name, section in sorted(methods.items()):
-                part = parts / f"{name}-{index:04d}.parquet"
-                all_parts.append(part)
-                if not part.is_file():
-                    with remote_options(**shard_options(base)):
-                        futures.append(method_shard.submit(
-                            shard, name, section, str(paths["models"]), str(seg_dir), dataset, str(files), str(part),
-                            base["device"]))
+        for dataset, set_split in sets:
+            files, seg_dir = staging / "files" / dataset, paths["segments"] / dataset / set_split
+            tag = "" if dataset == base["dataset"] else f"{dataset}-"
+            for index, shard in enumerate(shards([str(p) for p in images[dataset]], cfg["shard_size"])):
+                if baselines:
+                    part = parts / f"{tag}baselines-{index:04d}.parquet"
+                    all_parts.append(part)
+                    if not part.is_file():
+                        with remote_options(**shard_options(base, gpu=False)):  # the codecs run on CPU
+                            futures.append(baselines_shard.submit(
+                                shard, list(baselines["codecs"]), baselines.get("sweep"), baselines.get("options"),
+                                dataset, str(files), str(part), with_lpips))
+                for name, section in sorted(methods.items()):
+                    part = parts / f"{tag}{name}-{index:04d}.parquet"
+                    all_parts.append(part)
+                    if not part.is_file():
+                        with remote_options(**shard_options(base)):
+                            futures.append(method_shard.submit(
+                                shard, name, section, str(paths["models"]), str(seg_dir), dataset, str(files),
+                                str(part), base["device"], with_lpips))
         records = wait_all(futures)
         rows = [row for part in all_parts for row in results.read_rows(part)]
         rows, timings = split_timings(rows)
@@ -104,7 +135,8 @@ def code(params: dict | None = None) -> dict:
         write_timings(timings, staging / "timings.parquet")
         shutil.rmtree(parts, ignore_errors=True)
     coded = sorted({row["method"] for row in rows})
-    print(f"code: {len(rows)} rows for {len(images)} images, methods {coded} "
+    print(f"code: {len(rows)} rows for {sum(map(len, images.values()))} images of {[d for d, _ in sets]}, "
+          f"methods {coded} "
           f"({len(records)} of {len(all_parts)} shard tasks run)", file=sys.stderr)
     return {"rows": len(rows), "methods": coded, "shards": records}
 

@@ -3,6 +3,10 @@
 One GPU task (semlic.methods.dsslic.training.train_dsslic) on the prepared train images and
 their PSPNet maps. Killed midway, the rerun resumes from the training loop's state in the
 staging directory. Output: ``dsslic.safetensors`` (model ``dsslic``) and ``train_log.parquet``.
+
+``noseg: true`` also trains the paper's noSeg ablation (the same settings, no map in: model
+``dsslic_noseg``, in ``noseg/``) as a second task at the same time, each on half the CPUs (a
+GPU each on CUDA), so that both get the same compute within the same budget.
 """
 
 from __future__ import annotations
@@ -41,17 +45,24 @@ def train_dsslic(params: dict | None = None) -> dict:
 
     params = params or load_params(PARAMS_FILE, SECTIONS)
     base, config, paths = params["base"], dsslic_config(params), stage_paths(params)
+    noseg = bool(config.pop("noseg", False))
     images = paths["prepared"] / base["dataset"] / "train" / "images"
     segments = paths["segments"] / base["dataset"] / "train"
     out = paths["models"] / "dsslic"
     fingerprint = [config, base["device"], code_signature(),
                    content_signature(images.parent.parent / "manifest.parquet", segments.parent / "train.parquet")]
-    with staged_dir(out, fingerprint) as staging:
-        with remote_options(**training_options(base)):
-            record = train.submit(config, str(images), str(segments), str(staging), base["device"]).result()
-        (staging / STATE_FILE).unlink(missing_ok=True)  # the model is complete
-    print(f"train_dsslic: {out / Path(record['model']).name} in {record['seconds']:.0f} s", file=sys.stderr)
-    return record
+    runs = {".": config, **({"noseg": {**config, "segmentation": False}} if noseg else {})}
+    with staged_dir(out, [*fingerprint, noseg]) as staging:
+        with remote_options(**training_options(base, concurrent=len(runs))):
+            futures = {name: train.submit(cfg, str(images), str(segments), str(staging / name), base["device"])
+                       for name, cfg in runs.items()}
+        records = {name: future.result() for name, future in futures.items()}
+        for name in runs:
+            (staging / name / STATE_FILE).unlink(missing_ok=True)  # the model is complete
+    for record in records.values():
+        print(f"train_dsslic: {Path(record['model']).name}: {record['iterations']} iterations in "
+              f"{record['seconds']:.0f} s", file=sys.stderr)
+    return records["."] if not noseg else {**records["."], "noseg": records["noseg"]}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,7 +43,8 @@ def train_segnet(params: dict | None = None) -> dict:
         with remote_options(**training_options(base)):
             record = train.submit(config, str(prepared), str(staging), base["device"]).result()
         (staging / STATE_FILE).unlink(missing_ok=True)  # the model is complete
-        summary = {k: record.get(k) for k in ("step", "final_loss", "train_images_per_s", "eval", "seconds")}
+        summary = {k: record.get(k) for k in ("step", "total_steps", "stopped_by", "final_loss", "train_images_per_s",
+                                              "eval", "seconds")}
         (staging / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
     miou = (record.get("eval") or {}).get("miou")
     print(f"train_segnet: {record.get('step')} steps, loss {record.get('final_loss')}, "

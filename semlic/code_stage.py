@@ -44,18 +44,36 @@ class CodingSample:
 
 @dataclass(frozen=True)
 class MethodPlan:
-    """A method, its quality grid and options, as a params section gives them."""
+    """A method, its quality grid and options, as a params section gives them.
+
+    ``name`` is what the rows and the coded files' folder are called: the registered method's
+    name, or the section's key when the section names its ``method`` (a variant of a method with
+    other options, e.g. ``dsslic_444: {method: dsslic, chroma: "444"}``).
+    """
 
     method: Method
     qualities: tuple
     options: dict
     segmentation: str = "segnet"
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", self.method.name)
 
     @classmethod
     def from_section(cls, name: str, section: Mapping[str, Any] | None) -> "MethodPlan":
-        """``{qualities: [...], segmentation: segnet|precomputed, <option>: value, ...}``."""
-        method = get_method(name)
+        """``{method: <registered name, default: name>, qualities: [...], segmentation: segnet|precomputed,
+        <option>: value, ...}``."""
         section = dict(section or {})
+        method = get_method(section.pop("method", None) or name)
+        if name != method.name:
+            from .methods import method_names
+
+            if name in method_names():
+                raise ConfigError(f"{name}: a variant of {method.name} cannot take the name of the registered "
+                                  f"method {name}")
+            results.check_partition_value("method", name)
         qualities = section.pop("qualities", None)
         qualities = tuple(method.default_qualities if qualities is None else qualities)
         if not qualities:
@@ -66,11 +84,13 @@ class MethodPlan:
         if segmentation == "precomputed" and not method.uses_segmentation:
             raise ConfigError(f"{name} takes no segmentation map: segmentation: precomputed does not apply")
         options = method.encode_options(section)
-        return cls(method, tuple(method.parse_quality(q) for q in qualities), options, segmentation)
+        return cls(method, tuple(method.parse_quality(q) for q in qualities), options, segmentation, name)
 
     def settings(self) -> dict:
         """JSON data naming everything that decides the rows (for ``params_hash``)."""
-        return {"method": self.method.name, "qualities": [self.method.quality_value(q) for q in self.qualities],
+        variant = {"name": self.name} if self.name != self.method.name else {}
+        return {"method": self.method.name, **variant,
+                "qualities": [self.method.quality_value(q) for q in self.qualities],
                 "segmentation": self.segmentation, **self.options}
 
 
@@ -87,25 +107,26 @@ def _segmentation(sample: CodingSample, image: np.ndarray, plan: MethodPlan) -> 
 
 def code_method(samples: Sequence[CodingSample], plan: MethodPlan, models: Mapping[str, torch.nn.Module], *,
                 dataset: str, out_dir: str | Path | None = None, params_hash: str = "", git_rev: str | None = None,
-                progress: bool = True) -> list[dict]:
-    """Code every sample at every quality of ``plan``; return rows sorted by the schema key."""
+                progress: bool = True, with_lpips: bool = True) -> list[dict]:
+    """Code every sample at every quality of ``plan``; return rows sorted by the schema key
+    (``with_lpips`` False: LPIPS NaN)."""
     method = plan.method
     method.check_models(models)
     git_rev = git_rev or results.git_revision()
     device = str(next(models[method.models[0]].parameters()).device) if method.models else "cpu"
     device_label = f"{device}+precomputed-seg" if plan.segmentation == "precomputed" else device
     rows = []
-    bar = tqdm(total=len(samples) * len(plan.qualities), desc=f"code {method.name}", unit="file", disable=not progress)
+    bar = tqdm(total=len(samples) * len(plan.qualities), desc=f"code {plan.name}", unit="file", disable=not progress)
     for sample in samples:
         image = load_image(sample.image_path)
         h, w = image.shape[:2]
-        lpips_ref = lpips.reference(image, device)
+        lpips_ref = lpips.reference(image, device, enabled=with_lpips)
         encoded = method.encode_many(image, models, plan.qualities, segmentation=_segmentation(sample, image, plan),
                                      **plan.options)
         for quality, result in zip(plan.qualities, encoded):
             label = method.quality_label(quality)
             if out_dir is not None:
-                atomic_write_bytes(Path(out_dir) / method.name / f"{sample.image_id}_{label}.sem", result.data)
+                atomic_write_bytes(Path(out_dir) / plan.name / f"{sample.image_id}_{label}.sem", result.data)
             start = time.perf_counter()
             decoded = method.decode(result.data, models)
             dec_s = time.perf_counter() - start
@@ -113,7 +134,7 @@ def code_method(samples: Sequence[CodingSample], plan: MethodPlan, models: Mappi
                 raise LayerError(f"{sample.image_id} {method.quality_name} {label}: the decoder did not rebuild "
                                  "the encoder's reconstruction")
             rows.append(results.make_row(
-                dataset=dataset, image_id=sample.image_id, method=method.name, quality=method.quality_value(quality),
+                dataset=dataset, image_id=sample.image_id, method=plan.name, quality=method.quality_value(quality),
                 quality_name=method.quality_name, height=h, width=w, bytes_total=len(result.data),
                 layer_bits=result.layer_bits, psnr_rgb=metrics.psnr_rgb(image, decoded),
                 psnr_channel_mean=metrics.psnr_channel_mean(image, decoded),
@@ -127,7 +148,7 @@ def code_method(samples: Sequence[CodingSample], plan: MethodPlan, models: Mappi
 def code_shard(image_paths: Sequence[str | Path], name: str, section: Mapping[str, Any] | None, *,
                models_dir: str | Path, dataset: str, seg_dir: str | Path | None = None,
                out_dir: str | Path | None = None, device: str = "cpu", git_rev: str | None = None,
-               progress: bool = False) -> list[dict]:
+               progress: bool = False, with_lpips: bool = True) -> list[dict]:
     """One shard as a pipeline task runs it: the method's models found in ``models_dir``, loaded once.
 
     ``params_hash`` of the rows names the plan's settings and the fingerprints of the models used.
@@ -144,4 +165,4 @@ def code_shard(image_paths: Sequence[str | Path], name: str, section: Mapping[st
     fingerprints = {name: module_fingerprint(model).hex() for name, model in sorted(models.items())}
     run_hash = results.params_hash({**plan.settings(), "models": fingerprints})
     return code_method(samples, plan, models, dataset=dataset, out_dir=out_dir, params_hash=run_hash, git_rev=git_rev,
-                       progress=progress)
+                       progress=progress, with_lpips=with_lpips)

@@ -226,11 +226,11 @@ class Reference:
     weights, or below :data:`MIN_SIDE`, every distance is NaN.
     """
 
-    def __init__(self, image: np.ndarray, device: str | torch.device = "cpu"):
+    def __init__(self, image: np.ndarray, device: str | torch.device = "cpu", enabled: bool = True):
         _check_image("reference", image)
         self.shape = image.shape
         self.device = device
-        self.model = get_model(device)
+        self.model = get_model(device) if enabled else None
         self.features = None
         if self.model is not None and min(image.shape[:2]) >= MIN_SIDE[self.model.net]:
             with torch.inference_mode():
@@ -247,9 +247,9 @@ class Reference:
         return float(value.item())
 
 
-def reference(image: np.ndarray, device: str | torch.device = "cpu") -> Reference:
-    """:class:`Reference` of ``image`` (features computed once)."""
-    return Reference(image, device)
+def reference(image: np.ndarray, device: str | torch.device = "cpu", enabled: bool = True) -> Reference:
+    """:class:`Reference` of ``image`` (features computed once); ``enabled`` False: every distance NaN."""
+    return Reference(image, device, enabled)
 
 
 def lpips_distance(a: np.ndarray, b: np.ndarray, device: str | torch.device = "cpu") -> float:

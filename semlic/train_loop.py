@@ -23,7 +23,8 @@ iteration. The loop owns everything else:
   ``budget_s`` is a training budget instead: when it runs out the model is written as it is
   (``stopped_by`` "budget"; the task's ``trained_iterations`` and the log say how far it
   got), for runs sized to the machine they run on.
-* **Speed.** :func:`autocast` (bf16 on CUDA) and :func:`channels_last` are what tasks use.
+* **Speed.** :func:`autocast` (bf16 on CUDA and on CPUs with native bf16, see :func:`cpu_bf16`)
+  and :func:`channels_last` are what tasks use.
 """
 
 from __future__ import annotations
@@ -102,10 +103,79 @@ class TrainResult:
 
 
 # --- device helpers ------------------------------------------------------------------------
-def autocast(device: torch.device | str, enabled: bool = True):
-    """bf16 autocast on CUDA when ``enabled``; a no-op elsewhere."""
+CPU_BF16_ENV = "SEMLIC_CPU_BF16"
+"""``0`` keeps training on the CPU in float32; ``1`` uses bf16 wherever the CPU has it (no probe)."""
+CPU_BF16_MIN_SPEEDUP = 1.2
+_CPU_BF16: dict[str, Any] = {}
+
+
+def cpu_bf16_probe(repeats: int = 3) -> dict[str, float]:
+    """Seconds of one training-like convolution (forward + backward, 3x3, 64 channels, batch 8 at
+    64x64) in float32 and under bf16 autocast on this CPU and thread count, and their ratio."""
+    conv = torch.nn.Conv2d(64, 64, 3, padding=1)
+    x = torch.randn(8, 64, 64, 64)
+    seconds = {}
+    for name, enabled in (("float32", False), ("bfloat16", True)):
+        best = math.inf
+        for attempt in range(repeats + 1):
+            start = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
+                y = conv(x)
+            y.float().sum().backward()
+            if attempt:   # the first builds oneDNN's kernels
+                best = min(best, time.perf_counter() - start)
+        seconds[name] = best
+    return {**seconds, "speedup": seconds["float32"] / seconds["bfloat16"]}
+
+
+def cpu_bf16() -> bool:
+    """Whether training on this CPU runs under bf16 autocast: detected, not assumed.
+
+    The CPU must compute bf16 natively (AVX512-BF16 or AMX, as oneDNN uses them; elsewhere bf16
+    is emulated and slower), and a short probe (:func:`cpu_bf16_probe`, ~0.1 s, once per
+    process) must find bf16 at least :data:`CPU_BF16_MIN_SPEEDUP` times faster than float32
+    with this torch and thread count: CPUs that report the instructions do not all run them
+    faster (reports/cpu_bf16.md). The environment variable :data:`CPU_BF16_ENV` overrides both.
+    """
+    import os
+
+    forced = os.environ.get(CPU_BF16_ENV, "").strip().lower()
+    if forced in ("0", "false", "no", "off"):
+        return False
+    try:
+        native = bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:   # an older torch without the probes
+        native = False
+    if forced in ("1", "true", "yes", "on"):
+        return native
+    if not native:
+        return False
+    key = f"{torch.get_num_threads()}"
+    if key not in _CPU_BF16:
+        probe = cpu_bf16_probe()
+        _CPU_BF16[key] = probe["speedup"] >= CPU_BF16_MIN_SPEEDUP
+        log.info("bf16 on this CPU: %.2fx float32's speed with %s threads: training in %s", probe["speedup"], key,
+                 "bf16" if _CPU_BF16[key] else "float32")
+    return _CPU_BF16[key]
+
+
+def autocast_dtype(device: torch.device | str, enabled: bool = True) -> torch.dtype | None:
+    """The autocast dtype of training on ``device`` (bf16) or None (float32)."""
     device = torch.device(device)
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
+    if not enabled:
+        return None
+    if device.type == "cuda" or (device.type == "cpu" and cpu_bf16()):
+        return torch.bfloat16
+    return None
+
+
+def autocast(device: torch.device | str, enabled: bool = True):
+    """bf16 autocast for training when ``enabled``: on CUDA, and on CPUs with native bf16
+    (:func:`cpu_bf16`); a no-op elsewhere. Inference and coding stay in float32 on the CPU."""
+    device = torch.device(device)
+    dtype = autocast_dtype(device, enabled)
+    kind = device.type if device.type in ("cuda", "cpu") else "cpu"
+    return torch.autocast(kind, dtype=torch.bfloat16, enabled=dtype is not None)
 
 
 def channels_last(device: torch.device | str, enabled: bool = True) -> torch.memory_format:

@@ -20,7 +20,7 @@ def train_segnet(config: dict, prepared_dir: str, out_dir: str, device: str) -> 
     with timed({"out_dir": out_dir}) as record:
         record["threads"] = use_assigned_threads()
         summary = train(config, prepared_dir, out_dir, device=device, resume=True, progress=False)
-        record.update({k: summary.get(k) for k in ("completed", "step", "total_steps", "final_loss",
+        record.update({k: summary.get(k) for k in ("completed", "stopped_by", "step", "total_steps", "final_loss",
                                                    "train_images_per_s", "eval", "model_path")})
     return record
 

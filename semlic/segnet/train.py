@@ -24,9 +24,9 @@ from torch.utils.data import DataLoader
 
 from ..errors import DatasetError
 from ..model_files import save_model
-from ..train_loop import TrainingTask, channels_last, fit
+from ..train_loop import TrainingTask, autocast, channels_last, fit
 from .evaluate import evaluate_segnet
-from .inference import autocast_for, resolve_device
+from .inference import resolve_device
 from .prepared import AugmentedTrainingSet, list_prepared
 from .pretrained import load_torchvision_backbone
 from .pspnet import PSPNet, pspnet_loss
@@ -35,7 +35,7 @@ from .train_config import SegnetTrainConfig
 
 MODEL_FILE = "segnet.safetensors"
 #: Keys that may differ between a run and its resumption: they do not change the result.
-RESUME_FREE_KEYS = frozenset({"num_workers", "checkpoint_every", "log_every", "eval_split"})
+RESUME_FREE_KEYS = frozenset({"num_workers", "checkpoint_every", "log_every", "eval_split", "minutes"})
 
 
 class SegnetTraining(TrainingTask):
@@ -85,7 +85,7 @@ class SegnetTraining(TrainingTask):
         labels = labels.to(self.device, non_blocking=True)
         lr = poly_lr(self.config.base_lr, iteration, self.total_iterations, self.config.poly_power)
         set_learning_rate(self.optimizer, lr)
-        with autocast_for(self.device):
+        with autocast(self.device, self.config.amp):
             outputs = self.model(images)
         loss, main_loss, _ = pspnet_loss(outputs, labels, self.config.model)
         self.optimizer.zero_grad(set_to_none=True)
@@ -97,7 +97,7 @@ class SegnetTraining(TrainingTask):
     def save_model(self, out_dir: Path) -> Path:
         path = Path(out_dir) / MODEL_FILE
         save_model(path, self.model.to(memory_format=torch.contiguous_format),
-                   extra={"iterations": self.total_iterations})
+                   extra={"iterations": self.trained_iterations, "planned_iterations": self.total_iterations})
         return path
 
 
@@ -126,7 +126,8 @@ def train_segnet(config: SegnetTrainConfig | dict, prepared_dir: str | os.PathLi
         start = int(read_metadata(out_dir / "train_state.safetensors").get("iteration", 0))
     stop_after = None if stop_at_step is None else max(0, stop_at_step - start)
     result = fit(task, out_dir, resume=resume, checkpoint_every=config.checkpoint_every, log_every=config.log_every,
-                 stop_after=stop_after, time_limit_s=time_limit_s, progress=progress)
+                 stop_after=stop_after, time_limit_s=time_limit_s,
+                 budget_s=None if config.minutes is None else 60.0 * config.minutes, progress=progress)
     summary = {
         "completed": result.completed, "step": result.iteration, "total_steps": result.total_iterations,
         "stopped_by": result.stopped_by, "final_loss": result.last.get("loss", float("nan")),
@@ -134,7 +135,7 @@ def train_segnet(config: SegnetTrainConfig | dict, prepared_dir: str | os.PathLi
         "model_path": str(result.model_path) if result.model_path else None,
         "state_path": str(result.state_path), "log_path": str(result.log_path), "eval": None,
     }
-    if result.completed and config.eval_split:
+    if result.model_path is not None and config.eval_split:
         summary["eval"] = evaluate_segnet(task.model, prepared_dir, config.eval_split, device,
                                           num_workers=config.num_workers)
     return summary

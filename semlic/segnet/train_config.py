@@ -26,6 +26,9 @@ log_every               10         steps between rows of the training log
 train_split             "train"    prepared split to train on
 eval_split              None       prepared split scored at the end (e.g. "val"), none if null
 backbone_weights        None       torchvision ImageNet ResNet state dict (.pth/.safetensors)
+minutes                 None       a training budget: when it runs out the model is written as it is
+                                   (the log and the summary say how far it got)
+amp                     true       bf16 autocast on CUDA and on CPUs with native bf16
 ======================  =========  ===============================================================
 """
 
@@ -66,6 +69,8 @@ class SegnetTrainConfig:
     train_split: str = "train"
     eval_split: str | None = None
     backbone_weights: str | None = None
+    minutes: float | None = None
+    amp: bool = True
 
     def __post_init__(self) -> None:
         crop = self.crop_size
@@ -85,6 +90,8 @@ class SegnetTrainConfig:
             problems.append(f"scale_range must be [min, max] with 0 < min <= max, found {self.scale_range}")
         if self.base_lr <= 0 or self.head_lr_multiplier <= 0:
             problems.append("base_lr and head_lr_multiplier must be > 0")
+        if self.minutes is not None and not self.minutes > 0:
+            problems.append(f"minutes must be > 0 or null, found {self.minutes}")
         if self.checkpoint_every < 1 or self.log_every < 1 or self.num_workers < 0:
             problems.append("checkpoint_every and log_every must be >= 1, num_workers >= 0")
         if problems:

@@ -127,6 +127,7 @@ class _Base:
 class LayeredCodec(Method):
     """Compact image + prediction + HEVC residual; how the map reaches the decoder is a hook."""
 
+    network: str = "dsslic"   # the registered model of CompNet and RecNet
     models = ("dsslic",)
     encoder_models = ("pspnet",)
     uses_segmentation = True
@@ -171,6 +172,11 @@ class LayeredCodec(Method):
         """(roles every file has, roles a file may have)."""
         return (ROLE_SEGMENTATION, ROLE_COMPACT), (ROLE_SEGMENTATION, ROLE_COMPACT, ROLE_RESIDUAL)
 
+    def predict(self, model: DSSLIC, compact: np.ndarray, used_map: np.ndarray | None,
+                size: tuple[int, int]) -> np.ndarray:
+        """x' from c^ and the map both ends use (RecNet); a hook for the ablations."""
+        return predict(model, compact, used_map, size)
+
     # --- encoding ---------------------------------------------------------------------------
     def _segmentation(self, image: np.ndarray, segmentation: np.ndarray | None, models: ModelSet,
                       timings: dict) -> np.ndarray:
@@ -184,7 +190,7 @@ class LayeredCodec(Method):
             timings["segment_x_s"] = time.perf_counter() - start
         if segmentation.shape != image.shape[:2]:
             raise ConfigError(f"segmentation {segmentation.shape} does not match image {image.shape[:2]}")
-        label_nc = models["dsslic"].config.label_nc
+        label_nc = models[self.network].config.label_nc
         if segmentation.size and int(segmentation.max()) >= label_nc:
             raise ConfigError(f"segmentation label {int(segmentation.max())} >= the model's label_nc {label_nc}")
         return segmentation
@@ -196,7 +202,7 @@ class LayeredCodec(Method):
             raise ConfigError(f"chroma must be '420' or '444', got {options['chroma']!r}")
         if options["lossless"] not in LOSSLESS_CHOICES:
             raise ConfigError(f"lossless must be one of {', '.join(LOSSLESS_CHOICES)}, got {options['lossless']!r}")
-        model = models["dsslic"]
+        model = models[self.network]
         started = time.perf_counter()
         timings: dict[str, float] = {}
         segmentation = self._segmentation(image, segmentation, models, timings)
@@ -211,7 +217,7 @@ class LayeredCodec(Method):
         timings["lossless_s"] = time.perf_counter() - t
         used_map, before, after, extras = self.map_layers(segmentation, seg_padded, compact, models, options, timings)
         t = time.perf_counter()
-        prediction = predict(model, compact, used_map, (h, w))
+        prediction = self.predict(model, compact, used_map, (h, w))
         timings["recnet_s"] = time.perf_counter() - t
         extras["prediction"] = prediction
         compact_layer = fmt.Layer(ROLE_COMPACT, comp_codec, comp_bytes)
@@ -232,7 +238,7 @@ class LayeredCodec(Method):
             layers.append(fmt.Layer(ROLE_RESIDUAL, hevc.codec_id, payload))
             reconstruction = add_residual(base.prediction, unscaled_residual(hevc.decode(payload, 3), res_min, res_max))
         timings["residual_s"] = time.perf_counter() - start
-        section = Section(models["dsslic"].config.multiple, qp, res_min, res_max)
+        section = Section(models[self.network].config.multiple, qp, res_min, res_max)
         sem = fmt.SemFile(self.name, w, h, self.fingerprint(models), section.pack(), tuple(layers))
         data = fmt.pack(sem)
         bits = self.layer_bits(sem)
@@ -258,7 +264,7 @@ class LayeredCodec(Method):
     def decode_with_prediction(self, data: bytes | fmt.SemFile, models: ModelSet) -> tuple[np.ndarray, np.ndarray]:
         """(x~, x') of a file: the reconstruction and the prediction before the residual."""
         sem = self.open(data, models)
-        model = models["dsslic"]
+        model = models[self.network]
         section = Section.unpack(sem.section)
         if section.multiple != model.config.multiple:
             raise LayerError(f"file declares input multiple {section.multiple}, the model needs {model.config.multiple}")
@@ -268,7 +274,7 @@ class LayeredCodec(Method):
         ph, pw = padded_side(h, section.multiple), padded_side(w, section.multiple)
         alpha = model.config.alpha
         compact = decode_layer(sem.layer(ROLE_COMPACT), 3, (ph // alpha, pw // alpha), "compact")
-        prediction = predict(model, compact, self.decoder_map(sem, compact, models), (h, w))
+        prediction = self.predict(model, compact, self.decoder_map(sem, compact, models), (h, w))
         residual = sem.layer(ROLE_RESIDUAL)
         if residual is None:
             return prediction, prediction
@@ -299,3 +305,66 @@ class DSSLICCodec(LayeredCodec):
     )
     # EDMS Table 1 (Kodak, V100, BPG QP 32) and the DSSLIC paper's RecNet decode on a CPU.
     paper_seconds = {"enc_gpu": 1.08, "dec_gpu": 0.342, "dec_cpu": 44.0}
+
+
+# --- the paper's ablation (DSSLIC Table 1) as codecs of their own: every bit in a real file -------
+class NoSegCodec(LayeredCodec):
+    """noSeg: CompNet and RecNet trained without the segmentation map (model ``dsslic_noseg``,
+    label_nc 1: one constant class); the file holds the compact image and the residual only."""
+
+    name = "dsslic_noseg"
+    format_id = 6
+    label = "DSSLIC noSeg"
+    paper = "DSSLIC ablation (Table 1): a model trained with no segmentation input"
+    colour = "tab:cyan"
+    network = "dsslic_noseg"
+    models = ("dsslic_noseg",)
+    encoder_models = ()
+    uses_segmentation = False
+    compare_to = "dsslic"
+    paper_points = (PaperPoint("DSSLIC paper, Table 1 (noSeg, no residual, Kodak)", 0.080, 21.46, 0.887, quality=-1.0),)
+
+    def _segmentation(self, image, segmentation, models, timings) -> np.ndarray:
+        return np.zeros(image.shape[:2], np.uint8)
+
+    def map_layers(self, segmentation, seg_padded, compact, models, options, timings):
+        return seg_padded, [], [], {}
+
+    def decoder_map(self, sem: fmt.SemFile, compact: np.ndarray, models: ModelSet) -> np.ndarray:
+        alpha = models[self.network].config.alpha
+        return np.zeros((compact.shape[0] * alpha, compact.shape[1] * alpha), np.uint8)
+
+    def required_roles(self):
+        return (ROLE_COMPACT,), (ROLE_COMPACT, ROLE_RESIDUAL)
+
+
+class UpCompCodec(LayeredCodec):
+    """upComp: x' = up(c^), DSSLIC's compact image upsampled with no RecNet and no map in the file
+    (the encoder's CompNet still sees the map). The fingerprint names the DSSLIC model that made c^."""
+
+    name = "dsslic_upcomp"
+    format_id = 7
+    label = "DSSLIC upComp"
+    paper = "DSSLIC ablation (Table 1): x' = up(c), no RecNet"
+    colour = "tab:olive"
+    compare_to = "dsslic"
+    paper_points = (PaperPoint("DSSLIC paper, Table 1 (upComp, no residual, Kodak)", 0.087, 17.77, 0.738, quality=-1.0),)
+
+    def map_layers(self, segmentation, seg_padded, compact, models, options, timings):
+        return None, [], [], {}
+
+    def decoder_map(self, sem: fmt.SemFile, compact: np.ndarray, models: ModelSet) -> None:
+        return None
+
+    def required_roles(self):
+        return (ROLE_COMPACT,), (ROLE_COMPACT, ROLE_RESIDUAL)
+
+    @torch.inference_mode()
+    def predict(self, model: DSSLIC, compact: np.ndarray, used_map, size: tuple[int, int]) -> np.ndarray:
+        device = module_device(model)
+        up = model.upsample(image_to_tensor(compact, device))
+        return tensor_to_uint8(up[..., : size[0], : size[1]])
+
+
+register_method(NoSegCodec)
+register_method(UpCompCodec)

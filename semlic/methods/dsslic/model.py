@@ -94,6 +94,12 @@ class DSSLIC(nn.Module):
         return up + self.finenet(seg, up)
 
 
+@register_model("dsslic_noseg", DSSLICConfig, preset=dsslic_config)
+class DSSLICNoSeg(DSSLIC):
+    """The paper's noSeg ablation: DSSLIC trained with no segmentation input (label_nc 1, the map
+    all zeros at both ends); its own registered name so that it sits beside the DSSLIC model."""
+
+
 def build_discriminator(config: DSSLICConfig, ndf: int = 64, n_layers: int = 3, num_d: int = 2) -> MultiscaleDiscriminator:
     disc = MultiscaleDiscriminator(config.label_nc + config.image_nc, ndf, n_layers, num_d, config.norm)
     init_weights(disc)

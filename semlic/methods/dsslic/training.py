@@ -41,11 +41,12 @@ from ...imageio import load_image, load_label_map
 from ...model_files import save_model
 from ...nn.losses import feature_matching_loss, load_vgg_loss, lsgan_loss, ssim
 from ...train_loop import TrainingTask, TrainResult, autocast, channels_last, fit, seeded_permutation_batch
-from .model import DSSLIC, build_discriminator, dsslic_config
+from .model import DSSLIC, DSSLICNoSeg, build_discriminator, dsslic_config
 
 MODEL_FILE = "dsslic.safetensors"
+NOSEG_MODEL_FILE = "dsslic_noseg.safetensors"
 #: Settings that do not change the result: they may differ between a run and its resumption.
-RESUME_FREE = ("checkpoint_every", "log_every", "compile")
+RESUME_FREE = ("checkpoint_every", "log_every", "compile", "minutes")
 
 
 @dataclass
@@ -76,17 +77,19 @@ class DSSLICTrainConfig:
     seed: int = 0
     checkpoint_every: int = 200
     log_every: int = 1
-    amp: bool = True                      # bf16 autocast on CUDA
+    amp: bool = True                      # bf16 autocast on CUDA and on CPUs with native bf16
     channels_last: bool = True            # on CUDA
     compile: bool = False                 # torch.compile the generator (CUDA)
     limit: int | None = None              # use only the first N training images
+    minutes: float | None = None          # a training budget: the model is written when it runs out
+    segmentation: bool = True             # false: the paper's noSeg ablation (no map in, label_nc 1)
 
     @classmethod
     def from_dict(cls, data: dict) -> "DSSLICTrainConfig":
         return dataclass_from_dict(cls, data, "train_dsslic")
 
     def model_config(self):
-        return dsslic_config(self.preset, label_nc=self.label_nc, **self.model)
+        return dsslic_config(self.preset, label_nc=self.label_nc if self.segmentation else 1, **self.model)
 
 
 def load_training_set(image_dir: Path, seg_dir: Path, label_nc: int, limit: int | None = None):
@@ -127,7 +130,7 @@ class DSSLICTraining(TrainingTask):
         self.cfg, self.device = cfg, torch.device(device)
         self.model_cfg = cfg.model_config()
         torch.manual_seed(cfg.seed)
-        self.generator = DSSLIC(self.model_cfg).to(self.device)
+        self.generator = (DSSLIC if cfg.segmentation else DSSLICNoSeg)(self.model_cfg).to(self.device)
         self.disc = build_discriminator(self.model_cfg, cfg.ndf, cfg.n_layers_d, cfg.num_d).to(self.device) if cfg.gan else None
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
         self.opt_d = (torch.optim.Adam(self.disc.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
@@ -233,8 +236,9 @@ class DSSLICTraining(TrainingTask):
 
     def save_model(self, out_dir: Path) -> Path:
         self.generator.to(memory_format=torch.contiguous_format)
-        path = Path(out_dir) / MODEL_FILE
-        save_model(path, self.generator, extra={"iterations": self.total_iterations})
+        path = Path(out_dir) / (MODEL_FILE if self.cfg.segmentation else NOSEG_MODEL_FILE)
+        save_model(path, self.generator,
+                   extra={"iterations": self.trained_iterations, "planned_iterations": self.total_iterations})
         self.generator.to(memory_format=self.memory_format)
         return path
 
@@ -250,6 +254,9 @@ def train_dsslic(config: DSSLICTrainConfig | dict, image_dir: str | Path, seg_di
     """
     cfg = config if isinstance(config, DSSLICTrainConfig) else DSSLICTrainConfig.from_dict(config)
     images, segs = load_training_set(Path(image_dir), Path(seg_dir), cfg.label_nc, cfg.limit)
+    if not cfg.segmentation:   # noSeg: the networks see one constant class (no segmentation information)
+        segs = torch.zeros_like(segs)
     task = DSSLICTraining(cfg, images, segs, device)
     return fit(task, out_dir, resume=resume, checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
-               stop_after=stop_after, time_limit_s=time_limit_s, progress=progress)
+               stop_after=stop_after, time_limit_s=time_limit_s,
+               budget_s=None if cfg.minutes is None else 60.0 * cfg.minutes, progress=progress)

@@ -55,9 +55,10 @@ class SMapNetTrainConfig:
     seed: int = 0
     checkpoint_every: int = 200
     log_every: int = 1
-    amp: bool = True                      # bf16 autocast on CUDA
+    amp: bool = True                      # bf16 autocast on CUDA and on CPUs with native bf16
     channels_last: bool = True            # on CUDA
     limit: int | None = None              # use only the first N pairs
+    minutes: float | None = None          # a training budget: the model is written when it runs out
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.lr <= 0 or self.final_lr_multiplier <= 0 or self.checkpoint_every < 1:
@@ -121,7 +122,7 @@ def _batch(cfg: SMapNetTrainConfig, logits, targets, iteration: int, per_epoch: 
     return probs, target
 
 
-RESUME_FREE = ("checkpoint_every", "log_every")
+RESUME_FREE = ("checkpoint_every", "log_every", "minutes")
 MODEL_FILE = "smapnet.safetensors"
 
 
@@ -172,7 +173,7 @@ class SMapNetTraining(TrainingTask):
     def save_model(self, out_dir: Path) -> Path:
         self.net.to(memory_format=torch.contiguous_format)
         path = Path(out_dir) / MODEL_FILE
-        save_model(path, self.net, extra={"iterations": self.total_iterations,
+        save_model(path, self.net, extra={"iterations": self.trained_iterations, "planned_iterations": self.total_iterations,
                                           "pairs_segnet_fingerprint": self.info.get("segnet_fingerprint")})
         return path
 
@@ -188,4 +189,5 @@ def train_smapnet(config: SMapNetTrainConfig | dict, pairs_dir: str | Path, out_
     logits, targets, info = load_pairs(Path(pairs_dir), cfg.limit)
     task = SMapNetTraining(cfg, logits, targets, info, device)
     return fit(task, out_dir, resume=resume, checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
-               stop_after=stop_after, time_limit_s=time_limit_s, progress=progress)
+               stop_after=stop_after, time_limit_s=time_limit_s,
+               budget_s=None if cfg.minutes is None else 60.0 * cfg.minutes, progress=progress)

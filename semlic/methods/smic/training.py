@@ -64,7 +64,7 @@ class SSNetTrainConfig:
     seed: int = 0
     checkpoint_every: int = 200
     log_every: int = 10
-    amp: bool = True                 # bf16 autocast on CUDA
+    amp: bool = True                 # bf16 autocast on CUDA and on CPUs with native bf16
 
     @classmethod
     def from_dict(cls, data: dict) -> "SSNetTrainConfig":
