@@ -6,7 +6,8 @@ key by key; a list, a value, or a mapping where params.yaml has none replaces wh
 so the run is an experiment of its own (``dvc exp show``) and params.yaml in the workspace holds
 the profile afterwards, as after any ``dvc exp run -S`` (``git checkout params.yaml`` returns to
 the offline default). ``--set key=value`` adds overrides after the profile's (DVC's syntax),
-``--print`` only prints the command. ``make repro-camvid`` is ``python -m flows.profile camvid_cpu``.
+``--force`` reruns every stage, ``--print`` only prints the command. ``make repro-camvid`` is
+``python -m flows.profile camvid_cpu``.
 """
 
 from __future__ import annotations
@@ -86,9 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("name", help="profiles/<name>.yaml (e.g. camvid_cpu)")
     parser.add_argument("--set", "-S", action="append", default=[], metavar="KEY=VALUE",
                         help="an override after the profile's, e.g. base.data_root=../shared/data")
+    parser.add_argument("--force", "-f", action="store_true",
+                        help="rerun every stage (dvc exp run --force)")
     parser.add_argument("--print", action="store_true", help="print the command, run nothing")
     args = parser.parse_args(argv)
-    cmd = command(args.name, args.set)
+    cmd = command(args.name, args.set) + (["--force"] if args.force else [])
     print(shlex.join(cmd), file=sys.stderr, flush=True)
     if args.print:
         return 0

@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "semlic.segnet.commands", # train-segnet, segment, convert-segnet
     "semlic.query",           # results
     "semlic.study",           # study-report
+    "semlic.run_report",      # run-report
     "semlic.lpips",           # convert-lpips
 )
 

@@ -362,8 +362,12 @@ def fit(task: TrainingTask, out_dir: str | Path, *, resume: bool = True, checkpo
 
 
 def seeded_permutation_batch(seed: int, n: int, batch_size: int, iteration: int, per_epoch: int) -> torch.Tensor:
-    """Indices of one batch: a seeded permutation per epoch, a function of the iteration only."""
+    """Indices of one batch: a seeded permutation per epoch, a function of the iteration only.
+
+    Every batch is full: the last one of an epoch wraps around to the epoch's first indices (a
+    batch of one breaks batch norm; a short batch would weigh its images more).
+    """
     epoch, k = divmod(iteration, per_epoch)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-    return perm[k * batch_size: (k + 1) * batch_size] if n >= batch_size else perm[torch.arange(batch_size) % n]
+    return perm[(k * batch_size + torch.arange(batch_size)) % n]
 

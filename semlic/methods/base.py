@@ -183,6 +183,20 @@ class Method(ABC):
         """Decode a file of this method from its bytes and the models alone."""
         return self.decode_file(self.open(data, models), models)
 
+    def decode_many(self, files: Sequence[bytes], models: ModelSet) -> list[tuple[np.ndarray, float]]:
+        """Decode several files (e.g. one image at each quality): (image, seconds) per file.
+
+        Each file is decoded from its own bytes; a method overrides this to compute once what
+        files with identical layers share (the mirror of :meth:`encode_many`). Each ``seconds``
+        is what decoding that file alone costs.
+        """
+        out = []
+        for data in files:
+            start = time.perf_counter()
+            image = self.decode(data, models)
+            out.append((image, time.perf_counter() - start))
+        return out
+
     # --- the file ----------------------------------------------------------------------------
     def describe(self, sem: fmt.SemFile) -> dict[str, Any]:
         """The method section's fields, for ``semlic info``."""

@@ -261,9 +261,8 @@ class LayeredCodec(Method):
         return [self._finish(base, models, qp, options["chroma"]) for qp in qps]
 
     # --- decoding ---------------------------------------------------------------------------
-    def decode_with_prediction(self, data: bytes | fmt.SemFile, models: ModelSet) -> tuple[np.ndarray, np.ndarray]:
-        """(x~, x') of a file: the reconstruction and the prediction before the residual."""
-        sem = self.open(data, models)
+    def _prediction(self, sem: fmt.SemFile, models: ModelSet) -> tuple[np.ndarray, Section]:
+        """x' of a parsed file: everything but the residual."""
         model = models[self.network]
         section = Section.unpack(sem.section)
         if section.multiple != model.config.multiple:
@@ -274,12 +273,44 @@ class LayeredCodec(Method):
         ph, pw = padded_side(h, section.multiple), padded_side(w, section.multiple)
         alpha = model.config.alpha
         compact = decode_layer(sem.layer(ROLE_COMPACT), 3, (ph // alpha, pw // alpha), "compact")
-        prediction = self.predict(model, compact, self.decoder_map(sem, compact, models), (h, w))
+        return self.predict(model, compact, self.decoder_map(sem, compact, models), (h, w)), section
+
+    @staticmethod
+    def _with_residual(sem: fmt.SemFile, section: Section, prediction: np.ndarray) -> np.ndarray:
         residual = sem.layer(ROLE_RESIDUAL)
         if residual is None:
-            return prediction, prediction
-        r8 = decode_layer(residual, 3, (h, w), "residual")
-        return add_residual(prediction, unscaled_residual(r8, section.res_min, section.res_max)), prediction
+            return prediction
+        r8 = decode_layer(residual, 3, (sem.height, sem.width), "residual")
+        return add_residual(prediction, unscaled_residual(r8, section.res_min, section.res_max))
+
+    def decode_with_prediction(self, data: bytes | fmt.SemFile, models: ModelSet) -> tuple[np.ndarray, np.ndarray]:
+        """(x~, x') of a file: the reconstruction and the prediction before the residual."""
+        sem = self.open(data, models)
+        prediction, section = self._prediction(sem, models)
+        return self._with_residual(sem, section, prediction), prediction
+
+    def decode_many(self, files: Sequence[bytes], models: ModelSet) -> list[tuple[np.ndarray, float]]:
+        """Files whose layers other than the residual are byte-identical (one image at several QPs)
+        share x': it is computed once, and each file's seconds count it (parse + x' + residual)."""
+        shared: dict[tuple, tuple[np.ndarray, float]] = {}
+        out = []
+        for data in files:
+            start = time.perf_counter()
+            sem = self.open(data, models)
+            section = Section.unpack(sem.section)
+            key = (sem.width, sem.height, section.multiple,
+                   tuple((layer.role, layer.codec, bytes(layer.payload)) for layer in sem.layers
+                         if layer.role != ROLE_RESIDUAL))
+            parsed = time.perf_counter() - start
+            if key not in shared:
+                t = time.perf_counter()
+                prediction, _ = self._prediction(sem, models)
+                shared[key] = (prediction, time.perf_counter() - t)
+            prediction, prediction_s = shared[key]
+            t = time.perf_counter()
+            image = self._with_residual(sem, section, prediction)
+            out.append((image, parsed + prediction_s + time.perf_counter() - t))
+        return out
 
     def decode_file(self, sem: fmt.SemFile, models: ModelSet) -> np.ndarray:
         return self.decode_with_prediction(sem, models)[0]

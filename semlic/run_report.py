@@ -1,0 +1,330 @@
+"""The report of a pipeline run on real data (``semlic run-report``; reports/camvid_cpu/ is one).
+
+Reads what ``dvc repro`` / ``make repro-camvid`` left under ``data/`` (the aggregate stage's
+rd.parquet with the measured times joined, the training logs and model files under
+``models/``, the segmentation maps and labels) and writes to ``out_dir``:
+
+=========================  ===========================================================================
+file                       content
+=========================  ===========================================================================
+report.md                  the tables below, the figures, the run's command, wall time and revision
+rows.parquet               every per-image row (section-6 schema, with enc_s/dec_s)
+bd.csv                     BD-rate / BD-PSNR of every method against HEVC 4:4:4, per data set and
+                           distortion (PSNR-RGB, the papers' per-channel PSNR, MS-SSIM)
+curves.csv                 the mean RD point of each (dataset, method, quality)
+layer_share.csv            bits per pixel and share of each layer
+ablation.csv               DSSLIC's Table 1 (no residual): upComp, noSeg, withSeg, beside the paper's
+chroma.csv                 the residual in 4:2:0 against 4:4:4 (BD-rate of one against the other)
+edms_vs_dsslic.csv         bits, encode and decode seconds of EDMS (with and without SMapNet) and DSSLIC
+                           at the same residual QPs
+training.csv               each trained model: iterations reached of those planned, seconds, images/s,
+                           final losses (the budgets in minutes say how far each got)
+segmentation.csv           PSPNet mIoU (confusion summed over the split) on every labelled split
+rd_<dataset>[_subpixel].png  RD figures, published Kodak anchors and the papers' points overlaid
+=========================  ===========================================================================
+
+Given only ``rows`` (e.g. the committed reports/camvid_cpu/rows.parquet), every RD table and
+figure is recomputed from them; the training and segmentation tables need the run's ``data/``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from . import aggregate, results, study
+from .errors import ConfigError
+from .fileio import atomic_write_bytes
+
+#: DSSLIC paper, Table 1 (no residual): bits per sub-pixel, PSNR (mean of the channels' PSNRs), MS-SSIM.
+PAPER_TABLE1 = {
+    ("ADE20K", "upComp"): (0.095, 17.50, 0.759), ("ADE20K", "noSeg"): (0.080, 22.24, 0.905),
+    ("ADE20K", "withSeg"): (0.095, 23.11, 0.914), ("Kodak", "upComp"): (0.087, 17.77, 0.738),
+    ("Kodak", "noSeg"): (0.080, 21.46, 0.887), ("Kodak", "withSeg"): (0.087, 21.91, 0.891),
+}
+ABLATION = {"dsslic_upcomp": "upComp", "dsslic_noseg": "noSeg", "dsslic": "withSeg"}
+NO_RESIDUAL = -1.0
+
+
+def ablation_table(curves: pd.DataFrame) -> pd.DataFrame:
+    """The no-residual points of the three ablation codecs per data set, with the paper's figures."""
+    records = []
+    for dataset in sorted(curves["dataset"].unique()):
+        for method, name in ABLATION.items():
+            point = curves[(curves["dataset"] == dataset) & (curves["method"] == method)
+                           & (curves["quality"] == NO_RESIDUAL)]
+            if point.empty:
+                continue
+            p = point.iloc[0]
+            record = {"dataset": dataset, "setting": name, "method": method, "images": int(p["images"]),
+                      "bpp": p["bpp"], "bits_per_subpixel": p["bits_per_subpixel"], "psnr_rgb": p["psnr_rgb"],
+                      "psnr_channel_mean": p["psnr_channel_mean"], "ms_ssim": p["ms_ssim"]}
+            for paper_set in ("ADE20K", "Kodak"):
+                bps, psnr, ms = PAPER_TABLE1[(paper_set, name)]
+                record.update({f"paper_{paper_set.lower()}_bits_per_subpixel": bps,
+                               f"paper_{paper_set.lower()}_psnr": psnr, f"paper_{paper_set.lower()}_ms_ssim": ms})
+            records.append(record)
+    return pd.DataFrame(records)
+
+
+def pair_bd(curves: pd.DataFrame, method: str, anchor: str) -> pd.DataFrame:
+    """BD of ``method`` against ``anchor`` on every data set and distortion where both have curves."""
+    subset = curves[curves["method"].isin([method, anchor])]
+    frames = [aggregate.bd_table(subset, anchor=anchor, distortion=d) for d in study.DISTORTIONS]
+    table = pd.concat(frames, ignore_index=True)
+    return table[table["method"] == method].reset_index(drop=True)
+
+
+def timing_comparison(rows: pd.DataFrame, methods: Sequence[str] = ("dsslic", "edms", "edms_noenh")) -> pd.DataFrame:
+    """Mean bpp, layer bits and seconds of ``methods`` at the residual QPs they all share."""
+    subset = rows[rows["method"].isin(methods) & (rows["quality"] >= 0)]
+    records = []
+    for dataset, group in subset.groupby("dataset", sort=True):
+        shared = set.intersection(*[set(g["quality"]) for _, g in group.groupby("method")]) \
+            if group["method"].nunique() == len(methods) else set()
+        common = group[group["quality"].isin(shared)]
+        for method, g in common.groupby("method", sort=False):
+            records.append({"dataset": dataset, "method": method, "qps": len(shared), "images": g["image_id"].nunique(),
+                            "bpp": g["bpp"].mean(), "psnr_rgb": g["psnr_rgb"].mean(), "enc_s": g["enc_s"].mean(),
+                            "dec_s": g["dec_s"].mean()})
+    table = pd.DataFrame(records)
+    if len(table):
+        base = table[table["method"] == methods[0]].set_index("dataset")
+        for column in ("bpp", "enc_s", "dec_s"):
+            table[f"{column}_vs_{methods[0]}"] = [row[column] / base.loc[row["dataset"], column]
+                                                  if row["dataset"] in base.index else math.nan
+                                                  for _, row in table.iterrows()]
+    return table
+
+
+def training_table(models_dir: Path) -> pd.DataFrame:
+    """One row per training log under ``models_dir``: how far each model got and how fast."""
+    from .model_files import read_metadata
+
+    records = []
+    for log_path in sorted(models_dir.rglob("train_log.parquet")):
+        log = pd.read_parquet(log_path)
+        if log.empty:
+            continue
+        last = log.iloc[-1]
+        folder = log_path.parent
+        model_files = [p for p in sorted(folder.glob("*.safetensors")) if p.name != "train_state.safetensors"]
+        meta = {}
+        for path in model_files:
+            try:
+                meta = read_metadata(path)
+                break
+            except Exception:   # noqa: BLE001  (not a model file)
+                continue
+        planned = json.loads(meta["planned_iterations"]) if "planned_iterations" in meta else None
+        losses = {k: float(last[k]) for k in log.columns
+                  if k not in ("iteration", "seconds", "images_per_s", "lr", "epoch", "perceptual")
+                  and isinstance(last[k], (float, np.floating)) and math.isfinite(last[k])}
+        main_loss = next((losses[k] for k in ("g_total", "loss", "total", "rd_loss", "ce") if k in losses),
+                         next(iter(losses.values()), math.nan))
+        records.append({"model": str(folder.relative_to(models_dir)), "file": model_files[0].name if model_files else "-",
+                        "iterations": int(last["iteration"]), "planned": planned,
+                        "seconds": float(last["seconds"]), "images_per_s": float(log["images_per_s"].mean()),
+                        "final_loss": main_loss,
+                        "losses": ", ".join(f"{k} {v:.4g}" for k, v in sorted(losses.items()))})
+    return pd.DataFrame(records)
+
+
+def segmentation_table(data_dir: Path, dataset: str, num_classes: int) -> pd.DataFrame:
+    """mIoU and pixel accuracy of the segment stage's maps on each labelled split (confusion summed)."""
+    from .imageio import load_label_map
+
+    records = []
+    for split_dir in sorted((data_dir / "segments" / dataset).glob("*")):
+        labels_dir = data_dir / "prepared" / dataset / split_dir.name / "labels"
+        if not split_dir.is_dir() or not labels_dir.is_dir():
+            continue
+        confusion = np.zeros((num_classes, num_classes), np.int64)
+        images = 0
+        for path in sorted(split_dir.glob("*.png")):
+            label_path = labels_dir / path.name
+            if not label_path.is_file():
+                continue
+            pred, truth = load_label_map(path).astype(np.int64), load_label_map(label_path).astype(np.int64)
+            valid = truth < num_classes
+            confusion += np.bincount(truth[valid] * num_classes + pred[valid].clip(0, num_classes - 1),
+                                     minlength=num_classes ** 2).reshape(num_classes, num_classes)
+            images += 1
+        if not images:
+            continue
+        inter = np.diag(confusion).astype(float)
+        union = confusion.sum(0) + confusion.sum(1) - inter
+        present = confusion.sum(1) > 0
+        iou = np.where(union > 0, inter / np.maximum(union, 1), np.nan)
+        records.append({"dataset": dataset, "split": split_dir.name, "images": images,
+                        "miou": float(np.nanmean(iou[present])), "pixel_accuracy": float(inter.sum() / confusion.sum()),
+                        **{f"iou_{i}": float(v) for i, v in enumerate(iou)}})
+    return pd.DataFrame(records)
+
+
+def _load_rows(rows_path: Path) -> pd.DataFrame:
+    rows = aggregate.load_rows(rows_path) if rows_path.is_dir() else pd.read_parquet(rows_path)
+    if rows.empty:
+        raise ConfigError(f"{rows_path}: no result rows")
+    rows["layer_bits"] = [{k: v for k, v in dict(b).items() if v is not None} for b in rows["layer_bits"]]
+    return rows.sort_values(list(results.SORT_KEY), kind="stable").reset_index(drop=True)
+
+
+def run_report(out_dir: str | os.PathLike, *, rows: str | os.PathLike | None = None,
+               data_dir: str | os.PathLike | None = None, anchors_dir: str | os.PathLike | None = None,
+               command: str | None = None, wall_s: float | None = None, note: str = "") -> dict:
+    """Write the files of the module docstring; return a summary (rows, BD lines)."""
+    out_dir = Path(out_dir)
+    data = Path(data_dir) if data_dir else None
+    rows_path = Path(rows) if rows else (data / "results" / "rd.parquet" if data else None)
+    if rows_path is None or not rows_path.exists():
+        raise ConfigError(f"no rows: give --rows or a --data folder holding results/rd.parquet (got {rows_path})")
+    table = _load_rows(rows_path)
+    curves = aggregate.rd_curves(table)
+    bd = study.bd_tables(curves)
+    shares = study.layer_shares(table)
+    ablation = ablation_table(curves)
+    chroma = pair_bd(curves, "dsslic_444", "dsslic") if {"dsslic", "dsslic_444"} <= set(curves["method"]) \
+        else pd.DataFrame()
+    timing = timing_comparison(table)
+    training = training_table(data / "models") if data and (data / "models").is_dir() else pd.DataFrame()
+    segmentation = pd.DataFrame()
+    if data and (data / "segments").is_dir():
+        from .data.datasets import get_spec
+
+        frames = [segmentation_table(data, d.name, get_spec(d.name).num_classes)
+                  for d in sorted((data / "segments").iterdir()) if d.is_dir() and get_spec(d.name).num_classes]
+        segmentation = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if rows_path.resolve() != (out_dir / "rows.parquet").resolve():
+        results.write_rows(table.to_dict("records"), out_dir / "rows.parquet")
+    tables = {"bd": bd, "curves": curves, "layer_share": shares, "ablation": ablation, "chroma": chroma,
+              "edms_vs_dsslic": timing, "training": training, "segmentation": segmentation}
+    for name, frame in tables.items():
+        if len(frame) or not (out_dir / f"{name}.csv").is_file():   # recomputing from rows keeps the run's tables
+            atomic_write_bytes(out_dir / f"{name}.csv", frame.to_csv(index=False, float_format="%.6g").encode())
+    anchors = study.load_anchors(anchors_dir)
+    figures = []
+    for dataset in sorted(curves["dataset"].unique()):
+        for subpixel in (False, True):
+            name = f"rd_{dataset}{'_subpixel' if subpixel else ''}.png"
+            study.plot_rd(curves, dataset, out_dir / name, anchors if dataset == "kodak" else {}, subpixel=subpixel)
+            figures.append(name)
+    text = _markdown(table, bd, shares, ablation, chroma, timing, _read_csv(out_dir, "training", training),
+                     _read_csv(out_dir, "segmentation", segmentation), figures, command, wall_s, note)
+    atomic_write_bytes(out_dir / "report.md", text.encode())
+    return {"rows": len(table), "answer": study.answer(bd), "files": sorted(p.name for p in out_dir.iterdir())}
+
+
+def _read_csv(out_dir: Path, name: str, frame: pd.DataFrame) -> pd.DataFrame:
+    path = out_dir / f"{name}.csv"
+    if len(frame) or not path.is_file() or path.stat().st_size <= 1:
+        return frame
+    return pd.read_csv(path)
+
+
+def _markdown(rows, bd, shares, ablation, chroma, timing, training, segmentation, figures, command, wall_s,
+              note) -> str:
+    fmt = study.markdown_table
+    out = ["# The reference run on real data", ""]
+    if note:
+        out += [note, ""]
+    out += ["## Run",
+            f"- Command: `{command or 'semlic run-report'}`",
+            f"- Revision: {sorted(set(rows['git_rev']))}" + (f"; wall time {wall_s / 60:.1f} min" if wall_s else ""),
+            "- bpp = every byte of each file x 8 / (H W); PSNR-RGB over the RGB MSE; MS-SSIM on 8-bit RGB; RD points "
+            "are means over the images at each setting; BD by PCHIP against HEVC 4:4:4 (x265, the BPG equivalent).",
+            "", "## Answer", *[f"- {line}" for line in study.answer(bd)], "",
+            "## Rows", fmt(study._expected_counts(rows)), ""]
+    for distortion, title in (("psnr_rgb", "PSNR-RGB"), ("psnr_channel_mean", "the papers' mean per-channel PSNR"),
+                              ("ms_ssim", "MS-SSIM (BD-PSNR column in MS-SSIM units)")):
+        table = bd[bd["distortion"] == distortion][["dataset", "method", "bd_rate_pct", "bd_psnr_db", "points",
+                                                     "anchor_points", "note"]]
+        out += [f"## BD against HEVC 4:4:4, {title}", "Negative BD-rate / positive BD-PSNR: better than HEVC.", "",
+                fmt(table, {"bd_rate_pct": 1, "bd_psnr_db": 2 if distortion != "ms_ssim" else 4},
+                    signed=("bd_rate_pct", "bd_psnr_db")), ""]
+    if len(chroma):
+        out += ["## The residual in 4:4:4 against 4:2:0 (DSSLIC, same model and base layer)",
+                "BD of `dsslic_444` with `dsslic` (4:2:0, the paper's libbpg default) as the anchor: negative BD-rate "
+                "= 4:4:4 needs fewer bits for the same quality.", "",
+                fmt(chroma[["dataset", "distortion", "bd_rate_pct", "bd_psnr_db", "points"]],
+                    {"bd_rate_pct": 1, "bd_psnr_db": 3}, signed=("bd_rate_pct", "bd_psnr_db")), ""]
+    if len(ablation):
+        cols = ["dataset", "setting", "images", "bpp", "bits_per_subpixel", "psnr_channel_mean", "ms_ssim",
+                "paper_kodak_bits_per_subpixel", "paper_kodak_psnr", "paper_kodak_ms_ssim",
+                "paper_ade20k_bits_per_subpixel", "paper_ade20k_psnr", "paper_ade20k_ms_ssim"]
+        out += ["## DSSLIC's ablation (paper Table 1, no residual)",
+                "upComp: x' = up(c) (no RecNet, no map in the file); noSeg: CompNet and RecNet trained without the map "
+                "(same budget, at the same time); withSeg: DSSLIC. Our rates count the whole file; the paper's "
+                "`bits_per_subpixel` is its 'bpp' (bits / 3HW) and its PSNR the mean of the channels' PSNRs, as "
+                "our `psnr_channel_mean`.", "",
+                fmt(ablation[[c for c in cols if c in ablation.columns]],
+                    {"images": 0, "bpp": 3, "bits_per_subpixel": 3, "psnr_channel_mean": 2, "ms_ssim": 3}), ""]
+    if len(timing):
+        out += ["## EDMS against DSSLIC at the same residual QPs",
+                "Means over the images and the QPs all three share; seconds measured in the code stage (two "
+                "coding processes on 2 cores; encode includes the encoder's PSPNet; decode is from the file, with "
+                "x' computed once per image and counted in each file's time).", "",
+                fmt(timing, {"qps": 0, "images": 0, "bpp": 3, "psnr_rgb": 2, "enc_s": 3, "dec_s": 3,
+                             "bpp_vs_dsslic": 3, "enc_s_vs_dsslic": 2, "dec_s_vs_dsslic": 2}), ""]
+    out += ["## Figures", *[f"![{name}]({name})" for name in figures],
+            "Kodak figures overlay published curves (../shared/anchors/kodak) and the papers' own Kodak points "
+            "(their bits per sub-pixel x 3 on the bpp axis).", ""]
+    semantic = shares[~shares["method"].isin((study.ANCHOR,) + study.BASELINES)]
+    if len(semantic):
+        wide = semantic.pivot_table(index=["dataset", "method", "quality"], columns="layer", values="bpp")
+        wide = wide.reset_index()
+        wide.columns = [str(c) if c in ("dataset", "method", "quality") else f"{c} bpp" for c in wide.columns]
+        out += ["## Bits per pixel in each layer", "Over all the images of a data set at each setting.", "",
+                fmt(wide, {c: 3 for c in wide.columns} | {"quality": 0}), ""]
+    if len(segmentation):
+        cols = [c for c in ("dataset", "split", "images", "miou", "pixel_accuracy") if c in segmentation.columns]
+        out += ["## PSPNet", "mIoU from the confusion matrix summed over each split (the segment stage's maps "
+                "against the labels; unlabelled pixels ignored).", "",
+                fmt(segmentation[cols], {"images": 0, "miou": 3, "pixel_accuracy": 3}), ""]
+    if len(training):
+        out += ["## Training", "Each model's log: iterations reached (`planned`: what the schedule was set for; a model "
+                "stopped by its budget in minutes has fewer), seconds, mean images/s, the last window's losses.", "",
+                fmt(training, {"iterations": 0, "planned": 0, "seconds": 0, "images_per_s": 1, "final_loss": 4}), ""]
+    out += ["## Files", "rows.parquet (`semlic results --source rows.parquet \"select ...\"`), bd.csv, curves.csv, "
+            "layer_share.csv, ablation.csv, chroma.csv, edms_vs_dsslic.csv, training.csv, segmentation.csv and the "
+            "figures, by `semlic run-report` (semlic/run_report.py). "
+            "`semlic run-report --rows rows.parquet --out DIR` recomputes every BD figure from the rows alone.", ""]
+    return "\n".join(out)
+
+
+# --- command line -------------------------------------------------------------------------------
+def _cli(args) -> int:
+    import shlex
+    import sys
+
+    command = args.command or ("semlic run-report " + " ".join(shlex.quote(a) for a in sys.argv[2:]))
+    note = Path(args.note).read_text() if args.note else ""
+    summary = run_report(args.out, rows=args.rows, data_dir=args.data,
+                         anchors_dir=None if args.no_anchors else (args.anchors or study.default_anchors_dir()),
+                         command=command, wall_s=args.wall_s, note=note)
+    for line in summary["answer"]:
+        print(line)
+    print(f"{summary['rows']} rows -> {args.out}: {', '.join(summary['files'])}")
+    return 0
+
+
+def register_cli(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "run-report", help="a pipeline run's report: BD against HEVC, ablation, chroma, EDMS vs DSSLIC, training",
+        description="Read a run's data/ folder (or only its rows) and write report.md, CSV tables and RD figures.")
+    parser.add_argument("--data", help="the run's data folder (results/rd.parquet, models/, segments/, prepared/)")
+    parser.add_argument("--rows", help="result rows instead of <data>/results/rd.parquet (e.g. a committed rows.parquet)")
+    parser.add_argument("--out", required=True, help="report folder, e.g. reports/camvid_cpu")
+    parser.add_argument("--anchors", help="published Kodak curves (default ../shared/anchors/kodak)")
+    parser.add_argument("--no-anchors", action="store_true", help="no published curves on the figures")
+    parser.add_argument("--command", help="the command that made the run, for the report")
+    parser.add_argument("--wall-s", type=float, help="the run's wall time in seconds, for the report")
+    parser.add_argument("--note", help="a markdown file whose text goes under the title (the reading of the results)")
+    parser.set_defaults(func=_cli)
