@@ -1,7 +1,7 @@
 """Stage ``code``: the test images through every method of ``code.methods`` and every baseline -> ``<paths.coded>``.
 
 ``code.also`` names more data sets (prepared by ``prepare.also``) whose ``test`` split is coded
-with the same models. Shards of ``code.shard_size`` images are mapped over Ray: one baselines task and one task per
+with the same models; ``code.sample`` codes an evenly spaced sample of N images of each. Shards of ``code.shard_size`` images are mapped over Ray: one baselines task and one task per
 registered method named in ``code.methods`` (its section: ``qualities`` and the method's
 options, semlic.code_stage.MethodPlan; ``{}`` for the method's defaults, null to leave it out)
 per shard; each task finds the models its method needs
@@ -55,6 +55,16 @@ def coded_sets(dataset: str, split: str, also: list | None) -> list[tuple[str, s
     return sets
 
 
+def sample_images(paths: list[Path], sample: int | None, limit: int | None) -> list[Path]:
+    """``sample`` evenly spaced images of the sorted list (null: all; a data set with fewer keeps
+    them all; the first and the last are always in), then the first ``limit`` of those."""
+    if sample is not None and 0 < int(sample) < len(paths):
+        import numpy as np
+
+        paths = [paths[i] for i in np.unique(np.linspace(0, len(paths) - 1, int(sample)).round().astype(int))]
+    return paths[: limit or None]
+
+
 def split_timings(rows: list[dict]) -> tuple[list[dict], list[dict]]:
     """(rows with NaN timings, timing records keyed like the rows)."""
     timings = [{**{k: row[k] for k in KEY_COLUMNS}, **{k: row[k] for k in TIMING_COLUMNS}} for row in rows]
@@ -95,7 +105,8 @@ def code(params: dict | None = None) -> dict:
         if not (prepared / "manifest.parquet").is_file():
             raise ConfigError(f"code: data set {dataset} is not prepared ({prepared}/manifest.parquet missing): "
                               f"name it in prepare.also")
-        images[dataset] = sorted((prepared / set_split / "images").glob("*.png"))[: cfg.get("limit") or None]
+        images[dataset] = sample_images(sorted((prepared / set_split / "images").glob("*.png")), cfg.get("sample"),
+                                        cfg.get("limit"))
         inputs.append(prepared / "manifest.parquet")
         seg_table = paths["segments"] / dataset / f"{set_split}.parquet"
         if seg_table.is_file():

@@ -80,6 +80,18 @@ def test_the_profile_names_only_keys_the_stages_read():
     assert SMapNetTrainConfig.from_dict(merged["train_smapnet"]).minutes == profile["train_smapnet"]["minutes"]
 
 
+def test_the_code_stage_samples_evenly_spaced_images():
+    from flows.code import sample_images
+
+    paths = [Path(f"{i:03d}.png") for i in range(233)]
+    picked = sample_images(paths, 60, None)
+    assert len(picked) == 60 and picked[0] == paths[0] and picked[-1] == paths[-1]
+    gaps = np.diff([int(p.stem) for p in picked])
+    assert gaps.min() >= 3 and gaps.max() <= 5          # spread over the whole split (both CamVid sequences)
+    assert sample_images(paths[:24], 60, None) == paths[:24]   # Kodak: all of its 24
+    assert sample_images(paths, None, 5) == paths[:5] and sample_images(paths, 60, 2) == picked[:2]
+
+
 # --- end to end ------------------------------------------------------------------------------
 def _png(path: Path, array: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
