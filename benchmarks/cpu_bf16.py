@@ -120,11 +120,11 @@ def main(argv: list[str] | None = None) -> int:
         ref = group[(group.precision == "float32") & (group.seed == 0)].set_index("iteration")["loss"]
         other = group[(group.precision == "float32") & (group.seed == 1)].set_index("iteration")["loss"]
         bf = group[group.precision == "bf16"].set_index("iteration")["loss"]
-        gap, noise = float((bf - ref).abs().mean()), float((other - ref).abs().mean())
+        gap, noise = float((bf - ref).abs().mean(skipna=False)), float((other - ref).abs().mean(skipna=False))
         fp_s = group[group.precision == "float32"]["s_per_step"].iloc[1:].mean()
         bf_s = group[group.precision == "bf16"]["s_per_step"].iloc[1:].mean()
         lines.append(f"| {model} | {fp_s:.3f} | {bf_s:.3f} | {fp_s / bf_s:.2f} | {gap:.4f} | {noise:.4f} | "
-                     f"{'yes' if gap <= noise else 'no'} |")
+                     f"{'yes' if gap <= noise else ('no (NaN loss)' if not np.isfinite(gap) else 'no')} |")
     lines += ["", "s/step: mean over the log windows after the first (oneDNN builds its kernels in the first); loss: "
               "the log windows' mean loss (DSSLIC: the generator's total; PSPNet: main + 0.4 aux). cpu_bf16.csv holds "
               "the curves.", ""]

@@ -163,3 +163,16 @@ def test_cpu_bf16_is_measured_and_can_be_forced(monkeypatch):
     monkeypatch.setattr(train_loop, "_CPU_BF16", {})
     monkeypatch.setattr(train_loop, "cpu_bf16_probe", lambda: {"speedup": 1.9})
     assert train_loop.cpu_bf16() == native
+
+
+def test_ssim_is_computed_in_float32_under_bf16_autocast():
+    from semlic.nn.losses import ssim
+
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    y = (x + 0.05 * torch.randn_like(x)).clamp(-1, 1)
+    reference = ssim(x, y)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = ssim(x.bfloat16(), y.bfloat16())
+    assert inside.dtype == torch.float32 and torch.isfinite(inside)
+    assert inside.item() == pytest.approx(reference.item(), abs=2e-3)

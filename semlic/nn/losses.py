@@ -64,8 +64,15 @@ def ssim(x: torch.Tensor, y: torch.Tensor, window_size: int = 11, sigma: float =
          c1: float = 0.01**2, c2: float = 0.03**2) -> torch.Tensor:
     """Mean SSIM of two (N, C, H, W) batches, 'valid' convolution (no padding).
 
-    Images smaller than the window are compared with a window shrunk to their size.
+    Images smaller than the window are compared with a window shrunk to their size. Computed in
+    float32 even under autocast: the variances are differences of nearly equal terms, which bf16
+    cancels to zero or below (the SSIM of a bf16 training step came out NaN).
     """
+    with torch.autocast(x.device.type, enabled=False):
+        return _ssim(x.float(), y.float(), window_size, sigma, c1, c2)
+
+
+def _ssim(x: torch.Tensor, y: torch.Tensor, window_size: int, sigma: float, c1: float, c2: float) -> torch.Tensor:
     channels = x.shape[1]
     size = min(window_size, x.shape[-1], x.shape[-2])
     window = gaussian_window(size, sigma, channels).to(x.device, x.dtype)
