@@ -242,13 +242,7 @@ def _markdown(rows, bd, shares, ablation, chroma, timing, training, segmentation
             "are means over the images at each setting; BD by PCHIP against HEVC 4:4:4 (x265, the BPG equivalent).",
             "", "## Answer", *[f"- {line}" for line in study.answer(bd)], "",
             "## Rows", fmt(study._expected_counts(rows)), ""]
-    for distortion, title in (("psnr_rgb", "PSNR-RGB"), ("psnr_channel_mean", "the papers' mean per-channel PSNR"),
-                              ("ms_ssim", "MS-SSIM (BD-PSNR column in MS-SSIM units)")):
-        table = bd[bd["distortion"] == distortion][["dataset", "method", "bd_rate_pct", "bd_psnr_db", "points",
-                                                     "anchor_points", "note"]]
-        out += [f"## BD against HEVC 4:4:4, {title}", "Negative BD-rate / positive BD-PSNR: better than HEVC.", "",
-                fmt(table, {"bd_rate_pct": 1, "bd_psnr_db": 2 if distortion != "ms_ssim" else 4},
-                    signed=("bd_rate_pct", "bd_psnr_db")), ""]
+    out += study.bd_sections(bd, digits=1)
     if len(chroma):
         out += ["## The residual in 4:4:4 against 4:2:0 (DSSLIC, same model and base layer)",
                 "BD of `dsslic_444` with `dsslic` (4:2:0, the paper's libbpg default) as the anchor: negative BD-rate "

@@ -286,6 +286,19 @@ def markdown_table(frame: pd.DataFrame, digits: dict | None = None, signed: Iter
     return "\n".join(lines)
 
 
+def bd_sections(bd: pd.DataFrame, digits: int = 2) -> list[str]:
+    """Markdown: one BD table against HEVC 4:4:4 per distortion of :data:`DISTORTIONS`."""
+    out = []
+    for distortion, title in (("psnr_rgb", "PSNR-RGB"), ("psnr_channel_mean", "the papers' mean per-channel PSNR"),
+                              ("ms_ssim", "MS-SSIM (BD-PSNR column in MS-SSIM units)")):
+        table = bd[bd["distortion"] == distortion][["dataset", "method", "bd_rate_pct", "bd_psnr_db", "points",
+                                                     "anchor_points", "note"]]
+        out += [f"## BD against HEVC 4:4:4, {title}", "Negative BD-rate / positive BD-PSNR: better than HEVC.", "",
+                markdown_table(table, {"bd_rate_pct": digits, "bd_psnr_db": 3 if distortion != "ms_ssim" else 4},
+                               signed=("bd_rate_pct", "bd_psnr_db")), ""]
+    return out
+
+
 def answer(bd: pd.DataFrame) -> list[str]:
     """One sentence per (dataset, semantic method): does it beat HEVC intra, by BD-rate on PSNR-RGB?"""
     lines = []
@@ -376,13 +389,7 @@ def _markdown(rows, curves, bd, shares, speed, training, results_dir, provenance
             "come from a separate, single-process timing pass.", ""]
     out += ["## Answer", *[f"- {line}" for line in answer(bd)], ""]
     out += ["## Rows", markdown_table(_expected_counts(rows)), ""]
-    for distortion, title in (("psnr_rgb", "PSNR-RGB"), ("psnr_channel_mean", "the papers' mean per-channel PSNR"),
-                              ("ms_ssim", "MS-SSIM (BD-PSNR column in MS-SSIM units)")):
-        table = bd[bd["distortion"] == distortion][["dataset", "method", "bd_rate_pct", "bd_psnr_db", "points",
-                                                     "anchor_points", "note"]]
-        out += [f"## BD against HEVC 4:4:4, {title}", "Negative BD-rate / positive BD-PSNR: better than HEVC.", "",
-                markdown_table(table, {"bd_rate_pct": 2, "bd_psnr_db": 3 if distortion != "ms_ssim" else 4},
-                               signed=("bd_rate_pct", "bd_psnr_db")), ""]
+    out += bd_sections(bd)
     out += ["## Figures"]
     for name in figures:
         out.append(f"![{name}]({name})")
