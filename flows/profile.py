@@ -95,7 +95,23 @@ def main(argv: list[str] | None = None) -> int:
     print(shlex.join(cmd), file=sys.stderr, flush=True)
     if args.print:
         return 0
-    return subprocess.run(cmd, cwd=REPO, env=os.environ).returncode
+    branch = current_branch()
+    if branch is None:
+        print("flows.profile: HEAD is detached (an interrupted `dvc exp run` leaves it on a commit): "
+              "`git checkout <your branch>` first, so that the experiment is based on it and HEAD is restored "
+              "to it afterwards", file=sys.stderr)
+        return 2
+    code = subprocess.run(cmd, cwd=REPO, env=os.environ).returncode
+    if current_branch() != branch:
+        print(f"flows.profile: HEAD is no longer on {branch} (the run was interrupted?): `git checkout {branch}` "
+              f"restores it", file=sys.stderr)
+    return code
+
+
+def current_branch() -> str | None:
+    """The branch HEAD is on; None when HEAD is detached (or this is no git checkout)."""
+    out = subprocess.run(["git", "symbolic-ref", "-q", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 if __name__ == "__main__":

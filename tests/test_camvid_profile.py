@@ -81,7 +81,7 @@ def test_the_profile_names_only_keys_the_stages_read():
 
 
 def test_the_code_stage_samples_evenly_spaced_images():
-    from flows.code import sample_images
+    from semlic.code_stage import sample_images
 
     paths = [Path(f"{i:03d}.png") for i in range(233)]
     picked = sample_images(paths, 60, None)
@@ -205,3 +205,30 @@ def json_value(text: str):
     import json
 
     return json.loads(text)
+
+
+def test_the_runner_refuses_a_detached_head(tmp_path, monkeypatch, capsys):
+    """An interrupted `dvc exp run` leaves HEAD on a commit: the runner says so instead of basing an experiment there."""
+    import subprocess
+
+    from flows import profile
+
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
+    subprocess.run(git + ["init", "-q", "-b", "main"], check=True)
+    (tmp_path / "f").write_text("x")
+    subprocess.run(git + ["add", "f"], check=True)
+    subprocess.run(git + ["commit", "-q", "-m", "c"], check=True)
+    monkeypatch.setattr(profile, "REPO", tmp_path)
+    assert profile.current_branch() == "main"
+    subprocess.run(git + ["checkout", "-q", "--detach"], check=True)
+    assert profile.current_branch() is None
+
+    def no_run(*args, **kwargs):
+        raise AssertionError("dvc exp run started on a detached HEAD")
+
+    monkeypatch.setattr(profile, "command", lambda name, sets: ["dvc", "exp", "run"])
+    real_run = subprocess.run
+    monkeypatch.setattr(profile.subprocess, "run", lambda cmd, *a, **k: no_run() if cmd[0] == "dvc" else
+                        real_run(cmd, *a, **k))
+    assert profile.main(["camvid_cpu"]) == 2
+    assert "HEAD is detached" in capsys.readouterr().err

@@ -184,3 +184,21 @@ def test_the_library_imports_with_the_core_dependencies_only():
     assert out.returncode == 2, out.stderr
     assert {"dsslic", "edms", "edms_noenh"} <= set(out.stdout.strip().split(","))
     assert "pip install 'semlic[pipeline]'" in out.stderr
+
+
+def test_the_registry_is_complete_for_every_thread_that_asks_first():
+    """Threads asking the registry at once, before it is loaded, all find every method, while others
+    import a method package themselves (which registers its method): no thread sees a half-loaded
+    registry and none deadlocks (a fresh process, killed if it hangs)."""
+    import subprocess
+    import sys
+
+    script = ("import threading\nfrom semlic.methods import get_method\nerrors = []\n"
+              "def ask():\n    try:\n        get_method('dsslic'); get_method('smic')\n"
+              "    except Exception as exc:\n        errors.append(repr(exc))\n"
+              "def imports():\n    try:\n        from semlic.methods.latent_seg import commands  # noqa: F401\n"
+              "        get_method('hyperprior')\n    except Exception as exc:\n        errors.append(repr(exc))\n"
+              "threads = [threading.Thread(target=f) for f in (ask, imports) * 3]\n"
+              "[t.start() for t in threads]; [t.join() for t in threads]\nprint(errors)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -30,7 +30,10 @@ __all__ = ["EncodeResult", "Method", "ModelSet", "Option", "PaperPoint", "regist
 _METHODS: dict[str, Method] = {}
 _BY_FORMAT_ID: dict[int, Method] = {}
 _LOADED = False
-_LOCK = threading.RLock()
+_LOADING = False   # True while the lock's holder imports the method packages
+_LOCK = threading.RLock()        # the registry's mappings (register, unregister)
+_LOAD_LOCK = threading.RLock()   # loading the method packages, once; never held by ``register``: a
+                                 # thread importing a method package itself registers while another loads
 M = TypeVar("M", bound=type[Method])
 
 
@@ -84,24 +87,30 @@ def external_modules() -> list[str]:
 
 
 def _load_builtin() -> None:
-    """Import every subpackage of semlic.methods, and the external modules, once."""
-    global _LOADED
+    """Import every subpackage of semlic.methods, and the external modules, once.
+
+    Other threads wait on the lock until the registry is complete (``_LOADED`` is set only then);
+    the loading thread itself re-enters (a method module asking the registry while it is
+    imported) and finds ``_LOADING``.
+    """
+    global _LOADED, _LOADING
     if _LOADED:
         return
-    with _LOCK:
-        if not _LOADED:
+    with _LOAD_LOCK:
+        if _LOADED or _LOADING:
+            return
+        _LOADING = True
+        try:
+            method_packages()
+            for name in external_modules():
+                try:
+                    importlib.import_module(name)
+                except ImportError as exc:
+                    raise ConfigError(f"cannot import the method module {name!r} (SEMLIC_METHODS or an "
+                                      f"entry point of semlic.methods): {exc}") from exc
             _LOADED = True
-            try:
-                method_packages()
-                for name in external_modules():
-                    try:
-                        importlib.import_module(name)
-                    except ImportError as exc:
-                        raise ConfigError(f"cannot import the method module {name!r} (SEMLIC_METHODS or an "
-                                          f"entry point of semlic.methods): {exc}") from exc
-            except BaseException:
-                _LOADED = False
-                raise
+        finally:
+            _LOADING = False
 
 
 def all_methods() -> list[Method]:
