@@ -12,7 +12,7 @@ from semlic import results
 from semlic.baselines import run_baselines
 from semlic.code_stage import code_shard
 
-from .common import TASK_OPTIONS, timed, use_assigned_threads
+from .common import TASK_OPTIONS, task_device, timed, use_assigned_threads
 
 
 @task(name="baselines-shard", **TASK_OPTIONS)
@@ -33,6 +33,7 @@ def method_shard(image_paths: list[str], method: str, section: dict | None, mode
                  dataset: str, files_dir: str, part_path: str, device: str, with_lpips: bool = True) -> dict:
     """semlic.code_stage.code_shard: one registered method on a shard, its models (found by name
     in ``models_dir``) loaded once; rows to ``part_path``."""
+    device = task_device(device)  # the GPU Ray gave this task, if any
     with timed({"part": part_path, "images": len(image_paths), "method": method}) as record:
         record["threads"] = use_assigned_threads()
         rows = code_shard(image_paths, method, section, models_dir=models_dir, dataset=dataset, seg_dir=seg_dir,

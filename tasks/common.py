@@ -1,4 +1,4 @@
-"""What every task shares: retry policy, thread count, where it ran."""
+"""What every task shares: retry policy, thread count, the device Ray gave it, where it ran."""
 
 from __future__ import annotations
 
@@ -51,9 +51,45 @@ def use_assigned_threads() -> int:
     return threads
 
 
+def assigned_gpu_ids() -> list:
+    """IDs of the GPUs Ray gave this task (``ray.get_gpu_ids()``); [] outside a Ray task."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return sorted(ray.get_gpu_ids(), key=lambda i: (len(str(i)), str(i)))
+    except Exception:  # noqa: BLE001 - Ray shutting down: no GPU to report
+        return []
+    return []
+
+
+def task_device(device: str) -> str:
+    """The torch device a task runs on: ``device`` (``base.device``), narrowed to the GPU Ray gave it.
+
+    A CUDA device inside a Ray task with GPUs assigned becomes the first assigned GPU as the
+    process sees it: Ray sets ``CUDA_VISIBLE_DEVICES`` to the assigned IDs, which CUDA
+    renumbers from 0, so that is ``cuda:0`` (a ``cuda:N`` in the params cannot name another
+    task's GPU). Without that variable (``RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES``), the
+    assigned ID itself. Anything else (CPU, no GPU from Ray, outside Ray) is returned unchanged.
+    """
+    device = str(device)
+    if not device.startswith("cuda"):
+        return device
+    ids = assigned_gpu_ids()
+    if not ids:
+        return device
+    assigned = {str(i) for i in ids}
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    if not visible:
+        return f"cuda:{ids[0]}"
+    positions = [index for index, v in enumerate(visible) if v in assigned]
+    return f"cuda:{positions[0]}" if positions else device
+
+
 def where() -> dict:
-    """A small record of where this task ran: Ray node id, host, pid, and the Prefect API it
-    reported to (None would mean a temporary server of its own)."""
+    """A small record of where this task ran: Ray node id, host, pid, the Prefect API it
+    reported to (None would mean a temporary server of its own), the GPUs Ray gave it
+    (``gpu_ids``) and the ``CUDA_VISIBLE_DEVICES`` it saw."""
     from prefect.settings import PREFECT_API_URL
 
     node = None
@@ -64,7 +100,8 @@ def where() -> dict:
             node = ray.get_runtime_context().get_node_id()
     except Exception:  # noqa: BLE001
         pass
-    return {"node": node, "host": socket.gethostname(), "pid": os.getpid(), "prefect_api": PREFECT_API_URL.value()}
+    return {"node": node, "host": socket.gethostname(), "pid": os.getpid(), "prefect_api": PREFECT_API_URL.value(),
+            "gpu_ids": assigned_gpu_ids(), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
 
 
 @contextmanager

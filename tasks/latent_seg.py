@@ -7,7 +7,7 @@ from prefect import task
 
 from semlic.methods.latent_seg import commands
 
-from .common import TASK_OPTIONS, timed, use_assigned_threads
+from .common import TASK_OPTIONS, task_device, timed, use_assigned_threads
 
 
 def _record(record: dict, result: dict) -> None:
@@ -18,6 +18,7 @@ def _record(record: dict, result: dict) -> None:
 @task(name="train-hyperprior", **TASK_OPTIONS)
 def train_hyperprior_quality(config: dict, quality: int, prepared_dir: str, out_dir: str, device: str) -> dict:
     """One quality of the hyperprior (resumes from its state; a written model is kept)."""
+    device = task_device(device)  # the GPU Ray gave this task, if any
     with timed({"part": f"hyperprior q{quality}", "quality": quality}) as record:
         record["threads"] = use_assigned_threads()
         _record(record, commands.train_hyperprior_quality(config, quality, prepared_dir, out_dir, device,
@@ -27,6 +28,7 @@ def train_hyperprior_quality(config: dict, quality: int, prepared_dir: str, out_
 
 @task(name="train-teacher", **TASK_OPTIONS)
 def train_teacher(config: dict, prepared_dir: str, out_dir: str, device: str) -> dict:
+    device = task_device(device)  # the GPU Ray gave this task, if any
     with timed({"part": "teacher"}) as record:
         record["threads"] = use_assigned_threads()
         _record(record, commands.train_teacher_part(config, prepared_dir, out_dir, device, progress=False,
@@ -37,6 +39,7 @@ def train_teacher(config: dict, prepared_dir: str, out_dir: str, device: str) ->
 @task(name="train-students", **TASK_OPTIONS)
 def train_students(config: dict, prepared_dir: str, bank_path: str, quality: int, out_dir: str, device: str) -> dict:
     """Every student of one quality (static ones after the dynamic one: they read its gate's counts)."""
+    device = task_device(device)  # the GPU Ray gave this task, if any
     with timed({"part": f"students q{quality}", "quality": quality}) as record:
         record["threads"] = use_assigned_threads()
         results = commands.train_students(config, prepared_dir, bank_path, quality, out_dir, device, progress=False,
@@ -55,6 +58,7 @@ def eval_shard(prepared_dir: str, split: str, ids: list[str], bank_path: str, mo
     from semlic.model_files import load_model
     from semlic.segnet.prepared import list_prepared
 
+    device = task_device(device)  # the GPU Ray gave this task, if any
     with timed({"part": part_path, "images": len(ids)}) as record:
         record["threads"] = use_assigned_threads()
         wanted = set(ids)

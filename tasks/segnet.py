@@ -9,7 +9,7 @@ from semlic.segnet.segment import segment_images, write_segment_table
 from semlic.segnet.train import MODEL_FILE as SEGNET_FILE
 from semlic.segnet.train import train_segnet as train
 
-from .common import TASK_OPTIONS, timed, use_assigned_threads
+from .common import TASK_OPTIONS, task_device, timed, use_assigned_threads
 
 __all__ = ["SEGNET_FILE", "part_name", "segment_shard", "train_segnet"]
 
@@ -17,6 +17,7 @@ __all__ = ["SEGNET_FILE", "part_name", "segment_shard", "train_segnet"]
 @task(name="train-segnet", **TASK_OPTIONS)
 def train_segnet(config: dict, prepared_dir: str, out_dir: str, device: str) -> dict:
     """semlic.segnet.train.train_segnet into ``out_dir``, resuming from a state left by an interrupted run."""
+    device = task_device(device)  # the GPU Ray gave this task, if any
     with timed({"out_dir": out_dir}) as record:
         record["threads"] = use_assigned_threads()
         summary = train(config, prepared_dir, out_dir, device=device, resume=True, progress=False)
@@ -29,6 +30,7 @@ def train_segnet(config: dict, prepared_dir: str, out_dir: str, device: str) -> 
 def segment_shard(model_path: str, image_paths: list[str], label_dir: str | None, out_dir: str, part_path: str,
                   device: str, batch_size: int) -> dict:
     """Segment one shard of images (model loaded once); write its table to ``part_path``."""
+    device = task_device(device)  # the GPU Ray gave this task, if any
     with timed({"part": part_path, "images": len(image_paths)}) as record:
         record["threads"] = use_assigned_threads()
         model = load_model(model_path, device, expect="pspnet")

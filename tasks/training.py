@@ -6,12 +6,13 @@ from prefect import task
 
 from semlic.methods.dsslic.training import train_dsslic as train
 
-from .common import TASK_OPTIONS, timed, use_assigned_threads
+from .common import TASK_OPTIONS, task_device, timed, use_assigned_threads
 
 
 @task(name="train-dsslic", **TASK_OPTIONS)
 def train_dsslic(config: dict, image_dir: str, seg_dir: str, out_dir: str, device: str) -> dict:
     """semlic.methods.dsslic.training.train_dsslic (CompNet + FineNet), resuming from its own state."""
+    device = task_device(device)  # the GPU Ray gave this task, if any
     with timed({"out_dir": out_dir}) as record:
         record["threads"] = use_assigned_threads()
         result = train(config, image_dir, seg_dir, out_dir, device=device, resume=True, progress=False)
