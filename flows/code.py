@@ -55,16 +55,6 @@ def coded_sets(dataset: str, split: str, also: list | None) -> list[tuple[str, s
     return sets
 
 
-def sample_images(paths: list[Path], sample: int | None, limit: int | None) -> list[Path]:
-    """``sample`` evenly spaced images of the sorted list (null: all; a data set with fewer keeps
-    them all; the first and the last are always in), then the first ``limit`` of those."""
-    if sample is not None and 0 < int(sample) < len(paths):
-        import numpy as np
-
-        paths = [paths[i] for i in np.unique(np.linspace(0, len(paths) - 1, int(sample)).round().astype(int))]
-    return paths[: limit or None]
-
-
 def split_timings(rows: list[dict]) -> tuple[list[dict], list[dict]]:
     """(rows with NaN timings, timing records keyed like the rows)."""
     timings = [{**{k: row[k] for k in KEY_COLUMNS}, **{k: row[k] for k in TIMING_COLUMNS}} for row in rows]
@@ -85,7 +75,7 @@ def write_timings(timings: list[dict], path: Path) -> None:
 @flow(name=STAGE, task_runner=ray_runner())
 def code(params: dict | None = None) -> dict:
     from semlic import results
-    from semlic.code_stage import MethodPlan
+    from semlic.code_stage import MethodPlan, sample_images
     from semlic.errors import ConfigError
     from tasks.coding import baselines_shard, method_shard
 

@@ -35,6 +35,15 @@ from .methods import Method, get_method
 SEGMENTATION_SOURCES = ("segnet", "precomputed")
 
 
+
+def sample_images(paths: Sequence[Path], sample: int | None, limit: int | None = None) -> list[Path]:
+    """``sample`` evenly spaced images of the sorted list (null: all; a data set with fewer keeps
+    them all; the first and the last are always in), then the first ``limit`` of those."""
+    paths = list(paths)
+    if sample is not None and 0 < int(sample) < len(paths):
+        paths = [paths[i] for i in np.unique(np.linspace(0, len(paths) - 1, int(sample)).round().astype(int))]
+    return paths[: limit or None]
+
 @dataclass(frozen=True)
 class CodingSample:
     image_id: str

@@ -289,6 +289,10 @@ class ModelStore:
     def names(self) -> tuple[str, ...]:
         return tuple(sorted(self._paths))
 
+    def paths(self, name: str) -> tuple[Path, ...]:
+        """Every file of model ``name`` (several: e.g. one student per folder)."""
+        return tuple(self._paths.get(name, ()))
+
     def path(self, name: str) -> Path | None:
         paths = self._paths.get(name, [])
         if len(paths) > 1:

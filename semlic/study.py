@@ -170,16 +170,33 @@ def training_table(results_dir: Path) -> pd.DataFrame:
                         "steady_images_per_s": float(np.nanmax([c["steady_images_per_s"] for c in trained]))
                         if trained and not all(math.isnan(c["steady_images_per_s"]) for c in trained) else math.nan,
                         "gpu_busy_share": float(np.mean(shares)) if shares else math.nan, "calls": len(chunks)})
-    seg_log = logs / "segnet_train_log.parquet"
-    if seg_log.is_file():
-        log = pd.read_parquet(seg_log)
-        plan = json.loads((logs / "segnet_plan.json").read_text()) if (logs / "segnet_plan.json").is_file() else {}
-        records.append({"step": "segnet", "iterations": int(log["iteration"].max()) if len(log) else 0,
-                        "epochs": plan.get("epochs"), "epochs_wanted": None, "train_s": math.nan, "wall_s": math.nan,
+    chunked = {r["step"] for r in records}
+    for path in sorted(logs.glob("*_train_log.parquet")):  # the other trainings: one loop each, from its log
+        step = path.name[: -len("_train_log.parquet")]     # e.g. segnet, smic_ssnet, hyperprior_q3, latent-seg_q3_gate
+        if step in chunked:
+            continue
+        log = pd.read_parquet(path)
+        plan = json.loads((logs / f"{step}_plan.json").read_text()) if (logs / f"{step}_plan.json").is_file() else {}
+        records.append({"step": step, "iterations": int(log["iteration"].max()) if len(log) else 0,
+                        "epochs": plan.get("epochs"), "epochs_wanted": None,
+                        "train_s": float(log["seconds"].max()) if len(log) and "seconds" in log else math.nan,
+                        "wall_s": math.nan,
                         "images_per_s": float(log["images_per_s"].mean()) if len(log) else math.nan,
                         "steady_images_per_s": float(log["images_per_s"].iloc[1:].median()) if len(log) > 1 else math.nan,
                         "gpu_busy_share": math.nan, "calls": None})
     return pd.DataFrame(records)
+
+
+def _steps_table(results_dir: Path) -> pd.DataFrame:
+    """status.json's steps: done, wall seconds, why not done."""
+    path = results_dir / "status.json"
+    if not path.is_file():
+        return pd.DataFrame()
+    steps = json.loads(path.read_text()).get("steps", {})
+    return pd.DataFrame([{"step": name, "done": bool(entry.get("done")), "wall_s": entry.get("wall_s", math.nan),
+                          "note": entry.get("stopped") or ", ".join(f"{k}: {v}" for k, v in entry.items() if k in (
+                              "methods_left_out", "minutes", "minutes_per_quality", "images_left"))}
+                         for name, entry in steps.items() if name != "auto"])
 
 
 # --- published curves and figures ---------------------------------------------------------------
@@ -451,8 +468,12 @@ def _markdown(rows, curves, bd, shares, speed, training, results_dir, provenance
                 "are meaningless.", "",
                 markdown_table(summary, {"images": 0, "paper_dec_s_cpu": 1, "parameters_m": 2}), ""]
     if len(training):
-        out += ["## Training", "images/s over the training loops of all calls (data on the GPU, bf16 autocast and "
-                "channels-last as chosen by the benchmark); GPU busy share: NVML utilisation sampled every 0.5 s.", "",
+        out += ["## Training", "images/s of each training loop (bf16 autocast and channels-last on CUDA). The three "
+                "lanes of the call train at the same time on the one GPU, so these rates are shares of it; the "
+                "base-model table below times one training step alone. Steps named <step>_<part> are bounded by "
+                "minutes (SMIC, the hyperprior's qualities, the compressed-domain teacher and students); the others "
+                "fit their iterations to the budget from a probe. GPU busy share: NVML utilisation sampled every "
+                "0.5 s.", "",
                 markdown_table(training, {"iterations": 0, "calls": 0, "epochs": 1, "epochs_wanted": 1, "train_s": 0,
                                           "wall_s": 0, "images_per_s": 1, "steady_images_per_s": 1,
                                           "gpu_busy_share": 2}), ""]
@@ -462,7 +483,7 @@ def _markdown(rows, curves, bd, shares, speed, training, results_dir, provenance
         variants = pd.DataFrame([{k: v for k, v in r.items() if k != "top_ops"} for r in doc["variants"]])
         out += [f"### Base-model training step by setting (batch {doc['batch_size']}, {doc['iterations']} iterations; "
                 f"{doc.get('gpu') or doc['device']})", "", markdown_table(variants, {"images_per_s": 1}), "",
-                f"Trained with: {doc['best']}."]
+                f"Fastest: {doc['best']} (measured after the trainings, alone on the GPU)."]
         top = next((r.get("top_ops") for r in doc["variants"] if r.get("top_ops")), None)
         if top:
             out += ["", "Where the GPU time of a training step goes (torch.profiler, default setting):", "",
@@ -472,6 +493,23 @@ def _markdown(rows, curves, bd, shares, speed, training, results_dir, provenance
     seg_lines = _segmentation_lines(results_dir)
     if seg_lines:
         out += ["## Segmentation", *seg_lines, ""]
+    latent = results_dir / "segmentation" / "latent_seg.parquet"
+    if latent.is_file():
+        from .methods.latent_seg.evaluate import summary as latent_summary
+
+        table = latent_summary(pd.read_parquet(latent))
+        out += ["## Segmentation in the compressed domain",
+                "DeepLabv3 on the decoded image (`pixel`: the whole hyperprior file) against the students that "
+                "segment the latents the gate (or a static choice) sends (their bits only); CamVid test images "
+                "carried, mIoU from the summed confusion (`semlic eval-latent-seg`).", "",
+                markdown_table(table, {"quality": 0, "images": 0, "channels": 1, "bpp": 4, "bpp_image": 4,
+                                       "psnr_rgb": 2, "miou": 3, "pixel_accuracy": 3, "enc_s": 4, "task_s": 4}), ""]
+    steps = _steps_table(results_dir)
+    if len(steps):
+        out += ["## Steps of the call", "Every step of the one device call (scripts/gpu_study/run.py: three lanes at "
+                "once, then the final steps), whether it finished, its wall time and, where it did not finish, why "
+                "(status.json). A training bounded by minutes writes its model when the time runs out: its "
+                "iterations are in the training table.", "", markdown_table(steps, {"wall_s": 0}), ""]
     out += ["## Files", "rows.parquet (every per-image row; `semlic results --source rows.parquet \"select ...\"`), "
             "bd.csv, curves.csv, layer_share.csv, speed.csv, training.csv and the figures above, made by "
             "`semlic study-report` (semlic/study.py) from the rows the study's device calls brought back "

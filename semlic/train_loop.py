@@ -159,6 +159,15 @@ def cpu_bf16() -> bool:
     return _CPU_BF16[key]
 
 
+def adam(params, **kwargs) -> torch.optim.Adam:
+    """``torch.optim.Adam``, fused (one kernel step for all parameters, no per-tensor launches) when
+    every parameter is on a CUDA device; elsewhere the default implementation, as before."""
+    groups = [{**g, "params": list(g["params"])} if isinstance(g, dict) else g for g in params]
+    tensors = [t for g in groups for t in (g["params"] if isinstance(g, dict) else [g])]
+    fused = bool(tensors) and all(t.is_cuda for t in tensors)
+    return torch.optim.Adam(groups, fused=True if fused else None, **kwargs)
+
+
 def autocast_dtype(device: torch.device | str, enabled: bool = True) -> torch.dtype | None:
     """The autocast dtype of training on ``device`` (bf16) or None (float32)."""
     device = torch.device(device)

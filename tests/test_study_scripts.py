@@ -92,6 +92,17 @@ def test_runner_config_and_help():
     from semlic.methods import get_method
     from semlic.methods.dsslic.training import DSSLICTrainConfig
     from semlic.methods.edms.training import SMapNetTrainConfig
+    from semlic.methods.latent_seg.commands import (
+        hyperprior_qualities,
+        hyperprior_quality_config,
+        latent_seg_parts,
+    )
+    from semlic.methods.latent_seg.training import (
+        HyperpriorTrainConfig,
+        StudentTrainConfig,
+        TeacherTrainConfig,
+    )
+    from semlic.methods.smic.training import RecNetTrainConfig, SSNetTrainConfig
     from semlic.segnet.train_config import SegnetTrainConfig
 
     for name in ("study.yaml", "dryrun.yaml"):
@@ -99,8 +110,21 @@ def test_runner_config_and_help():
         SegnetTrainConfig.from_dict({**cfg["segnet"]["config"], "iterations": 10})
         DSSLICTrainConfig.from_dict(cfg["dsslic"]["config"])
         SMapNetTrainConfig.from_dict(cfg["smapnet"]["config"])
+        SSNetTrainConfig.from_dict({**cfg["smic"]["config"]["ssnet"], "num_classes": 11})
+        RecNetTrainConfig.from_dict(cfg["smic"]["config"]["recnet"])
+        hyperprior = cfg["hyperprior"]["config"]
+        for quality in hyperprior_qualities(hyperprior):
+            HyperpriorTrainConfig.from_dict(hyperprior_quality_config(hyperprior, quality))
+        latent = cfg["latent_seg"]["config"]
+        qualities, variants = latent_seg_parts(latent, hyperprior_qualities(hyperprior))
+        TeacherTrainConfig.from_dict({**latent["teacher"], "num_classes": 11})
+        for variant in variants:
+            StudentTrainConfig.from_dict({**latent["student"], **variant, "quality": qualities[0]})
+        assert cfg["baselines"]["on_device"] is False  # coded here (run.py baselines), not in the device call
+        scheduled = [step for lane in cfg.get("lanes") or run.LANES for step in lane] + list(cfg.get("final") or run.FINAL)
+        assert sorted(scheduled) == sorted(run.STEPS[1:])  # every step once
         sections = run.method_sections(cfg["code"])  # every name and option checked against the registry
-        assert sections and all(get_method(m).name == m for m in sections)
+        assert sections and all(get_method(s.get("method") or m) for m, s in sections.items())
         for plan in workers.method_plans(sections):
             assert plan.qualities
     assert run.STEPS[0] == "unpack" and set(run.STEPS[1:]) == set(run.STEP_FUNCTIONS) - {"unpack"}
@@ -126,6 +150,8 @@ def test_methods_come_from_the_registry(tmp_path):
     def study(methods) -> "run.Study":
         cfg = yaml.safe_load((SCRIPTS / "dryrun.yaml").read_text())
         cfg["code"]["methods"] = methods
+        cfg["speed"].pop("methods")          # the speed step times the code step's methods
+        cfg["latent_seg"]["enabled"] = False  # no compressed-domain evaluation
         path = tmp_path / f"{len(list(tmp_path.glob('*.yaml')))}.yaml"
         path.write_text(yaml.safe_dump(cfg))
         return run.Study(str(tmp_path / "w"), str(path), None, None)
@@ -135,10 +161,12 @@ def test_methods_come_from_the_registry(tmp_path):
         st = study(names)
         used = {n for m in names for n in get_method(m).models + get_method(m).encoder_models}
         assert used <= st.wanted()
-        assert {n for n in st.wanted() - used} <= {model for model, _ in run.TRAINING.values()}
-        for step, (model, _) in run.TRAINING.items():
-            assert st.pending(step) == (model in st.wanted())  # nothing trained yet
-    assert "smapnet" not in study(["dsslic"]).wanted()
+        assert {n for n in st.wanted() - used} <= {model for models, _ in run.TRAINING.values() for model in models}
+        for step, (models, _) in run.TRAINING.items():
+            assert st.pending(step) == bool(set(models) & st.wanted())  # nothing trained yet
+    assert study(["dsslic"]).wanted() == {"dsslic", "pspnet"}
+    assert study(["smic"]).wanted() == {"smic_ssnet", "smic_recnet"}
+    assert "deeplabv3" in run.Study(str(tmp_path / "w"), str(SCRIPTS / "dryrun.yaml"), None, None).wanted()
     # one timed quality: a QP where the method takes one, else the method's first quality
     assert run.timed_quality("dsslic", {}, 32) == 32
     assert run.timed_quality("smic", {"qualities": [[4, 40]]}, 32) == [4, 40]
@@ -168,7 +196,7 @@ def test_entropy_decoding_time_covers_every_image_layer(tiny_model):
 
 
 def _dry_run_config(num_classes: int) -> dict:
-    """dryrun.yaml, smaller still: 32x32 crops, a few iterations, two methods, one baseline."""
+    """dryrun.yaml, smaller still: 32-64 pixel crops, a few iterations, every kind of method, one baseline."""
     return {
         "device": "cpu", "unpack_workers": 1,
         "segnet": {"budget_s": 30, "probe_steps": 2, "max_epochs": 2, "min_steps": 2, "config": {
@@ -184,11 +212,32 @@ def _dry_run_config(num_classes: int) -> dict:
             "checkpoint_every": 1000000}},
         "smapnet": {"budget_s": 30, "probe_iterations": 1, "min_chunk": 1, "config": {
             "preset": "tiny", "epochs": 1, "batch_size": 2, "crop": 16, "checkpoint_every": 1000000}},
-        "code": {"methods": {"dsslic": {"qualities": [40, 30]}, "edms": {"qualities": [40], "agreement_tau": 0.001}},
+        "smic": {"budget_s": 60, "start_s": 1, "config": {
+            "num_classes": num_classes,
+            "ssnet": {"preset": "tiny", "iterations": 2, "batch_size": 2, "crop": 64, "checkpoint_every": 1000000,
+                      "log_every": 1},
+            "recnet": {"preset": "tiny", "iterations": 2, "batch_size": 2, "factors": [2, 4], "map_qps": [40],
+                       "checkpoint_every": 1000000, "log_every": 1}}},
+        "hyperprior": {"budget_s": 30, "start_s": 1, "config": {
+            "qualities": [1, 3], "widths": [8, 12], "iterations": 2, "batch_size": 2, "crop": 64,
+            "checkpoint_every": 1000000, "log_every": 1}},
+        "latent_seg": {"enabled": True, "budget_s": 60, "start_s": 1, "config": {
+            "num_classes": num_classes,
+            "teacher": {"preset": "tiny", "iterations": 2, "batch_size": 2, "crop": 64, "checkpoint_every": 1000000,
+                        "log_every": 1},
+            "student": {"iterations": 2, "batch_size": 2, "crop": 64, "transform_width": 8,
+                        "checkpoint_every": 1000000, "log_every": 1},
+            "variants": [{"selection": "none"}, {"selection": "dynamic"}, {"selection": "static", "channels": 4}]}},
+        "code": {"methods": {"dsslic": {"qualities": [40, 30]}, "edms": {"qualities": [40], "agreement_tau": 0.001},
+                             "dsslic_444": {"method": "dsslic", "qualities": [40], "chroma": "444"},
+                             "smic": {"qualities": [[2, 40]]}, "hyperprior": {"qualities": [1, 3]}},
                  "datasets": [{"dataset": "camvid", "split": "test"}, {"dataset": "kodak", "split": "test"}],
                  "workers": 2, "image_s": 10},
-        "speed": {"quality": 40, "images": 1, "cpu_images": 0, "estimate_s": 5},
-        "baselines": {"codecs": ["jpeg"], "sweep": {"jpeg": [50]}, "datasets": [{"dataset": "kodak", "split": "test"}],
+        "speed": {"methods": {"dsslic": {}, "smic": {}, "hyperprior": {}},
+                  "quality": {"dsslic": 40, "smic": [2, 40], "hyperprior": 3}, "images": 1, "cpu_images": 0,
+                  "estimate_s": 5},
+        "baselines": {"codecs": ["jpeg", "hevc"], "sweep": {"jpeg": [50], "hevc": [40, 30]},
+                      "datasets": [{"dataset": "kodak", "split": "test"}],
                       "workers": 1, "shard_size": 4, "shard_s": 10, "nice": 0},
         "cpu_paper_size": {"enabled": True, "images": 1, "threads": 1, "estimate_s": 5, "preset": "tiny",
                            "quality": 40},
@@ -210,8 +259,8 @@ def test_cpu_dry_run_of_the_study(tmp_path):
 
     src = tmp_path / "src"
     packs = tmp_path / "packs"
-    for dataset, split, count, size in (("camvid", "train", 4, (32, 32)), ("camvid", "test", 1, (40, 48)),
-                                        ("kodak", "test", 1, (48, 40))):
+    for dataset, split, count, size in (("camvid", "train", 4, (96, 96)), ("camvid", "test", 1, (64, 80)),
+                                        ("kodak", "test", 1, (64, 48))):
         items = []
         for i in range(count):
             image, label = make_sample(i + 10 * len(items), seed=hash((dataset, split)) % 1000, size=size)
@@ -226,37 +275,62 @@ def test_cpu_dry_run_of_the_study(tmp_path):
     config.write_text(yaml.safe_dump(_dry_run_config(NUM_CLASSES)))
     work, out = tmp_path / "w", tmp_path / "out"
     args = ["--workdir", str(work), "--config", str(config), "--packs", str(packs), "--budget-s", "1200"]
-    assert run.main(["auto", *args]) == 0, (work / "logs" / "runner.log").read_text()[-6000:]
+    assert run.main(["auto", *args, "--out", str(out)]) == 0, (work / "logs" / "runner.log").read_text()[-6000:]
+    log = (work / "logs" / "runner.log").read_text()
+    assert all(f" lane{i}]" in log for i in range(3)) and " final]" in log  # the lanes ran, then the final steps
+    status = json.loads((work / "status.json").read_text())["steps"]
+    assert {s for s, entry in status.items() if entry.get("done")} >= set(run.STEPS[1:])
+    with tarfile.open(out / "study_results.tar.gz") as tar:  # refreshed after every step, before any pack call
+        assert "study_results/status.json" in tar.getnames()
     assert run.main(["pack", *args, "--out", str(out), "--models"]) == 0
     with tarfile.open(out / "study_results.tar.gz") as tar:
         tar.extractall(tmp_path / "results")
     res = tmp_path / "results" / "study_results"
 
-    # the models each step trained, found by their registered names
-    assert {p.name for p in (res / "models").glob("*.json")} == {"pspnet.json", "dsslic.json", "smapnet.json"}
+    # the models each step trained, found by their registered names (the students by folder)
+    models = {p.stem for p in (res / "models").glob("*.json")}
+    assert {"pspnet", "dsslic", "smapnet", "smic_ssnet", "smic_recnet", "hyperprior", "deeplabv3"} <= models
+    assert {m for m in models if m.startswith("latent_seg_")} == {f"latent_seg_latent-seg_q{q}_{s}" for q in (1, 3)
+                                                                 for s in ("no_gate", "dynamic", "static4")}
     assert list(out.glob("models.fp16.tar.part*"))
-    # rows: every chosen method on every data set at its qualities, and the background baseline
+    # rows: every chosen method (a variant under its own name) on every data set at its qualities
     rows = pd.DataFrame(results.read_rows(res / "rows"))
-    coded = rows[rows["method"] != "jpeg"].groupby(["method", "dataset"]).size().to_dict()
-    assert coded == {("dsslic", "camvid"): 2, ("dsslic", "kodak"): 2, ("edms", "camvid"): 1, ("edms", "kodak"): 1}
-    assert set(rows[rows["method"] == "jpeg"]["dataset"]) == {"kodak"}
+    coded = rows.groupby(["method", "dataset"]).size().to_dict()
+    assert coded == {(m, d): n for m, n in (("dsslic", 2), ("edms", 1), ("dsslic_444", 1), ("smic", 1),
+                                            ("hyperprior", 2)) for d in ("camvid", "kodak")}
     assert (rows["git_rev"] != "").all()
-    # the training logs the report reads
+    # the training logs the report reads: probe-fitted chunks and minutes-bounded loops
     training = study.training_table(res).set_index("step")
-    assert {"dsslic", "smapnet", "segnet"} <= set(training.index)
+    assert {"dsslic", "smapnet", "segnet", "smic_ssnet", "smic_recnet", "hyperprior_q1", "latent-seg_teacher"} \
+        <= set(training.index)
     assert training.loc["dsslic", "iterations"] == json.loads((res / "logs" / "dsslic_plan.json").read_text())[
         "total_iterations"]
     assert "iteration" in pd.read_parquet(res / "logs" / "segnet_train_log.parquet").columns
     # the clean timing pass and the paper-size decode
     speed = pd.read_parquet(res / "speed" / "speed.parquet")
-    assert set(speed["method"]) == {"dsslic", "edms"} and speed["matches_encoder"].all()
-    assert (speed[["enc_network_s", "enc_entropy_s", "dec_entropy_s"]] > 0).all().all()
-    assert len(study.speed_table(speed)) == 2
+    assert set(speed["method"]) == {"dsslic", "smic", "hyperprior"} and speed["matches_encoder"].all()
+    assert len(study.speed_table(speed)) == 3
     paper = pd.read_parquet(res / "speed" / "cpu_paper_size.parquet").set_index("method")
     assert paper.loc["edms", "parameters"] > paper.loc["dsslic", "parameters"] > 0
+    assert "smic" in paper.index and "hyperprior" not in paper.index  # no size presets: timed by speed alone
+    assert (res / "speed" / "train_bench.json").is_file()
     assert (res / "segmentation" / "camvid_test.parquet").is_file()
     assert (res / "segmentation" / "pairs.parquet").is_file()
+    latent = pd.read_parquet(res / "segmentation" / "latent_seg.parquet")
+    assert {"pixel"} < set(latent["method"]) and set(latent["quality"]) == {1, 3}
     provenance = json.loads((res / "provenance.json").read_text())
-    assert set(provenance["methods"]) == {"dsslic", "edms"}
+    assert set(provenance["methods"]) == {"dsslic", "edms", "dsslic_444", "smic", "hyperprior"}
     # a second call finds everything done
     assert run.main(["auto", *args]) == 0
+
+    # the baselines: here, on the CPU, over the same packs (their rows join the report as extra rows)
+    local, local_out = tmp_path / "local", tmp_path / "local-out"
+    assert run.main(["baselines", "--workdir", str(local), "--config", str(config), "--packs", str(packs),
+                     "--out", str(local_out)]) == 0
+    with tarfile.open(local_out / "study_results.tar.gz") as tar:
+        tar.extractall(tmp_path / "local-results")
+    base = pd.DataFrame(results.read_rows(tmp_path / "local-results" / "study_results" / "rows"))
+    assert set(base["method"]) == {"jpeg", "hevc"} and set(base["dataset"]) == {"kodak"}
+    summary = study.study_report(res, tmp_path / "report", extra_rows=[tmp_path / "local-results" / "study_results"
+                                                                       / "rows"], dry_run=True)
+    assert summary["rows"] == len(rows) + len(base)

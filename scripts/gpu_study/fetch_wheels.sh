@@ -13,13 +13,13 @@ DEST=${2:-build/gpu-wheels}
 PIP=${PIP:-.venv/bin/pip}
 version() { .venv/bin/python -c "from importlib.metadata import version; print(version('$1'))"; }
 pins=""
-for name in pillow pillow-heif pillow-jxl-plugin pytorch-msssim ${EXTRA:-}; do
+for name in pillow pillow-heif pillow-jxl-plugin pytorch-msssim compressai ${EXTRA:-}; do
   pins="$pins $name==$(version "$name")"
 done
 rm -rf "$DEST"
 mkdir -p "$DEST"
 $PIP download --quiet --no-deps --only-binary=:all: --implementation cp --python-version "$PYVER" \
-  --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+  --platform manylinux_2_34_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
   --platform manylinux2014_x86_64 -d "$DEST" $pins
 echo "$PYVER" > "$DEST/PYTHON_VERSION"
 ls -l "$DEST"

@@ -24,6 +24,7 @@ fi
 export PYTHONPATH="$(cd "$_site" && pwd):$_repo${PYTHONPATH:+:$PYTHONPATH}"
 "$_py" - <<'PY' || { return 3 2>/dev/null || exit 3; }
 import PIL, pillow_heif, pillow_jxl, pytorch_msssim, safetensors, yaml, tqdm, torch
+import compressai.models  # the hyperprior (CompressAI bmshj2018-hyperprior)
 from PIL import Image, features
 pillow_heif.register_heif_opener()  # as semlic.image_codecs does
 missing = [f for f, ok in (("HEIF", "HEIF" in Image.SAVE), ("JXL", "JXL" in Image.SAVE),

@@ -1,47 +1,61 @@
 """The GPU study's step runner: ``python scripts/gpu_study/run.py STEP --workdir W --config CFG``.
 
 Runs on the GPU machine with torch alone (no Ray, Prefect or DVC), and on a CPU for the dry
-run. Every step is resumable and skips what is already done, so a device call is always the
-same command (``call.sh``): ``auto`` runs the unfinished steps in order until the call's
-deadline, each training step fitted to its time allocation; ``pack`` gathers the results.
+run. The whole study is ONE device call (``call.sh``): ``auto`` runs three lanes of steps at
+once (threads, each step its own process on the one GPU) until the lanes' deadline (the call's
+less ``final_reserve_s``), then the final steps one after the other; every training is bounded
+by its ``budget_s`` and ends cleanly with its model written, and ``--out`` gets the results
+archive refreshed after every step, so a call stopped at its limit still brings back what is
+finished. Every step is resumable and skips what is done; status.json records each step's
+outcome (done, wall time, why not).
 
 What is coded comes from the method registry (:mod:`semlic.methods`): ``code.methods`` names
-registered methods, each with its params section (qualities and options, as the pipeline's code
-stage reads them: :meth:`semlic.code_stage.MethodPlan.from_section`); none given: every
-registered method at its defaults. The models a method needs are its ``models`` (decoder) and
-``encoder_models`` (its segmenter), found by registered name among the model files of the
-study's models folders (``W/models`` and ``models_dirs``; :class:`semlic.model_files.ModelStore`).
-A training step runs only when a chosen method needs the model it trains (directly, or to make
-the training data of another) and no models folder holds it yet.
+registered methods (or variants under names of their own), each with its params section
+(qualities and options, as the pipeline's code stage reads them:
+:meth:`semlic.code_stage.MethodPlan.from_section`); none given: every registered method at its
+defaults. The models a method needs are its ``models`` (decoder) and ``encoder_models`` (its
+segmenter), found by registered name among the model files of the study's models folders
+(``W/models`` and ``models_dirs``; :class:`semlic.model_files.ModelStore`). A training step
+runs only when a chosen method needs a model it trains (directly, or to make the training data
+of another) and no models folder holds it yet; a method whose models are missing when the
+code step runs is left out, and the results say so.
 
-Steps (in order; ``auto`` runs them all):
+Steps (``LANES`` then ``FINAL``; ``lanes`` / ``final`` in the config override them):
 
 =============  ==================================================================================
 unpack         every data pack present (datapack.py) -> W/data/<dataset>/<split>/{images,labels}
-segnet         PSPNet (model ``pspnet``): a short probe measures images/s, the run's steps are
-               fitted to ``segnet.budget_s``, then ``semlic train-segnet --out W/models/segnet
-               --minutes M`` (resumes by default)
+*lane0*
+segnet         PSPNet (model ``pspnet``): a short probe measures images/s, the steps are fitted to
+               ``segnet.budget_s``, then ``semlic train-segnet --out W/models/segnet --minutes M``
 segment-train  ``semlic segment`` of the train split (the maps DSSLIC learns from)
-bench-train    DSSLIC training throughput in a few settings + kernel profile (workers.py);
-               the fastest of amp / channels_last is used for training
-dsslic         DSSLIC CompNet + FineNet (+ discriminators), model ``dsslic``: a probe chunk, the
-               total iterations fitted to ``dsslic.budget_s`` (at most ``epochs``), chunks of
-               ``semlic.methods.dsslic.training.train_dsslic(stop_after=...)`` sized to the time left
 segment-test   ``semlic segment`` of every data set the code step codes (mIoU on CamVid test)
+dsslic         DSSLIC CompNet + FineNet (+ discriminators), model ``dsslic``: a probe chunk, the
+               total iterations fitted to ``dsslic.budget_s`` (at most ``epochs``), then
+               ``semlic.methods.dsslic.training.train_dsslic(stop_after=...)``
 pairs          ``semlic smap-pairs`` on the train split (SMapNet's training data)
 smapnet        SMapNet (model ``smapnet``), fitted to ``smapnet.budget_s`` like dsslic
-               (``semlic.methods.edms.training.train_smapnet(stop_after=...)``)
+*lane1*
+smic           SMIC's SS-Net then Rec-Net (``semlic train-smic``), each loop bounded by minutes
+               from ``smic.budget_s`` (``ssnet_share`` to SS-Net)
+*lane2*
+hyperprior     CompressAI's bmshj2018-hyperprior per quality (``semlic train-hyperprior``), minutes
+               per quality from ``hyperprior.budget_s``, merged into one bank
+latent-seg     (``latent_seg.enabled``) the DeepLabv3 teacher, then the compressed-domain students
+               of each quality (``semlic train-latent-seg``), minutes from ``latent_seg.budget_s``
+*final*
 code           every chosen method on every data set of ``code.datasets`` at its qualities
                (``semlic.code_stage.code_method``): ``code.workers`` processes, one part per
                (dataset, method, image)
+latent-eval    rate-mIoU of pixel-domain and compressed-domain segmentation (``semlic eval-latent-seg``)
 speed          the clean timing pass: ``Method.encode`` / ``Method.decode`` per Kodak image on the
                GPU (network and entropy coding apart) and decode on the CPU
+bench-train    DSSLIC's training step in a few settings, alone on the GPU, + kernel profile
 cpu-paper      (optional, ``cpu_paper_size.enabled``) CPU decode with every network a method's
-               decoder runs at the paper's size, random weights: the cost of a trained model's
-               decode on a machine without a GPU
-baselines      (in the background of ``auto``, niced, on the idle CPU cores) JPEG, JPEG 2000,
-               WebP, AVIF, JPEG XL, HEVC 4:4:4 over their sweeps, shard by shard
+               decoder runs at the paper's size, random weights
 pack           W/results (rows as a hive tree, logs, speed, provenance) -> OUT/study_results.tar.gz
+baselines      HERE, not on the device (``baselines.on_device: false``): JPEG, JPEG 2000, WebP,
+               AVIF, JPEG XL, HEVC 4:4:4 over their sweeps on the same carried test images, shard
+               by shard, on this CPU (``run.py baselines``); their rows join the report as extra rows
 =============  ==================================================================================
 """
 
@@ -56,6 +70,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from pathlib import Path
 
@@ -69,15 +84,25 @@ import yaml  # noqa: E402
 import datapack  # noqa: E402
 import workers  # noqa: E402
 
-STEPS = ("unpack", "segnet", "segment-train", "bench-train", "dsslic", "segment-test", "pairs", "smapnet", "code",
-         "speed", "cpu-paper")
+STEPS = ("unpack", "segnet", "segment-train", "segment-test", "dsslic", "pairs", "smapnet", "smic", "hyperprior",
+         "latent-seg", "code", "latent-eval", "speed", "bench-train", "cpu-paper")
 MARGIN_S = 20          # kept free at the end of a step's slot (saving state, process exit)
 SPAWN_S = 25           # loading data and models before a training chunk starts its loop
 
-#: The training steps: the registered model each one trains (into ``W/models/<step>/``) and the
+#: The training steps: the registered models each one trains (into ``W/models/<step>/``) and the
 #: models its training data is made with (DSSLIC learns from PSPNet's maps of the train split;
-#: SMapNet from pairs made with DSSLIC's compact image and PSPNet).
-TRAINING = {"segnet": ("pspnet", ()), "dsslic": ("dsslic", ("pspnet",)), "smapnet": ("smapnet", ("dsslic", "pspnet"))}
+#: SMapNet from pairs made with DSSLIC's compact image and PSPNet; the compressed-domain
+#: students from the hyperprior's latents).
+TRAINING = {"segnet": (("pspnet",), ()), "dsslic": (("dsslic",), ("pspnet",)),
+            "smapnet": (("smapnet",), ("dsslic", "pspnet")), "smic": (("smic_ssnet", "smic_recnet"), ()),
+            "hyperprior": (("hyperprior",), ()), "latent-seg": (("deeplabv3", "latent_seg"), ("hyperprior",))}
+
+#: The one call's schedule: lanes of steps that run at the same time (threads; each step is its
+#: own process on the one GPU), every lane in order; then the final steps, one after the other,
+#: once every lane has ended. ``lanes`` / ``final`` in the config override these.
+LANES = (("segnet", "segment-train", "segment-test", "dsslic", "pairs", "smapnet"), ("smic",),
+         ("hyperprior", "latent-seg"))
+FINAL = ("code", "latent-eval", "speed", "bench-train", "cpu-paper")
 
 
 # --- methods ------------------------------------------------------------------------------------
@@ -111,7 +136,7 @@ def timed_quality(name: str, params: dict, quality):
     from semlic.errors import ConfigError
     from semlic.methods import get_method
 
-    method = get_method(name)
+    method = get_method(params.get("method") or name)  # a variant names its method
     if isinstance(quality, dict):
         if name in quality:
             return quality[name]
@@ -130,6 +155,7 @@ class Study:
         self.w = Path(workdir).resolve()
         self.config_path = Path(config).resolve()
         self.cfg = yaml.safe_load(self.config_path.read_text())
+        self.has_deadline = deadline is not None
         self.deadline = deadline or time.time() + 10 * 24 * 3600
         self.packs = Path(packs).resolve() if packs else None
         self.device = self.cfg.get("device", "cuda")
@@ -137,6 +163,9 @@ class Study:
         (self.w / "logs").mkdir(parents=True, exist_ok=True)
         self.status_path = self.w / "status.json"
         self.status = json.loads(self.status_path.read_text()) if self.status_path.is_file() else {"steps": {}}
+        self.out: Path | None = None     # where ``auto`` refreshes the results archive after every step
+        self._lock = threading.RLock()   # status.json, the log and the archive are shared by the lanes
+        self._lane = threading.local()   # a lane's own deadline (``left``)
 
     # paths
     def data(self, dataset: str, split: str) -> Path:
@@ -178,7 +207,9 @@ class Study:
         """Registered models the chosen methods use, and those their training data is made with."""
         names = {n for step in ("code", "speed") for plan in self.plans(step)
                  for n in workers.plan_models(plan, from_image=step == "speed")}
-        needs = dict(TRAINING.values())
+        needs = {model: made_with for models, made_with in TRAINING.values() for model in models}
+        if (self.cfg.get("latent_seg") or {}).get("enabled"):
+            names |= {"deeplabv3", "latent_seg", "hyperprior"}
         stack = list(names)
         while stack:
             for name in needs.get(stack.pop(), ()):
@@ -188,31 +219,46 @@ class Study:
         return names
 
     def pending(self, step: str) -> bool:
-        """Whether a training step has work: a chosen method needs its model and no folder holds it."""
-        model = TRAINING[step][0]
-        return model in self.wanted() and self.model_path(model) is None
+        """Whether a training step has work: a chosen method needs one of its models and no folder holds it."""
+        wanted, store = self.wanted(), self.store()
+        return any(model in wanted and model not in store.names() for model in TRAINING[step][0])
 
     # time
     def left(self) -> float:
-        return self.deadline - time.time()
+        """Seconds until the deadline of the calling lane (its own, when a lane set one), else the call's."""
+        return min(self.deadline, getattr(self._lane, "deadline", self.deadline)) - time.time()
 
     # status
     def note(self, step: str, **values) -> None:
-        entry = self.status["steps"].setdefault(step, {})
-        for key, value in values.items():
-            if key.endswith("_add"):
-                entry[key[:-4]] = entry.get(key[:-4], 0.0) + value
-            else:
-                entry[key] = value
-        workers.write_json(self.status_path, self.status)
+        with self._lock:
+            entry = self.status["steps"].setdefault(step, {})
+            for key, value in values.items():
+                if key.endswith("_add"):
+                    entry[key[:-4]] = entry.get(key[:-4], 0.0) + value
+                else:
+                    entry[key] = value
+            workers.write_json(self.status_path, self.status)
+
+    def refresh(self) -> None:
+        """The results archive in ``out`` brought up to date (after every step: a call stopped at its
+        limit still brings back what is finished)."""
+        if self.out is None:
+            return
+        with self._lock:
+            try:
+                pack(self, self.out, quiet=True)
+            except Exception as exc:  # the next refresh or the final pack tries again
+                self.log(f"pack: failed ({exc!r})")
 
     def spent(self, step: str) -> float:
         return float(self.status["steps"].get(step, {}).get("spent_s", 0.0))
 
     def log(self, message: str) -> None:
-        line = f"[{time.strftime('%H:%M:%S')} {self.left():6.0f}s left] {message}"
+        lane = getattr(self._lane, "name", "")
+        left = f" {self.deadline - time.time():6.0f}s left" if self.has_deadline else ""
+        line = f"[{time.strftime('%H:%M:%S')}{left}{lane}] {message}"
         print(line, flush=True)
-        with open(self.w / "logs" / "runner.log", "a") as fh:
+        with self._lock, open(self.w / "logs" / "runner.log", "a") as fh:
             fh.write(line + "\n")
 
     # processes
@@ -392,22 +438,23 @@ def step_segment_test(st: Study) -> bool:
 
 def _dsslic_config(st: Study, total: int | None = None) -> dict:
     config = dict(st.cfg["dsslic"]["config"])
-    choice = st.w / "bench" / "train_bench.json"
-    if st.cfg.get("bench_train", {}).get("apply", True) and choice.is_file():
-        config.update(json.loads(choice.read_text())["best"])
     if total is not None:
         config["iterations"] = int(total)
     return config
 
 
 def step_bench_train(st: Study) -> bool:
+    """DSSLIC's training step in a few settings, alone on the GPU once the trainings have ended
+    (their own throughput is in their logs, measured while the lanes shared the GPU)."""
     bcfg = st.cfg.get("bench_train", {})
     out = st.w / "bench"
-    if not bcfg.get("enabled", False) or (out / "train_bench.json").is_file() or not st.pending("dsslic"):
+    if not bcfg.get("enabled", False) or (out / "train_bench.json").is_file():
         return True
-    if (st.train_dir("dsslic") / "train_state.safetensors").is_file():
-        return True  # training has begun with the settings it has
-    if st.left() < float(bcfg.get("estimate_s", 60)) + 60:
+    if not (st.w / "segs" / "camvid" / "train" / "segments.parquet").is_file():
+        st.log("bench-train: no PSPNet maps of the train split")
+        return False
+    if st.left() < float(bcfg.get("estimate_s", 60)) + MARGIN_S:
+        st.log("bench-train: no time left")
         return False
     variants = bcfg.get("variants")
     started = time.time()
@@ -428,7 +475,7 @@ def _fit_chunks(st: Study, step: str, kwargs_for, per_epoch: int) -> bool:
     the state in ``W/models/<step>`` until it holds the model.
     """
     section = st.cfg[step]
-    model = TRAINING[step][0]
+    model = TRAINING[step][0][0]
     out_dir = st.train_dir(step)
     plan_path = out_dir / "plan.json"
     state = out_dir / "train_state.safetensors"
@@ -531,6 +578,150 @@ def step_smapnet(st: Study) -> bool:
     return _fit_chunks(st, "smapnet", kwargs, per_epoch)
 
 
+
+# --- trainings bounded by minutes (SMIC, the hyperprior, the compressed-domain students) ---------
+def _budget_s(st: Study, step: str) -> float:
+    """The seconds a training step may still take: its ``budget_s`` less what it spent, within its lane."""
+    return min(float(st.cfg[step.replace("-", "_")]["budget_s"]) - st.spent(step), st.left() - MARGIN_S)
+
+
+def _timeout(st: Study, seconds: float) -> float:
+    """A minutes-bounded training's process: its budget plus its start and the model's writing, never
+    past the lane's deadline (the loop ends itself before: its minutes leave that time)."""
+    return max(30.0, min(seconds + 45, st.left()))
+
+
+def _write_config(path: Path, section: str, config: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump({section: config}, sort_keys=True))
+    return path
+
+
+def _prepared_train(st: Study, step: str) -> Path | None:
+    prepared = st.w / "data" / "camvid"
+    if not (prepared / "train" / "labels").is_dir():
+        st.log(f"{step}: no CamVid train split (carry build/gpu-data/camvid-train.tar)")
+        return None
+    return prepared
+
+
+def _loop_minutes(seconds: float, loops: int, start_s: float) -> float:
+    """Minutes for each of ``loops`` training loops run one after the other in ``seconds``, each
+    loop's start (reading the data, building the networks) taking about ``start_s``."""
+    return max(0.05, (seconds - SPAWN_S - loops * start_s) / loops / 60.0)
+
+
+def step_smic(st: Study) -> bool:
+    """SMIC's SS-Net then Rec-Net (``semlic train-smic``), each loop bounded by its share of ``smic.budget_s``."""
+    if not st.pending("smic"):
+        return True
+    prepared = _prepared_train(st, "smic")
+    seconds = _budget_s(st, "smic")
+    section = st.cfg["smic"]
+    if prepared is None or seconds < float(section.get("min_s", 30)):
+        st.log(f"smic: {seconds:.0f} s left for it") if prepared is not None else None
+        return False
+    config = json.loads(json.dumps(section["config"]))
+    share = float(section.get("ssnet_share", 0.4))
+    each = _loop_minutes(seconds, 2, float(section.get("start_s", 10)))
+    config["ssnet"]["minutes"] = round(2 * each * share, 3)
+    config["recnet"]["minutes"] = round(2 * each * (1 - share), 3)
+    store = st.store()
+    part = "recnet" if "smic_ssnet" in store.names() else "both"
+    path = _write_config(st.train_dir("smic") / "config.yaml", "train_smic", config)
+    started = time.time()
+    st.semlic("smic", ["train-smic", "--data", str(prepared), "--out", str(st.train_dir("smic")), "--config",
+                       str(path), "--part", part, "--device", st.device, "--no-progress"],
+              timeout=_timeout(st, seconds))
+    st.note("smic", spent_s_add=time.time() - started, minutes={k: config[k]["minutes"] for k in ("ssnet", "recnet")})
+    return not st.pending("smic")
+
+
+def step_hyperprior(st: Study) -> bool:
+    """CompressAI's bmshj2018-hyperprior at each quality (``semlic train-hyperprior``), merged into one bank."""
+    from semlic.methods.latent_seg.commands import hyperprior_qualities
+    from semlic.methods.latent_seg.hyperprior import HYPERPRIOR_FILE
+
+    if not st.pending("hyperprior"):
+        return True
+    prepared = _prepared_train(st, "hyperprior")
+    seconds = _budget_s(st, "hyperprior")
+    section = st.cfg["hyperprior"]
+    if prepared is None or seconds < float(section.get("min_s", 30)):
+        st.log(f"hyperprior: {seconds:.0f} s left for it") if prepared is not None else None
+        return False
+    config = dict(section["config"])
+    qualities = hyperprior_qualities(config)
+    config["minutes"] = round(_loop_minutes(seconds, len(qualities), float(section.get("start_s", 5))), 3)
+    out = st.train_dir("hyperprior")
+    path = _write_config(out / "config.yaml", "train_hyperprior", config)
+    started = time.time()
+    code = st.semlic("hyperprior", ["train-hyperprior", "--data", str(prepared), "--out", str(out), "--config",
+                                    str(path), "--device", st.device, "--no-progress"], timeout=_timeout(st, seconds))
+    st.note("hyperprior", spent_s_add=time.time() - started, minutes_per_quality=config["minutes"])
+    if code == 0 and (out / HYPERPRIOR_FILE).is_file():
+        for q in qualities:  # one hyperprior model file in the models folders: the bank
+            (out / f"q{q}" / HYPERPRIOR_FILE).unlink(missing_ok=True)
+    return not st.pending("hyperprior")
+
+
+def step_latent_seg(st: Study) -> bool:
+    """The DeepLabv3 teacher, then each quality's compressed-domain students (``semlic train-latent-seg``)."""
+    from semlic.methods.latent_seg.commands import latent_seg_parts
+    from semlic.model_files import config_of
+
+    section = st.cfg.get("latent_seg") or {}
+    out = st.train_dir("latent-seg")
+    if not section.get("enabled") or (out / "done.json").is_file():
+        return True
+    prepared, bank = _prepared_train(st, "latent-seg"), st.model_path("hyperprior")
+    seconds = _budget_s(st, "latent-seg")
+    if prepared is None or bank is None or seconds < float(section.get("min_s", 30)):
+        st.log(f"latent-seg: {'no hyperprior model' if bank is None else f'{seconds:.0f} s left for it'}")
+        return False
+    config = json.loads(json.dumps(section["config"]))
+    qualities, variants = latent_seg_parts(config, config_of(bank)[1].qualities)
+    students = len(qualities) * len(variants)
+    start_s = float(section.get("start_s", 10))
+    teacher = _loop_minutes(seconds * float(section.get("teacher_share", 0.4)), 1, start_s)
+    config.setdefault("teacher", {})["minutes"] = round(teacher, 3)
+    left = seconds - teacher * 60 - SPAWN_S - start_s
+    config.setdefault("student", {})["minutes"] = round(
+        max(0.05, (left - len(qualities) * start_s) / students / 60), 3)  # latents computed once per quality
+    path = _write_config(out / "config.yaml", "train_latent_seg", config)
+    started = time.time()
+    code = st.semlic("latent-seg", ["train-latent-seg", "--data", str(prepared), "--hyperprior", str(bank), "--out",
+                                    str(out), "--config", str(path), "--device", st.device, "--keep-trained",
+                                    "--no-progress"], timeout=_timeout(st, seconds))
+    st.note("latent-seg", spent_s_add=time.time() - started,
+            minutes={"teacher": config["teacher"]["minutes"], "student": config["student"]["minutes"]})
+    if code == 0:
+        workers.write_json(out / "done.json", {"qualities": qualities, "students": students})
+    return code == 0
+
+
+def step_latent_eval(st: Study) -> bool:
+    """Rate-mIoU of pixel-domain (DeepLabv3 on the decoded image) and compressed-domain segmentation
+    on the CamVid test images (``semlic eval-latent-seg``)."""
+    section = st.cfg.get("latent_seg") or {}
+    out = st.w / "latent_eval" / "rows.parquet"
+    if not section.get("enabled") or out.is_file():
+        return True
+    bank, models = st.model_path("hyperprior"), st.train_dir("latent-seg")
+    if bank is None or not (models / "done.json").is_file():
+        st.log("latent-eval: the compressed-domain models are not trained")
+        return False
+    if not (st.data("camvid", "test") / "labels").is_dir() or st.left() < 30:
+        return False
+    args = ["eval-latent-seg", "--data", str(st.w / "data" / "camvid"), "--hyperprior", str(bank), "--models",
+            str(models), "--out", str(out), "--split", "test", "--device", st.device, "--no-progress"]
+    if section.get("eval_limit"):
+        args += ["--limit", str(int(section["eval_limit"]))]
+    started = time.time()
+    st.semlic("latent-eval", args, timeout=st.left() - MARGIN_S)
+    st.note("latent-eval", spent_s_add=time.time() - started)
+    return out.is_file()
+
 def _code_jobs(st: Study, section: dict) -> list[dict]:
     jobs = []
     for entry in section["datasets"]:
@@ -546,21 +737,29 @@ def _missing_parts(st: Study, jobs: list[dict], methods: list[str]) -> list[dict
                                    for m in methods)]
 
 
-def _missing_models(st: Study, step: str, plans: list, from_image: bool = False) -> list[str]:
+def _with_models(st: Study, step: str, sections: dict, from_image: bool = False) -> tuple[dict, list[str]]:
+    """The methods of ``sections`` whose models are all in the models folders, and the names of
+    those left out (a training that did not finish): the step does what it can and says what not."""
     store = st.store()
-    missing = sorted({n for plan in plans for n in workers.plan_models(plan, from_image) if n not in store})
-    if missing:
-        st.log(f"{step}: no model file of {', '.join(missing)} in {', '.join(map(str, st.models_dirs))}")
-    return missing
+    kept, skipped = {}, []
+    for (name, section), plan in zip(sections.items(), workers.method_plans(sections)):
+        missing = [n for n in workers.plan_models(plan, from_image) if n not in store]
+        if missing:
+            skipped.append(name)
+            st.log(f"{step}: {name} left out: no model file of {', '.join(missing)}")
+        else:
+            kept[name] = section
+    if skipped:
+        st.note(step, methods_left_out=skipped)
+    return kept, skipped
 
 
 def step_code(st: Study) -> bool:
     ccfg = st.cfg["code"]
-    sections = st.sections("code")
-    plans = workers.method_plans(sections)
-    methods = [plan.method.name for plan in plans]
-    if _missing_models(st, "code", plans):
+    sections, skipped = _with_models(st, "code", st.sections("code"))
+    if not sections:
         return False
+    methods = list(sections)
     jobs = _code_jobs(st, ccfg)
     if {j["dataset"] for j in jobs} != {e["dataset"] for e in ccfg["datasets"]}:
         st.log("code: a test set is missing (carry camvid-test.tar and kodak.tar)")
@@ -603,7 +802,7 @@ def step_code(st: Study) -> bool:
     st.note("code", spent_s_add=time.time() - started, images_left=len(left), failed_workers=failed)
     st.log(f"code: {len(jobs) - len(left)} of {len(jobs)} images coded ({failed} workers failed; "
            f"see logs/code-*.log)")
-    return not left
+    return not left and not skipped
 
 
 def step_speed(st: Study) -> bool:
@@ -611,8 +810,8 @@ def step_speed(st: Study) -> bool:
     if (out / "speed.json").is_file():
         return True
     scfg = st.cfg["speed"]
-    sections = st.sections("speed")
-    if _missing_models(st, "speed", workers.method_plans(sections), from_image=True):
+    sections, skipped = _with_models(st, "speed", st.sections("speed"), from_image=True)
+    if not sections:
         return False
     images = sorted((st.data(scfg.get("dataset", "kodak"), scfg.get("split", "test")) / "images").glob("*.png"))
     images = images[: scfg.get("images")]
@@ -623,7 +822,7 @@ def step_speed(st: Study) -> bool:
                                  "models_dirs": [str(d) for d in st.models_dirs], "cfg": scfg,
                                  "device": st.device, "out": str(out)}, timeout=st.left() - MARGIN_S)
     st.note("speed", spent_s_add=time.time() - started)
-    return (out / "speed.json").is_file()
+    return (out / "speed.json").is_file() and not skipped
 
 
 def step_cpu_paper(st: Study) -> bool:
@@ -647,9 +846,10 @@ def step_cpu_paper(st: Study) -> bool:
 
 
 STEP_FUNCTIONS = {"unpack": step_unpack, "segnet": step_segnet, "segment-train": step_segment_train,
-                  "bench-train": step_bench_train, "dsslic": step_dsslic, "segment-test": step_segment_test,
-                  "pairs": step_pairs, "smapnet": step_smapnet, "code": step_code, "speed": step_speed,
-                  "cpu-paper": step_cpu_paper}
+                  "segment-test": step_segment_test, "dsslic": step_dsslic, "pairs": step_pairs,
+                  "smapnet": step_smapnet, "smic": step_smic, "hyperprior": step_hyperprior,
+                  "latent-seg": step_latent_seg, "code": step_code, "latent-eval": step_latent_eval,
+                  "speed": step_speed, "bench-train": step_bench_train, "cpu-paper": step_cpu_paper}
 
 
 # --- background baselines -----------------------------------------------------------------------
@@ -662,8 +862,10 @@ def _baseline_jobs(st: Study) -> list[dict]:
     return jobs
 
 
-def _baselines_done(st: Study) -> bool:
+def _baselines_done(st: Study, here: bool = False) -> bool:
     bcfg = st.cfg.get("baselines") or {}
+    if not here and not bcfg.get("on_device"):
+        return True  # coded on the CPU here (``run.py baselines``), not part of the device call
     size = int(bcfg.get("shard_size", 24))
     for entry in bcfg.get("datasets", []):
         images = sorted((st.data(entry["dataset"], entry.get("split", "test")) / "images").glob("*.png"))
@@ -677,7 +879,7 @@ def _baselines_done(st: Study) -> bool:
 def start_baselines(st: Study):
     bcfg = st.cfg.get("baselines") or {}
     jobs = _baseline_jobs(st)
-    if not jobs or _baselines_done(st):
+    if not bcfg.get("on_device") or not jobs or _baselines_done(st):
         return None
     spec = st.w / "logs" / "baselines.job.json"
     workers.write_json(spec, {"function": "baselines", "kwargs": {
@@ -694,6 +896,22 @@ def start_baselines(st: Study):
     return proc, log
 
 
+def baselines_here(st: Study) -> bool:
+    """The classical baselines over the same test images as the device call, on this CPU, with the
+    same code (:func:`semlic.baselines.run_baselines`): unpack the packs, code every shard not yet
+    coded (resumable), in the foreground."""
+    step_unpack(st)
+    bcfg = st.cfg.get("baselines") or {}
+    jobs = _baseline_jobs(st)
+    if not jobs:
+        st.log("baselines: no images (the packs of baselines.datasets)")
+        return False
+    st.log(f"baselines: {len(jobs)} images, {', '.join(bcfg['codecs'])}, {bcfg.get('workers', 1)} processes")
+    result = workers.baselines(jobs, bcfg, str(st.w / "baselines"), st.deadline, st.git_rev)
+    st.log(f"baselines: {result}")
+    return _baselines_done(st, here=True)
+
+
 def finish_baselines(st: Study, handle) -> None:
     if handle is None:
         return
@@ -708,35 +926,80 @@ def finish_baselines(st: Study, handle) -> None:
 
 
 # --- auto and pack ------------------------------------------------------------------------------
+#: Steps whose failure does not stop their lane (nothing later in it reads what they make).
+NON_BLOCKING = {"segment-test", "code", "latent-eval", "speed", "bench-train", "cpu-paper"}
+
+
+def run_step(st: Study, name: str) -> bool:
+    """One step unless done; its outcome in status.json; the results archive refreshed."""
+    if st.status["steps"].get(name, {}).get("done"):
+        return True
+    started = time.time()
+    try:
+        ok = STEP_FUNCTIONS[name](st)
+    except Exception:  # what is done is kept; the results say where it stopped
+        import traceback
+
+        st.log(f"{name}: failed\n{traceback.format_exc()}")
+        ok = False
+    st.note(name, done=bool(ok), wall_s_add=time.time() - started,
+            **({} if ok else {"stopped": f"not finished with {max(0.0, st.left()):.0f} s left in its lane"}))
+    st.refresh()
+    return ok
+
+
+def run_lane(st: Study, name: str, steps, deadline: float, only: list[str] | None, outcome: dict) -> None:
+    """The steps of one lane in order, none past ``deadline``; a step that fails stops the lane
+    unless it is :data:`NON_BLOCKING`."""
+    st._lane.deadline, st._lane.name = deadline, f" {name}"
+    ok = True
+    for step in steps:
+        if only and step not in only:
+            continue
+        if not run_step(st, step):
+            ok = False
+            if step not in NON_BLOCKING:
+                rest = steps[steps.index(step) + 1:]
+                st.log(f"{name}: stopped at {step}" + (f"; not run: {', '.join(rest)}" if rest else ""))
+                break
+    outcome[name] = ok
+
+
 def auto(st: Study, only: list[str] | None = None) -> bool:
+    """Every step in one call: the lanes at once (threads; the training lanes end by the deadline
+    less ``final_reserve_s``), then the final steps one after the other."""
     st.log(f"auto: workdir {st.w}, config {st.config_path.name}, device {st.device}, git {st.git_rev}")
     try:
         step_unpack(st)
     except Exception as exc:
         st.log(f"unpack: failed ({exc})")
     background = start_baselines(st)
-    complete = True
-    for name in STEPS[1:]:
-        if only and name not in only:
-            continue
-        if st.status["steps"].get(name, {}).get("done"):
-            continue
-        try:
-            ok = STEP_FUNCTIONS[name](st)
-        except Exception:  # keep going to the pack: what is done is kept, the next call retries
-            import traceback
+    from semlic.methods import method_names
 
-            st.log(f"{name}: failed\n{traceback.format_exc()}")
-            ok = False
-        st.note(name, done=bool(ok))
-        if not ok:
-            complete = False
-            if name not in ("segment-test",):  # later steps depend on this one
-                st.log(f"auto: stopped at {name} (not finished; the next call resumes it)")
-                break
+    method_names()  # the registry, loaded once here, before the lanes' threads ask it
+    lanes = [tuple(lane) for lane in st.cfg.get("lanes") or LANES]
+    final = tuple(st.cfg.get("final") or FINAL)
+    scheduled = [step for lane in lanes for step in lane] + list(final)
+    unknown = sorted(set(scheduled) - set(STEP_FUNCTIONS))
+    if unknown or len(set(scheduled)) != len(scheduled):
+        raise SystemExit(f"lanes/final: unknown or repeated steps {unknown or scheduled}; steps: {', '.join(STEPS[1:])}")
+    lanes_end = st.deadline - float(st.cfg.get("final_reserve_s", 0))
+    outcome: dict = {}
+    threads = [threading.Thread(target=run_lane, args=(st, f"lane{i}", lane, lanes_end, only, outcome), daemon=True)
+               for i, lane in enumerate(lanes)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    run_lane(st, "final", final, st.deadline, only, outcome)
+    st._lane.__dict__.clear()
     finish_baselines(st, background)
-    complete = complete and _baselines_done(st) and not only
-    st.log("STUDY COMPLETE" if complete else f"steps {only} run" if only else "study not complete: make the next call")
+    steps = [s for s in scheduled if not only or s in only]
+    complete = all(st.status["steps"].get(s, {}).get("done") for s in steps) and _baselines_done(st)
+    st.note("auto", complete=bool(complete and not only), lanes=outcome)
+    st.log("STUDY COMPLETE" if complete and not only else f"steps {only} run" if only else
+           "study not complete: " + ", ".join(s for s in steps if not st.status["steps"].get(s, {}).get("done"))
+           + " not done (status.json says why)")
     return complete
 
 
@@ -749,7 +1012,7 @@ def _provenance(st: Study) -> dict:
         from semlic.methods import method_names
 
         info["registered_methods"] = list(method_names())
-        info["methods"] = {plan.method.name: plan.settings() for plan in st.plans("code")}
+        info["methods"] = {plan.name: plan.settings() for plan in st.plans("code")}
     except Exception as exc:  # pragma: no cover
         info["methods"] = f"unavailable: {exc}"
     try:
@@ -772,8 +1035,9 @@ def _provenance(st: Study) -> dict:
     return info
 
 
-def pack(st: Study, out: Path, models: bool = False, part_mib: int = 15) -> Path:
-    """W/results/ (rows, logs, measurements) -> OUT/study_results.tar.gz; optionally the models, fp16, split."""
+def pack(st: Study, out: Path, models: bool = False, part_mib: int = 15, quiet: bool = False) -> Path:
+    """W/results/ (rows, logs, measurements) -> OUT/study_results.tar.gz (replaced whole, never half
+    written); optionally the models, fp16, split."""
     from semlic import results
 
     res = st.w / "results"
@@ -788,11 +1052,14 @@ def pack(st: Study, out: Path, models: bool = False, part_mib: int = 15) -> Path
               "pairs/pairs.parquet": "segmentation/pairs.parquet", "pairs/pairs.json": "segmentation/pairs.json",
               "speed/speed.parquet": "speed/speed.parquet", "speed/speed.json": "speed/speed.json",
               "speed/cpu_paper_size.parquet": "speed/cpu_paper_size.parquet",
-              "bench/train_bench.json": "speed/train_bench.json", "status.json": "status.json"}
-    for step in TRAINING:  # logs/<step>_train_log.parquet, <step>_chunks.jsonl, <step>_plan.json
-        for name, target in (("train_log.parquet", "train_log.parquet"), ("chunks.jsonl", "chunks.jsonl"),
-                             ("plan.json", "plan.json")):
-            copies[f"models/{step}/{name}"] = f"logs/{step}_{target}"
+              "bench/train_bench.json": "speed/train_bench.json", "status.json": "status.json",
+              "latent_eval/rows.parquet": "segmentation/latent_seg.parquet"}
+    for step in TRAINING:  # logs/<step>_chunks.jsonl, <step>_plan.json (the probe-fitted trainings)
+        for name in ("chunks.jsonl", "plan.json"):
+            copies[f"models/{step}/{name}"] = f"logs/{step}_{name}"
+    for log in sorted((st.w / "models").rglob("train_log.parquet")):  # logs/<folder>_train_log.parquet
+        folder = log.parent.relative_to(st.w / "models")           # e.g. segnet, smic/ssnet, hyperprior/q3
+        copies[str(log.relative_to(st.w))] = f"logs/{'_'.join(folder.parts)}_train_log.parquet"
     for table in sorted((st.w / "segs").glob("*/*/segments.parquet")):  # segmentation/<dataset>_<split>.parquet
         copies[str(table.relative_to(st.w))] = f"segmentation/{table.parent.parent.name}_{table.parent.name}.parquet"
     for source, target in copies.items():
@@ -815,9 +1082,12 @@ def pack(st: Study, out: Path, models: bool = False, part_mib: int = 15) -> Path
     workers.write_json(res / "provenance.json", _provenance(st))
     out.mkdir(parents=True, exist_ok=True)
     tar_path = out / "study_results.tar.gz"
-    with tarfile.open(tar_path, "w:gz") as tar:
+    partial = out / ".study_results.tar.gz.partial"
+    with tarfile.open(partial, "w:gz") as tar:
         tar.add(res, arcname="study_results")
-    st.log(f"pack: {len(rows)} rows -> {tar_path} ({tar_path.stat().st_size / 2**20:.2f} MiB)")
+    os.replace(partial, tar_path)
+    if not quiet:
+        st.log(f"pack: {len(rows)} rows -> {tar_path} ({tar_path.stat().st_size / 2**20:.2f} MiB)")
     if models:
         _pack_models(st, out, part_mib)
     return tar_path
@@ -839,8 +1109,10 @@ def _model_files(st: Study) -> dict[str, Path]:
     for name in store.names():
         try:
             found[name] = store.path(name)
-        except CheckpointError as exc:  # two files of one name: neither is the study's
-            st.log(f"pack: {exc}")
+        except CheckpointError:  # several files of one name (the compressed-domain students): by folder
+            for path in store.paths(name):
+                found[f"{name}_{'_'.join(path.parent.relative_to(st.w / 'models').parts)}"
+                      if path.is_relative_to(st.w / "models") else f"{name}_{path.stem}"] = path
     return found
 
 
@@ -873,14 +1145,15 @@ def _pack_models(st: Study, out: Path, part_mib: int) -> None:
 # --- command line -------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("step", choices=("auto", "pack", "worker") + STEPS)
+    parser.add_argument("step", choices=("auto", "pack", "worker", "baselines") + STEPS)
     parser.add_argument("job", nargs="?", help="worker: the job file")
     parser.add_argument("--workdir", default=str(REPO / "build" / "gpu-run"))
     parser.add_argument("--config", default=str(HERE / "study.yaml"))
     parser.add_argument("--packs", default=str(REPO / "build" / "gpu-data"), help="folder of data packs")
     parser.add_argument("--deadline", type=float, help="absolute time (epoch seconds) the call must end by")
     parser.add_argument("--budget-s", type=float, help="seconds from now the call must end by")
-    parser.add_argument("--out", default=os.environ.get("OUT", str(REPO / "build" / "gpu-out")))
+    parser.add_argument("--out", help="where the results archive goes (pack: default $OUT or build/gpu-out; "
+                        "auto: refreshed there after every step when given)")
     parser.add_argument("--models", action="store_true", help="pack: also the models, fp16, in parts")
     parser.add_argument("--only", action="append", help="auto: only these steps")
     args = parser.parse_args(argv)
@@ -892,12 +1165,17 @@ def main(argv: list[str] | None = None) -> int:
     deadline = args.deadline or (time.time() + args.budget_s if args.budget_s else None)
     st = Study(args.workdir, args.config, deadline, args.packs)
     if args.step == "auto":
+        st.out = Path(args.out) if args.out else None
         return 0 if auto(st, args.only) else 10
     if args.step == "pack":
-        pack(st, Path(args.out), models=args.models)
+        pack(st, Path(args.out or os.environ.get("OUT") or REPO / "build" / "gpu-out"), models=args.models)
         return 0
     if args.step == "unpack":
         return 0 if step_unpack(st) else 1
+    if args.step == "baselines":
+        ok = baselines_here(st)
+        pack(st, Path(args.out or REPO / "build" / "gpu-local-out"))
+        return 0 if ok else 1
     ok = STEP_FUNCTIONS[args.step](st)
     st.note(args.step, done=bool(ok))
     return 0 if ok else 1

@@ -213,14 +213,14 @@ def code(jobs: list[dict], methods: dict, models_dirs: list[str], parts_dir: str
     for plan in plans:
         models = store.models(plan_models(plan))
         plan.method.check_models(models)
-        loaded[plan.method.name] = (models, run_hash(plan, models))
+        loaded[plan.name] = (models, run_hash(plan, models))
     done = skipped = 0
     for job in jobs:
         image = Path(job["image"])
         seg = Path(segs_dir) / job["dataset"] / job.get("split", "test") / f"{image.stem}.png" if segs_dir else None
         sample = CodingSample(image.stem, image, seg if seg is not None and seg.is_file() else None)
         for plan in plans:
-            name = plan.method.name
+            name = plan.name
             part = Path(parts_dir) / job["dataset"] / name / f"{image.stem}.parquet"
             if part.is_file():
                 continue
@@ -327,22 +327,22 @@ def speed(images: list[str], methods: dict, models_dirs: list[str], cfg: dict, d
     plans = method_plans(methods)
     store = model_store(models_dirs, device)
     every = store.models({name for plan in plans for name in plan_models(plan, from_image=True)})
-    uses = {plan.method.name: {n: every[n] for n in plan_models(plan, from_image=True) if n in every}
+    uses = {plan.name: {n: every[n] for n in plan_models(plan, from_image=True) if n in every}
             for plan in plans}
     for plan in plans:
-        plan.method.check_models(uses[plan.method.name])
+        plan.method.check_models(uses[plan.name])
     loaded = [(Path(p).stem, load_image(p)) for p in images]
     for plan in plans:  # warm-up: kernels, allocator, codec libraries
-        encoded, _ = _encode_timed(loaded[0][1], plan, uses[plan.method.name])
-        _decode_timed(encoded.data, plan.method, uses[plan.method.name])
+        encoded, _ = _encode_timed(loaded[0][1], plan, uses[plan.name])
+        _decode_timed(encoded.data, plan.method, uses[plan.name])
     rows, files = [], {}
     for plan in plans:
-        method, models = plan.method, uses[plan.method.name]
+        method, models = plan.method, uses[plan.name]
         for image_id, image in loaded:
             encoded, enc = _encode_timed(image, plan, models)
             decoded, dec = _decode_timed(encoded.data, method, models)
-            files[(method.name, image_id)] = (encoded.data, encoded.reconstruction)
-            rows.append({"method": method.name, "image_id": image_id, "device": device,
+            files[(plan.name, image_id)] = (encoded.data, encoded.reconstruction)
+            rows.append({"method": plan.name, "image_id": image_id, "device": device,
                          "quality": method.quality_value(plan.qualities[0]), "quality_name": method.quality_name,
                          "height": image.shape[0], "width": image.shape[1], "bytes": len(encoded.data),
                          "matches_encoder": bool(np.array_equal(decoded, encoded.reconstruction)), **enc, **dec})
@@ -352,11 +352,11 @@ def speed(images: list[str], methods: dict, models_dirs: list[str], cfg: dict, d
         for model in every.values():  # in place: every plan's mapping holds the same modules
             model.to("cpu")
         for plan in plans:
-            method, models = plan.method, uses[plan.method.name]
+            method, models = plan.method, uses[plan.name]
             for image_id, _ in loaded[:cpu_images]:
-                data, reconstruction = files[(method.name, image_id)]
+                data, reconstruction = files[(plan.name, image_id)]
                 decoded, dec = _decode_timed(data, method, models)
-                rows.append({"method": method.name, "image_id": image_id, "device": f"cpu ({cpu_threads} threads)",
+                rows.append({"method": plan.name, "image_id": image_id, "device": f"cpu ({cpu_threads} threads)",
                              "quality": method.quality_value(plan.qualities[0]), "quality_name": method.quality_name,
                              "bytes": len(data), "matches_encoder": bool(np.array_equal(decoded, reconstruction)),
                              **dec})
@@ -365,7 +365,7 @@ def speed(images: list[str], methods: dict, models_dirs: list[str], cfg: dict, d
     table.to_parquet(Path(out) / "speed.parquet", index=False)
     info = {"gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
             "cpu_threads": cpu_threads, "images": len(loaded), "torch": torch.__version__,
-            "methods": {plan.method.name: plan.settings() for plan in plans},
+            "methods": {plan.name: plan.settings() for plan in plans},
             "models": {name: str(store.path(name)) for name in sorted(every)}}
     write_json(Path(out) / "speed.json", info)
     return info
@@ -466,7 +466,12 @@ def cpu_paper_size(images: list[str], methods: dict, num_classes: int, threads: 
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    plans = method_plans(methods)
+    from semlic.model_files import model_spec
+
+    # methods whose networks all have size presets (the hyperprior's sizes are its quality's widths: it
+    # is timed by the speed step alone)
+    plans = [plan for plan in method_plans(methods)
+             if all(model_spec(n).preset is not None for n in plan_models(plan, from_image=True))]
     names = sorted({name for plan in plans for name in plan_models(plan, from_image=True)})
     built = {name: build_model(name, preset, num_classes, **(overrides or {}).get(name, {})).eval() for name in names}
     rows = []
@@ -477,7 +482,7 @@ def cpu_paper_size(images: list[str], methods: dict, num_classes: int, threads: 
             models = {n: built[n] for n in plan_models(plan, from_image=True)}
             encoded = method.encode(image, models, plan.qualities[0], **plan.options)
             _, dec = _decode_timed(encoded.data, method, models)
-            rows.append({"method": method.name, "image_id": Path(path).stem, "device": f"cpu ({threads} threads)",
+            rows.append({"method": plan.name, "image_id": Path(path).stem, "device": f"cpu ({threads} threads)",
                          "height": image.shape[0], "width": image.shape[1], "preset": preset,
                          "quality": method.quality_value(plan.qualities[0]), "quality_name": method.quality_name,
                          "models": "+".join(method.models),

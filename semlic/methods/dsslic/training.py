@@ -40,7 +40,7 @@ from ...errors import ConfigError
 from ...imageio import load_image, load_label_map
 from ...model_files import save_model
 from ...nn.losses import feature_matching_loss, load_vgg_loss, lsgan_loss, ssim
-from ...train_loop import TrainingTask, TrainResult, autocast, channels_last, fit, seeded_permutation_batch
+from ...train_loop import TrainingTask, TrainResult, adam, autocast, channels_last, fit, seeded_permutation_batch
 from .model import DSSLIC, DSSLICNoSeg, build_discriminator, dsslic_config
 
 MODEL_FILE = "dsslic.safetensors"
@@ -132,8 +132,8 @@ class DSSLICTraining(TrainingTask):
         torch.manual_seed(cfg.seed)
         self.generator = (DSSLIC if cfg.segmentation else DSSLICNoSeg)(self.model_cfg).to(self.device)
         self.disc = build_discriminator(self.model_cfg, cfg.ndf, cfg.n_layers_d, cfg.num_d).to(self.device) if cfg.gan else None
-        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
-        self.opt_d = (torch.optim.Adam(self.disc.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+        self.opt_g = adam(self.generator.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+        self.opt_d = (adam(self.disc.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
                       if self.disc is not None else None)
         self.vgg = load_vgg_loss(cfg.vgg_weights) if cfg.lambda_vgg > 0 else None
         if self.vgg is not None:

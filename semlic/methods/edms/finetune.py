@@ -34,6 +34,7 @@ from ...layers import pad_to_multiple
 from ...model_files import load_model, save_model
 from ...nn.losses import ssim
 from ...segnet.prepared import list_prepared
+from ...train_loop import adam
 from ..dsslic.codec import compact_image, predict
 from ..dsslic.model import DSSLIC
 from .matched import matched_segmentation
@@ -109,7 +110,7 @@ def finetune_finenet(config: FinetuneConfig | dict, base_path, segnet, smapnet: 
     maps = _stack(train, 2 if cfg.maps == "matched" else 3, device).long()
     model.train()
     model.compnet.requires_grad_(False)
-    opt = torch.optim.Adam(model.finenet.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
+    opt = adam(model.finenet.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
     generator = torch.Generator().manual_seed(cfg.seed)
     for _ in tqdm(range(cfg.iterations), desc="finetune_finenet", disable=not progress, dynamic_ncols=True):
         idx = torch.randint(0, len(images), (cfg.batch_size,), generator=generator).to(images.device)

@@ -33,7 +33,7 @@ from ...config_files import dataclass_from_dict
 from ...errors import ConfigError
 from ...imageio import load_label_map
 from ...model_files import save_model
-from ...train_loop import TrainingTask, TrainResult, autocast, channels_last, fit, seeded_permutation_batch
+from ...train_loop import TrainingTask, TrainResult, adam, autocast, channels_last, fit, seeded_permutation_batch
 from .matched import upsample_logits
 from .pairs import PAIRS_INFO
 from .smapnet import SMapNet, smapnet_config
@@ -98,7 +98,7 @@ def load_pairs(pairs_dir: Path, limit: int | None = None) -> tuple[torch.Tensor,
 def build_optimizer(net: SMapNet, cfg: SMapNetTrainConfig) -> torch.optim.Adam:
     """Adam with two groups: every layer at ``lr``, the output convolution at ``lr * final_lr_multiplier``."""
     final = {id(p) for p in net.final_layer_parameters()}
-    return torch.optim.Adam([
+    return adam([
         {"params": [p for p in net.parameters() if id(p) not in final], "lr": cfg.lr},
         {"params": net.final_layer_parameters(), "lr": cfg.lr * cfg.final_lr_multiplier},
     ])

@@ -35,7 +35,7 @@ from ...config_files import dataclass_from_dict
 from ...errors import ConfigError
 from ...model_files import save_model
 from ...segnet.prepared import load_labelled
-from ...train_loop import TrainingTask, channels_last, fit, seeded_permutation_batch
+from ...train_loop import TrainingTask, adam, channels_last, fit, seeded_permutation_batch
 from .hyperprior import (HYPERPRIOR_FILE, LAMBDAS, MULTIPLE, bank_from_codecs, check_quality, compressai_models, pad,
                          to_unit, zoo_widths)
 from .networks import DeepLabV3, LatentSegNet, StudentConfig, deeplab_config, normalise
@@ -128,8 +128,8 @@ class HyperpriorTraining(TrainingTask):
         self.codec = compressai_models().ScaleHyperprior(*widths).to(self.device)
         main = [p for n, p in self.codec.named_parameters() if not n.endswith(".quantiles")]
         aux = [p for n, p in self.codec.named_parameters() if n.endswith(".quantiles")]
-        self.optimizer = torch.optim.Adam(main, lr=cfg.lr)
-        self.aux_optimizer = torch.optim.Adam(aux, lr=cfg.aux_lr)
+        self.optimizer = adam(main, lr=cfg.lr)
+        self.aux_optimizer = adam(aux, lr=cfg.aux_lr)
         self.images = images
         self.per_epoch = max(1, math.ceil(len(images) / cfg.batch_size))
         self.total_iterations, self.images_per_iteration = cfg.iterations, cfg.batch_size
@@ -231,7 +231,7 @@ class TeacherTraining(TrainingTask):
         self.memory_format = channels_last(self.device)
         self.model = DeepLabV3(deeplab_config(cfg.preset, cfg.num_classes, **cfg.model)).to(
             self.device, memory_format=self.memory_format)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.optimizer = adam(self.model.parameters(), lr=cfg.lr)
         self.images, self.labels = images, labels.long()
         self.per_epoch = max(1, math.ceil(len(images) / cfg.batch_size))
         self.total_iterations, self.images_per_iteration = cfg.iterations, cfg.batch_size
@@ -354,7 +354,7 @@ class StudentTraining(TrainingTask):
         groups = [{"params": [p for p in self.model.parameters() if id(p) not in ids], "scale": 1.0}]
         if gate:
             groups.append({"params": gate, "scale": cfg.gate_lr_scale})
-        self.optimizer = torch.optim.Adam(groups, lr=cfg.lr)
+        self.optimizer = adam(groups, lr=cfg.lr)
         self.inputs = inputs
         n = len(inputs["y_hat"])
         self.n, self.per_epoch = n, max(1, math.ceil(n / cfg.batch_size))

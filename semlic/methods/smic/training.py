@@ -37,7 +37,7 @@ from ...image_codecs import get_codec
 from ...model_files import save_model
 from ...nn.losses import load_vgg_loss
 from ...segnet.prepared import load_labelled
-from ...train_loop import TrainingTask, TrainResult, autocast, channels_last, fit, seeded_permutation_batch
+from ...train_loop import TrainingTask, TrainResult, adam, autocast, channels_last, fit, seeded_permutation_batch
 from .codec import FACTORS, downsample, upsample
 from .networks import RecNet, SSNet, d1, d2, gan_loss, recnet_config, ssnet_config
 
@@ -131,8 +131,8 @@ class _GANTask(TrainingTask):
         self.generator = generator.to(self.device, memory_format=self.memory_format)
         self.disc = disc.to(self.device, memory_format=self.memory_format) if disc is not None else None
         betas = (cfg.beta1, 0.999)
-        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=cfg.lr, betas=betas)
-        self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=cfg.lr, betas=betas) if self.disc is not None else None
+        self.opt_g = adam(self.generator.parameters(), lr=cfg.lr, betas=betas)
+        self.opt_d = adam(self.disc.parameters(), lr=cfg.lr, betas=betas) if self.disc is not None else None
         self.per_epoch = max(1, math.ceil(n / cfg.batch_size))
         self.total_iterations, self.images_per_iteration = cfg.iterations, cfg.batch_size
         self.n = n
