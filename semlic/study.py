@@ -510,6 +510,12 @@ def _markdown(rows, curves, bd, shares, speed, training, results_dir, provenance
                 "once, then the final steps), whether it finished, its wall time and, where it did not finish, why "
                 "(status.json). A training bounded by minutes writes its model when the time runs out: its "
                 "iterations are in the training table.", "", markdown_table(steps, {"wall_s": 0}), ""]
+    utilisation = results_dir / "speed" / "gpu_utilisation.parquet"
+    if utilisation.is_file():
+        table = pd.read_parquet(utilisation)
+        shares = ", ".join(f"{phase} {group['utilisation_pct'].mean():.0f}% over {len(group)} s"
+                           for phase, group in table.groupby("phase", sort=False))
+        out += [f"GPU busy (NVML utilisation, sampled every second through the call): {shares}.", ""]
     out += ["## Files", "rows.parquet (every per-image row; `semlic results --source rows.parquet \"select ...\"`), "
             "bd.csv, curves.csv, layer_share.csv, speed.csv, training.csv and the figures above, made by "
             "`semlic study-report` (semlic/study.py) from the rows the study's device calls brought back "

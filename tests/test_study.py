@@ -70,6 +70,11 @@ def results_dir(tmp_path):
     (root / "logs" / "base_chunks.jsonl").write_text(json.dumps(chunk) + "\n")
     (root / "logs" / "base_plan.json").write_text(json.dumps({"epochs": 2.0, "epochs_wanted": 150.0}))
     (root / "provenance.json").write_text(json.dumps({"git_rev": "abc", "gpu": "NVIDIA H100", "torch": "2.11"}))
+    (root / "status.json").write_text(json.dumps({"steps": {
+        "base": {"done": True, "wall_s": 30.0}, "smic": {"done": False, "wall_s": 290.0, "stopped": "no time"},
+        "auto": {"complete": False}}}))
+    pd.DataFrame({"t": [0.0, 1.0, 2.0, 3.0], "utilisation_pct": [80, 100, 20, 40],
+                  "phase": ["lanes", "lanes", "final", "final"]}).to_parquet(root / "speed" / "gpu_utilisation.parquet")
     return root
 
 
@@ -118,6 +123,8 @@ def test_layer_shares_and_report_files(results_dir, tmp_path):
         assert (out / name).is_file(), name
     text = (out / "study.md").read_text()
     assert "DRY RUN" in text and "not results" in text and "semlic study-report test" in text
+    assert "| smic | no | 290 | no time |" in text and "| base | yes | 30 |" in text   # the call's steps
+    assert "lanes 90% over 2 s, final 30% over 2 s" in text
     speed = pd.read_csv(out / "speed.csv").set_index(["method", "device"])
     assert speed.loc[("edms", "cuda"), "paper_enc_s_gpu"] == 0.745
     assert speed.loc[("dsslic", "cpu (16 threads)"), "paper_dec_s"] == 44.0

@@ -982,17 +982,30 @@ def auto(st: Study, only: list[str] | None = None) -> bool:
     scheduled = [step for lane in lanes for step in lane] + list(final)
     unknown = sorted(set(scheduled) - set(STEP_FUNCTIONS))
     if unknown or len(set(scheduled)) != len(scheduled):
-        raise SystemExit(f"lanes/final: unknown or repeated steps {unknown or scheduled}; steps: {', '.join(STEPS[1:])}")
+        raise SystemExit(f"lanes/final: unknown or repeated steps {unknown or scheduled}; "
+                         f"steps: {', '.join(STEPS[1:])}")
     lanes_end = st.deadline - float(st.cfg.get("final_reserve_s", 0))
     outcome: dict = {}
     threads = [threading.Thread(target=run_lane, args=(st, f"lane{i}", lane, lanes_end, only, outcome), daemon=True)
                for i, lane in enumerate(lanes)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    run_lane(st, "final", final, st.deadline, only, outcome)
+    with workers.GpuSampler(st.device, period=1.0) as sampler:  # the GPU's busy share over the whole call
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        lanes_ended = time.perf_counter()
+        run_lane(st, "final", final, st.deadline, only, outcome)
     st._lane.__dict__.clear()
+    if sampler.samples:
+        import pandas as pd
+
+        table = pd.DataFrame(sampler.samples, columns=["t", "utilisation_pct"])
+        table["phase"] = ["lanes" if t <= lanes_ended else "final" for t in table["t"]]
+        table["t"] -= table["t"].iloc[0]
+        (st.w / "speed").mkdir(exist_ok=True)
+        table.to_parquet(st.w / "speed" / "gpu_utilisation.parquet", index=False)
+        st.note("auto", gpu_busy_share={phase: float(g["utilisation_pct"].mean()) / 100
+                                        for phase, g in table.groupby("phase")})
     finish_baselines(st, background)
     steps = [s for s in scheduled if not only or s in only]
     complete = all(st.status["steps"].get(s, {}).get("done") for s in steps) and _baselines_done(st)
@@ -1053,7 +1066,8 @@ def pack(st: Study, out: Path, models: bool = False, part_mib: int = 15, quiet: 
               "speed/speed.parquet": "speed/speed.parquet", "speed/speed.json": "speed/speed.json",
               "speed/cpu_paper_size.parquet": "speed/cpu_paper_size.parquet",
               "bench/train_bench.json": "speed/train_bench.json", "status.json": "status.json",
-              "latent_eval/rows.parquet": "segmentation/latent_seg.parquet"}
+              "latent_eval/rows.parquet": "segmentation/latent_seg.parquet",
+              "speed/gpu_utilisation.parquet": "speed/gpu_utilisation.parquet"}
     for step in TRAINING:  # logs/<step>_chunks.jsonl, <step>_plan.json (the probe-fitted trainings)
         for name in ("chunks.jsonl", "plan.json"):
             copies[f"models/{step}/{name}"] = f"logs/{step}_{name}"
