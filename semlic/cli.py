@@ -23,6 +23,7 @@ from .errors import SemlicError
 # Core modules that contribute sub-commands, in the order they appear in --help.
 COMMAND_MODULES = (
     "semlic.commands",        # encode, decode, info, methods, model-info, convert-model
+    "semlic.compare",         # compare
     "semlic.baselines",       # baselines
     "semlic.data.commands",   # prepare, download
     "semlic.segnet.commands", # train-segnet, segment, convert-segnet

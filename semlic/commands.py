@@ -62,7 +62,14 @@ def cmd_encode(args) -> int:
     result = method.encode(image, models, quality, segmentation=seg, **_options(args.option))
     atomic_write_bytes(args.out, result.data)
     h, w = image.shape[:2]
-    print(f"{args.out}: {method.name}, {len(result.data)} bytes, {8 * len(result.data) / (h * w):.4f} bpp ({w}x{h})")
+    line = f"{args.out}: {method.name}, {len(result.data)} bytes, {8 * len(result.data) / (h * w):.4f} bpp ({w}x{h})"
+    if args.metrics:  # the file decoded from its bytes, as a receiver decodes it
+        from . import metrics
+
+        decoded = method.decode(_read_bytes(args.out), models)
+        line += (f", PSNR-RGB {metrics.psnr_rgb(image, decoded):.2f} dB, "
+                 f"MS-SSIM {metrics.ms_ssim_rgb(image, decoded):.4f}")
+    print(line)
     return 0
 
 
@@ -165,6 +172,8 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
                                  "without it they run their segmentation network")
     p.add_argument("-o", "--option", action="append", metavar="KEY=VALUE",
                    help="a method option, e.g. -o chroma=444 -o lossless=png")
+    p.add_argument("--metrics", action="store_true",
+                   help="also decode the written file and print its PSNR-RGB and MS-SSIM against the image")
     _model_arguments(p)
     p.set_defaults(func=cmd_encode)
 

@@ -96,3 +96,52 @@ def test_corrupt_file_and_wrong_model_exit_codes(tmp_path, tiny_model_path, seg_
                  "--seg", str(seg_path)]) == 5
     assert main(["encode", str(src), str(tmp_path / "c.sem"), "--model", str(tiny_model_path)]) == 2
     assert "--seg" in capsys.readouterr().err
+
+
+def test_encode_reports_bpp_and_with_metrics_psnr_and_ms_ssim(tmp_path, tiny_model_path, capsys):
+    from semlic import metrics
+    from semlic.methods import get_method
+    from semlic.model_files import load_model
+
+    image, seg = make_image(176, 192, seed=3)   # MS-SSIM needs 161 px
+    src, seg_png, sem = tmp_path / "in.png", tmp_path / "seg.png", tmp_path / "x.sem"
+    save_png(src, image)
+    save_png(seg_png, seg)
+    capsys.readouterr()
+    assert main(["encode", str(src), str(sem), "--model", str(tiny_model_path), "--seg", str(seg_png), "--qp", "30",
+                 "--metrics"]) == 0
+    line = capsys.readouterr().out.strip()
+    decoded = get_method("dsslic").decode(sem.read_bytes(), {"dsslic": load_model(tiny_model_path)})
+    bpp = 8 * sem.stat().st_size / (176 * 192)
+    assert f"{bpp:.4f} bpp" in line
+    assert f"PSNR-RGB {metrics.psnr_rgb(image, decoded):.2f} dB" in line
+    assert f"MS-SSIM {metrics.ms_ssim_rgb(image, decoded):.4f}" in line
+
+
+def test_compare_picks_the_file_nearest_the_target_for_each_method(tmp_path, tiny_model_path, capsys):
+    from semlic import metrics
+    from semlic.baselines import code_image_bytes
+    from semlic.image_codecs import get_codec
+
+    image, seg = make_image(48, 64, seed=4)
+    src, seg_png, out = tmp_path / "in.png", tmp_path / "seg.png", tmp_path / "compare.png"
+    save_png(src, image)
+    save_png(seg_png, seg)
+    capsys.readouterr()
+    assert main(["compare", str(src), "--methods", "dsslic,jpeg,hevc", "--bpp", "1.0", "--out", str(out),
+                 "--seg", str(seg_png), "--model", str(tiny_model_path)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line.split() for line in printed[1:4]}
+    assert set(rows) == {"dsslic", "jpeg", "hevc"}
+    # JPEG: the sweep's file nearest 1 bpp (by rate ratio), its bpp as printed
+    sweep = [(q, metrics.bpp(len(code_image_bytes(image, "jpeg", q).data), 48, 64))
+             for q in get_codec("jpeg").default_sweep]
+    import math
+
+    quality, bpp = min(sweep, key=lambda qb: abs(math.log(qb[1] / 1.0)))
+    assert float(rows["jpeg"][3]) == pytest.approx(bpp, abs=1e-4) and float(rows["jpeg"][1]) == quality
+    # the sheet: the original and three decoded images, captions above, four to a row
+    sheet = load_image(out)
+    assert sheet.shape == (48 + 16, 4 * 64, 3)
+    assert np.array_equal(sheet[16:, :64], image)
+    assert main(["compare", str(src), "--methods", "nonesuch", "--bpp", "1", "--out", str(out)]) == 2
