@@ -611,16 +611,27 @@ def _loop_minutes(seconds: float, loops: int, start_s: float) -> float:
     return max(0.05, (seconds - SPAWN_S - loops * start_s) / loops / 60.0)
 
 
+def _bounded_start(st: Study, step: str) -> tuple[Path, float, dict] | None:
+    """(the prepared CamVid, the seconds it may take, its config section) for a training bounded by
+    minutes, or None (logged) when it cannot start: no train split, or less than ``min_s`` left."""
+    prepared = _prepared_train(st, step)
+    if prepared is None:
+        return None
+    seconds, section = _budget_s(st, step), st.cfg[step.replace("-", "_")]
+    if seconds < float(section.get("min_s", 30)):
+        st.log(f"{step}: {seconds:.0f} s left for it")
+        return None
+    return prepared, seconds, section
+
+
 def step_smic(st: Study) -> bool:
     """SMIC's SS-Net then Rec-Net (``semlic train-smic``), each loop bounded by its share of ``smic.budget_s``."""
     if not st.pending("smic"):
         return True
-    prepared = _prepared_train(st, "smic")
-    seconds = _budget_s(st, "smic")
-    section = st.cfg["smic"]
-    if prepared is None or seconds < float(section.get("min_s", 30)):
-        st.log(f"smic: {seconds:.0f} s left for it") if prepared is not None else None
+    start = _bounded_start(st, "smic")
+    if start is None:
         return False
+    prepared, seconds, section = start
     config = json.loads(json.dumps(section["config"]))
     share = float(section.get("ssnet_share", 0.4))
     each = _loop_minutes(seconds, 2, float(section.get("start_s", 10)))
@@ -644,12 +655,10 @@ def step_hyperprior(st: Study) -> bool:
 
     if not st.pending("hyperprior"):
         return True
-    prepared = _prepared_train(st, "hyperprior")
-    seconds = _budget_s(st, "hyperprior")
-    section = st.cfg["hyperprior"]
-    if prepared is None or seconds < float(section.get("min_s", 30)):
-        st.log(f"hyperprior: {seconds:.0f} s left for it") if prepared is not None else None
+    start = _bounded_start(st, "hyperprior")
+    if start is None:
         return False
+    prepared, seconds, section = start
     config = dict(section["config"])
     qualities = hyperprior_qualities(config)
     config["minutes"] = round(_loop_minutes(seconds, len(qualities), float(section.get("start_s", 5))), 3)
@@ -674,11 +683,14 @@ def step_latent_seg(st: Study) -> bool:
     out = st.train_dir("latent-seg")
     if not section.get("enabled") or (out / "done.json").is_file():
         return True
-    prepared, bank = _prepared_train(st, "latent-seg"), st.model_path("hyperprior")
-    seconds = _budget_s(st, "latent-seg")
-    if prepared is None or bank is None or seconds < float(section.get("min_s", 30)):
-        st.log(f"latent-seg: {'no hyperprior model' if bank is None else f'{seconds:.0f} s left for it'}")
+    bank = st.model_path("hyperprior")
+    if bank is None:
+        st.log("latent-seg: no hyperprior model")
         return False
+    start = _bounded_start(st, "latent-seg")
+    if start is None:
+        return False
+    prepared, seconds, section = start
     config = json.loads(json.dumps(section["config"]))
     qualities, variants = latent_seg_parts(config, config_of(bank)[1].qualities)
     students = len(qualities) * len(variants)
