@@ -145,3 +145,5 @@ def test_compare_picks_the_file_nearest_the_target_for_each_method(tmp_path, tin
     assert sheet.shape == (48 + 16, 4 * 64, 3)
     assert np.array_equal(sheet[16:, :64], image)
     assert main(["compare", str(src), "--methods", "nonesuch", "--bpp", "1", "--out", str(out)]) == 2
+    assert main(["compare", str(src), "--methods", "jpeg", "--bpp", "0", "--out", str(out)]) == 2
+    assert "target bpp must be positive" in capsys.readouterr().err

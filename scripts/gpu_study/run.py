@@ -624,6 +624,18 @@ def _bounded_start(st: Study, step: str) -> tuple[Path, float, dict] | None:
     return prepared, seconds, section
 
 
+def _train_bounded(st: Study, step: str, command: str, section: str, config: dict, out: Path, args: list[str],
+                   seconds: float, **note) -> int:
+    """Write ``config`` as ``out/config.yaml`` (its ``section``), run ``semlic COMMAND --out OUT --config ...
+    ARGS --device D``, and note the seconds it spent and ``note``; the command's exit code."""
+    path = _write_config(out / "config.yaml", section, config)
+    started = time.time()
+    code = st.semlic(step, [command, "--out", str(out), "--config", str(path), *args, "--device", st.device,
+                            "--no-progress"], timeout=_timeout(st, seconds))
+    st.note(step, spent_s_add=time.time() - started, **note)
+    return code
+
+
 def step_smic(st: Study) -> bool:
     """SMIC's SS-Net then Rec-Net (``semlic train-smic``), each loop bounded by its share of ``smic.budget_s``."""
     if not st.pending("smic"):
@@ -637,14 +649,10 @@ def step_smic(st: Study) -> bool:
     each = _loop_minutes(seconds, 2, float(section.get("start_s", 10)))
     config["ssnet"]["minutes"] = round(2 * each * share, 3)
     config["recnet"]["minutes"] = round(2 * each * (1 - share), 3)
-    store = st.store()
-    part = "recnet" if "smic_ssnet" in store.names() else "both"
-    path = _write_config(st.train_dir("smic") / "config.yaml", "train_smic", config)
-    started = time.time()
-    st.semlic("smic", ["train-smic", "--data", str(prepared), "--out", str(st.train_dir("smic")), "--config",
-                       str(path), "--part", part, "--device", st.device, "--no-progress"],
-              timeout=_timeout(st, seconds))
-    st.note("smic", spent_s_add=time.time() - started, minutes={k: config[k]["minutes"] for k in ("ssnet", "recnet")})
+    part = "recnet" if "smic_ssnet" in st.store().names() else "both"
+    _train_bounded(st, "smic", "train-smic", "train_smic", config, st.train_dir("smic"),
+                   ["--data", str(prepared), "--part", part], seconds,
+                   minutes={k: config[k]["minutes"] for k in ("ssnet", "recnet")})
     return not st.pending("smic")
 
 
@@ -663,11 +671,8 @@ def step_hyperprior(st: Study) -> bool:
     qualities = hyperprior_qualities(config)
     config["minutes"] = round(_loop_minutes(seconds, len(qualities), float(section.get("start_s", 5))), 3)
     out = st.train_dir("hyperprior")
-    path = _write_config(out / "config.yaml", "train_hyperprior", config)
-    started = time.time()
-    code = st.semlic("hyperprior", ["train-hyperprior", "--data", str(prepared), "--out", str(out), "--config",
-                                    str(path), "--device", st.device, "--no-progress"], timeout=_timeout(st, seconds))
-    st.note("hyperprior", spent_s_add=time.time() - started, minutes_per_quality=config["minutes"])
+    code = _train_bounded(st, "hyperprior", "train-hyperprior", "train_hyperprior", config, out,
+                          ["--data", str(prepared)], seconds, minutes_per_quality=config["minutes"])
     if code == 0 and (out / HYPERPRIOR_FILE).is_file():
         for q in qualities:  # one hyperprior model file in the models folders: the bank
             (out / f"q{q}" / HYPERPRIOR_FILE).unlink(missing_ok=True)
@@ -700,13 +705,9 @@ def step_latent_seg(st: Study) -> bool:
     left = seconds - teacher * 60 - SPAWN_S - start_s
     config.setdefault("student", {})["minutes"] = round(
         max(0.05, (left - len(qualities) * start_s) / students / 60), 3)  # latents computed once per quality
-    path = _write_config(out / "config.yaml", "train_latent_seg", config)
-    started = time.time()
-    code = st.semlic("latent-seg", ["train-latent-seg", "--data", str(prepared), "--hyperprior", str(bank), "--out",
-                                    str(out), "--config", str(path), "--device", st.device, "--keep-trained",
-                                    "--no-progress"], timeout=_timeout(st, seconds))
-    st.note("latent-seg", spent_s_add=time.time() - started,
-            minutes={"teacher": config["teacher"]["minutes"], "student": config["student"]["minutes"]})
+    code = _train_bounded(st, "latent-seg", "train-latent-seg", "train_latent_seg", config, out,
+                          ["--data", str(prepared), "--hyperprior", str(bank), "--keep-trained"], seconds,
+                          minutes={"teacher": config["teacher"]["minutes"], "student": config["student"]["minutes"]})
     if code == 0:
         workers.write_json(out / "done.json", {"qualities": qualities, "students": students})
     return code == 0
