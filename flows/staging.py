@@ -74,3 +74,13 @@ def content_signature(*paths: str | os.PathLike) -> str:
 def code_signature() -> str:
     """Signature of the code a stage runs: semlic/ and tasks/."""
     return content_signature(REPO / "semlic", REPO / "tasks")
+
+
+def write_live(stage: str, models_out: str | os.PathLike, paths: dict) -> dict:
+    """A training stage's DVCLive files (curves, headline metrics.json) from the training logs under
+    ``models_out``, swapped in whole at ``<paths.live>/<stage>`` (semlic.live.export_training)."""
+    from semlic.live import export_training
+
+    live_root = paths.get("live") or (Path.cwd() / "data" / "live")
+    with staged_dir(Path(live_root) / stage) as staging:
+        return export_training(models_out, staging)

@@ -21,7 +21,7 @@ from flows.params import PARAMS_FILE, load_params, stage_paths
 from flows.ray_cluster import training_options
 from flows.runner import ray_runner
 from flows.stage import run_stage
-from flows.staging import code_signature, content_signature, staged_dir
+from flows.staging import code_signature, content_signature, staged_dir, write_live
 
 STAGE = "train_dsslic"
 SECTIONS = ("base", "paths", "train_dsslic")
@@ -62,6 +62,7 @@ def train_dsslic(params: dict | None = None) -> dict:
     for record in records.values():
         print(f"train_dsslic: {Path(record['model']).name}: {record['iterations']} iterations in "
               f"{record['seconds']:.0f} s", file=sys.stderr)
+    write_live(STAGE, out, paths)  # DVCLive: dvc plots / dvc exp show
     return records["."] if not noseg else {**records["."], "noseg": records["noseg"]}
 
 

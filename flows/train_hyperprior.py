@@ -19,7 +19,7 @@ from flows.params import PARAMS_FILE, load_params, stage_paths
 from flows.ray_cluster import training_options
 from flows.runner import ray_runner, wait_all
 from flows.stage import run_stage
-from flows.staging import code_signature, content_signature, staged_dir
+from flows.staging import code_signature, content_signature, staged_dir, write_live
 
 STAGE = "train_hyperprior"
 SECTIONS = ("base", "paths", "train_hyperprior")
@@ -54,6 +54,7 @@ def train_hyperprior(params: dict | None = None) -> dict:
     for record in records:
         print(f"train_hyperprior: {record['part']} {record['iterations']} iterations "
               f"({record['stopped_by'] or 'complete'}) in {record['seconds']:.0f} s", file=sys.stderr)
+    write_live(STAGE, paths["models"] / "hyperprior", paths)  # DVCLive: dvc plots / dvc exp show
     return {"qualities": records}
 
 

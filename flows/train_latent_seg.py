@@ -19,7 +19,7 @@ from flows.params import PARAMS_FILE, load_params, stage_paths, training_section
 from flows.ray_cluster import training_options
 from flows.runner import ray_runner, wait_all
 from flows.stage import run_stage
-from flows.staging import code_signature, content_signature, staged_dir
+from flows.staging import code_signature, content_signature, staged_dir, write_live
 
 STAGE = "train_latent_seg"
 SECTIONS = ("base", "paths", "train_latent_seg")
@@ -50,6 +50,7 @@ def train_latent_seg(params: dict | None = None) -> dict:
             state.unlink()
     print(f"train_latent_seg: teacher {teacher['iterations']} iterations ({teacher['stopped_by'] or 'complete'}); "
           + "; ".join(f"q{r['quality']}: {len(r['students'])} students" for r in students), file=sys.stderr)
+    write_live(STAGE, paths["models"] / "latent_seg", paths)  # DVCLive: dvc plots / dvc exp show
     return {"teacher": teacher, "students": students}
 
 

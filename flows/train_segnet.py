@@ -17,7 +17,7 @@ from flows.params import PARAMS_FILE, load_params, stage_paths
 from flows.ray_cluster import training_options
 from flows.runner import ray_runner
 from flows.stage import run_stage
-from flows.staging import code_signature, content_signature, staged_dir
+from flows.staging import code_signature, content_signature, staged_dir, write_live
 
 STAGE = "train_segnet"
 SECTIONS = ("base", "paths", "train_segnet")
@@ -49,6 +49,7 @@ def train_segnet(params: dict | None = None) -> dict:
     miou = (record.get("eval") or {}).get("miou")
     print(f"train_segnet: {record.get('step')} steps, loss {record.get('final_loss')}, "
           f"{config.get('eval_split')} mIoU {miou}", file=sys.stderr)
+    write_live(STAGE, paths["models"] / "segnet", paths)  # DVCLive: dvc plots / dvc exp show
     return record
 
 

@@ -17,7 +17,7 @@ from flows.params import PARAMS_FILE, load_params, stage_paths
 from flows.ray_cluster import training_options
 from flows.runner import ray_runner
 from flows.stage import run_stage
-from flows.staging import code_signature, content_signature, staged_dir
+from flows.staging import code_signature, content_signature, staged_dir, write_live
 
 STAGE = "train_smapnet"
 SECTIONS = ("base", "paths", "train_smapnet")
@@ -45,6 +45,7 @@ def train_smapnet(params: dict | None = None) -> dict:
             record = train.submit(config, str(pairs), str(staging), base["device"]).result()
         (staging / STATE_FILE).unlink(missing_ok=True)  # the model is complete
     print(f"train_smapnet: {out / Path(record['model']).name} in {record['seconds']:.0f} s", file=sys.stderr)
+    write_live(STAGE, out, paths)  # DVCLive: dvc plots / dvc exp show
     return record
 
 

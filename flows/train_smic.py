@@ -19,7 +19,7 @@ from flows.params import PARAMS_FILE, load_params, stage_paths, training_section
 from flows.ray_cluster import training_options
 from flows.runner import ray_runner, wait_all
 from flows.stage import run_stage
-from flows.staging import code_signature, content_signature, staged_dir
+from flows.staging import code_signature, content_signature, staged_dir, write_live
 
 STAGE = "train_smic"
 SECTIONS = ("base", "paths", "train_smic")
@@ -47,6 +47,7 @@ def train_smic(params: dict | None = None) -> dict:
     for record in records:
         print(f"train_smic: {record['part']} {record['iterations']} iterations ({record['stopped_by'] or 'complete'}) "
               f"in {record['seconds']:.0f} s", file=sys.stderr)
+    write_live(STAGE, paths["models"] / "smic", paths)  # DVCLive: dvc plots / dvc exp show
     return {"parts": records}
 
 

@@ -16,8 +16,10 @@ comparisons.csv        each method against the method its paper measures it agai
                        (:func:`comparisons`): BD-rate (%) and BD-PSNR (dB) with that method as
                        the anchor, and the mean encode / decode time ratios (header only when
                        no pair is present)
-metrics.json           BD figures, mean rate and quality per method, segmentation mIoU, the
-                       comparisons (``dvc metrics show``)
+metrics.json           the headline figures, a handful of ``dvc metrics show`` / ``dvc exp show``
+                       columns (:func:`headline_metrics`): BD-rate of every method against
+                       the anchor, of each method against its paper's reference method, and
+                       PSPNet's mIoU per split (the detail is in the Parquet and CSV files)
 plots/<method>.csv     the RD points of one method (``dvc plots show``: bpp vs psnr_rgb)
 figures/rd_<d>.png     PSNR-RGB, MS-SSIM and (when measured) LPIPS against bpp, every method,
                        one figure per data set
@@ -187,8 +189,9 @@ def metrics_dict(curves: pd.DataFrame, bd_rows: pd.DataFrame, segmentation: dict
     return doc
 
 
-def plot_curves(curves: pd.DataFrame, dataset: str, path: Path, anchor: str | None = None) -> None:
-    """PSNR-RGB, MS-SSIM and (when any row has it) LPIPS against bpp, one line per method, as PNG."""
+def rd_figure(curves: pd.DataFrame, dataset: str, anchor: str | None = None, fmt: str = "png") -> bytes:
+    """PSNR-RGB, MS-SSIM and (when any row has it) LPIPS against bpp, one line per method, as
+    ``fmt`` (png, or svg for the HTML report) bytes; the same curves give the same bytes."""
     matplotlib = import_extra("matplotlib", "report", "the aggregate stage's plots")
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
@@ -197,29 +200,58 @@ def plot_curves(curves: pd.DataFrame, dataset: str, path: Path, anchor: str | No
     panels = [("psnr_rgb", "PSNR-RGB (dB)"), ("ms_ssim", "MS-SSIM")]
     if "lpips" in data and data["lpips"].notna().any():
         panels.append(("lpips", "LPIPS (AlexNet, lower is better)"))
-    figure, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2))
-    for name, curve in data.groupby("method", sort=True):
-        curve = curve.sort_values("bpp")
-        style = dict(marker="o", markersize=3, linewidth=2.2 if name == anchor else 1.4)
-        for ax, (column, _) in zip(axes, panels):
-            ax.plot(curve["bpp"], curve[column], label=name, **style)
-    for ax, ylabel in zip(axes, (label for _, label in panels)):
-        ax.set_xlabel("bits per pixel (whole file)")
-        ax.set_ylabel(ylabel)
-        ax.grid(True, alpha=0.3)
-    axes[0].legend(fontsize=8)
-    figure.suptitle(f"{dataset}: rate-distortion, mean over {int(data['images'].max()) if len(data) else 0} images")
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
-    plt.close(figure)
-    atomic_write_bytes(path, buffer.getvalue())
+    with matplotlib.rc_context({"svg.hashsalt": "semlic", "svg.fonttype": "none"}):
+        figure, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2))
+        for name, curve in data.groupby("method", sort=True):
+            curve = curve.sort_values("bpp")
+            style = dict(marker="o", markersize=3, linewidth=2.2 if name == anchor else 1.4)
+            for ax, (column, _) in zip(axes, panels):
+                ax.plot(curve["bpp"], curve[column], label=name, **style)
+        for ax, ylabel in zip(axes, (label for _, label in panels)):
+            ax.set_xlabel("bits per pixel (whole file)")
+            ax.set_ylabel(ylabel)
+            ax.grid(True, alpha=0.3)
+        axes[0].legend(fontsize=8)
+        figure.suptitle(f"{dataset}: rate-distortion, mean over "
+                        f"{int(data['images'].max()) if len(data) else 0} images")
+        figure.tight_layout()
+        buffer = io.BytesIO()
+        metadata = {"Software": None} if fmt == "png" else {"Date": None, "Creator": None}
+        figure.savefig(buffer, format=fmt, dpi=100, metadata=metadata)
+        plt.close(figure)
+    return buffer.getvalue()
+
+
+def headline_metrics(doc: dict, anchor: str = "hevc") -> dict:
+    """metrics.json: ``bd_rate_vs_<anchor>.<dataset>.<method>`` (%), ``bd_rate_vs_reference.<dataset>.
+    <method>_vs_<reference>`` (%) and ``miou.<dataset>.<split>``, rounded for reading (the full
+    figures: bd.parquet, comparisons.csv, curves.parquet; :func:`metrics_dict`)."""
+    def rounded(value, digits):
+        return None if value is None else round(value, digits)
+
+    out: dict = {f"bd_rate_vs_{anchor}": {
+        dataset: {name: rounded(figures["bd_rate_pct"], 2) for name, figures in methods.items()}
+        for dataset, methods in doc["bd"].items()}}
+    if doc.get("comparisons"):
+        out["bd_rate_vs_reference"] = {
+            dataset: {f"{name}_vs_{figures['anchor']}": rounded(figures["bd_rate_pct"], 2)
+                      for name, figures in methods.items()} for dataset, methods in doc["comparisons"].items()}
+    if doc.get("segmentation"):
+        out["miou"] = {dataset: {split: rounded(figures["miou"], 4) for split, figures in splits.items()}
+                       for dataset, splits in doc["segmentation"].items()}
+    return out
+
+
+def plot_curves(curves: pd.DataFrame, dataset: str, path: Path, anchor: str | None = None) -> None:
+    """:func:`rd_figure` as a PNG file."""
+    atomic_write_bytes(path, rd_figure(curves, dataset, anchor=anchor))
 
 
 def aggregate(rows_root: str | os.PathLike, out_dir: str | os.PathLike, *, timings: str | os.PathLike | None = None,
               segments_dir: str | os.PathLike | None = None, anchor: str = "hevc", distortion: str = "psnr_rgb",
               bd_method: str = bd.DEFAULT_METHOD) -> dict:
-    """Write the files of the module docstring under ``out_dir``; return the metrics document."""
+    """Write the files of the module docstring under ``out_dir``; return every figure (:func:`metrics_dict`;
+    metrics.json holds its :func:`headline_metrics`)."""
     out_dir = Path(out_dir)
     rows = load_rows(rows_root, timings)
     results.write_rows(rows.to_dict("records"), out_dir / "rd.parquet")
@@ -231,7 +263,8 @@ def aggregate(rows_root: str | os.PathLike, out_dir: str | os.PathLike, *, timin
     atomic_write_bytes(out_dir / "comparisons.csv",
                        comparison_rows.to_csv(index=False, float_format="%.6g", lineterminator="\n").encode())
     doc = metrics_dict(curves, bd_rows, segmentation_scores(segments_dir), comparison_rows)
-    atomic_write_bytes(out_dir / "metrics.json", (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(out_dir / "metrics.json",
+                       (json.dumps(headline_metrics(doc, anchor), indent=2, sort_keys=True) + "\n").encode())
     for name, curve in curves.groupby("method", sort=True):
         text = curve.sort_values(["dataset", "bpp"])[list(PLOT_COLUMNS)].to_csv(index=False, float_format="%.6g")
         atomic_write_bytes(out_dir / "plots" / f"{name}.csv", text.encode())

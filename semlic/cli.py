@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "semlic.query",           # results
     "semlic.study",           # study-report
     "semlic.run_report",      # run-report
+    "semlic.html_report",     # report
     "semlic.lpips",           # convert-lpips
 )
 

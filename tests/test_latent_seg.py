@@ -296,6 +296,8 @@ def test_evaluation_rows_and_summary(trained, bank, prepared, tmp_path):
     assert {"rows.parquet", "summary.csv", "macs.csv", "rate_miou.png", "metrics.json"} <= \
         {p.name for p in (tmp_path / "res").iterdir()}
     assert "static4_q1" in metrics
+    assert json.loads((tmp_path / "res" / "metrics.json").read_text()) == {
+        "miou": {name: figures["miou"] for name, figures in metrics.items()}}
 
 
 def test_semlic_results_queries_the_latent_seg_rows(trained, tmp_path, capsys):

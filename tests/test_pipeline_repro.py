@@ -3,6 +3,8 @@
 In a scratch copy of the project (params.yaml, dvc.yaml, .dvcignore and the code) with a
 fresh git and DVC: every stage runs, rd.parquet holds rows for DSSLIC, EDMS (edms,
 edms_noenh), SMIC, the hyperprior and every baseline, the compressed-domain rows are queryable, EDMS is compared with DSSLIC (comparisons.csv, metrics.json),
+``dvc metrics show`` reads the headline figures and every training stage's DVCLive summary, the
+HTML report opens in headless Chromium with no console error, its plot and its viewer,
 the whole run fits in 15 minutes on this 2-core machine, a second ``dvc repro`` finds
 everything up to date, and after an edit of the EDMS package only the EDMS stages and those
 below them are out of date.
@@ -71,7 +73,28 @@ def test_dvc_repro_end_to_end_then_up_to_date(tmp_path):
                                                                      ["synthetic", "edms_noenh", "dsslic"]]
     assert (edms.enc_time_ratio > 0).all() and (edms.dec_time_ratio > 0).all()  # timings joined
     metrics = json.loads((project / "data" / "results" / "metrics.json").read_text())
-    assert set(metrics["comparisons"]["synthetic"]) == {"edms", "edms_noenh"}
+    assert set(metrics) == {"bd_rate_vs_hevc", "bd_rate_vs_reference", "miou"}   # a handful of columns
+    assert set(metrics["bd_rate_vs_reference"]["synthetic"]) == {"edms_vs_dsslic", "edms_noenh_vs_dsslic"}
+    assert set(metrics["bd_rate_vs_hevc"]["synthetic"]) == set(methods.index) - {"hevc"}
+    assert set(metrics["miou"]["synthetic"]) == {"train", "val", "test"}
+
+    shown = subprocess.run([DVC, "metrics", "show", "--json"], cwd=project, env=env, capture_output=True, text=True,
+                           check=True).stdout
+    trainings = [s for s in yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"] if s.startswith("train_")]
+    for stage in trainings:   # DVCLive's summary of every training stage, read by dvc
+        assert f"data/live/{stage}/metrics.json" in shown, shown[:3000]
+        assert list((project / "data" / "live" / stage / "plots" / "metrics").rglob("*.tsv")), stage
+    segnet = json.loads((project / "data" / "live" / "train_segnet" / "metrics.json").read_text())["segnet"]
+    assert segnet["loss"] > 0 and 0 < segnet["eval_miou"] < 1
+
+    from semlic.browser import check_page
+
+    page = project / "data" / "results" / "report" / "index.html"
+    check = check_page(page, script="return {plots: document.querySelectorAll('.plot svg').length, "
+                                    "figures: [...document.querySelectorAll('#v-grid figure img')]"
+                                    ".filter(i => i.complete && i.naturalWidth > 0).length}")
+    assert check.errors == [] and check.result["plots"] == 1, check.errors
+    assert check.result["figures"] == len(methods) + 1   # the original and every method, decoded
 
     second = subprocess.run([DVC, "repro"], cwd=project, env=env, capture_output=True, text=True)
     assert second.returncode == 0, second.stderr[-4000:]

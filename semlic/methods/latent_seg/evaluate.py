@@ -255,7 +255,8 @@ def plot_rate_miou(table: pd.DataFrame, path: Path, title: str = "") -> None:
 
 
 def write_outputs(rows: pd.DataFrame, out_dir, students: Iterable[LatentSegNet] = (), image_size=None) -> dict:
-    """rows.parquet, summary.csv, macs.csv (when students are given), rate_miou.png, metrics.json."""
+    """rows.parquet, summary.csv, macs.csv (when students are given), rate_miou.png, metrics.json (mIoU per
+    method and quality); returns {<method>_q<quality>: {bpp, miou}}."""
     import json
 
     from ...fileio import atomic_write_text
@@ -271,5 +272,7 @@ def write_outputs(rows: pd.DataFrame, out_dir, students: Iterable[LatentSegNet] 
     plot_rate_miou(table, out_dir / "rate_miou.png")
     metrics_ = {f"{r.method}_q{r.quality}": {"bpp": round(r.bpp, 5), "miou": round(r.miou, 4)}
                 for r in table.itertuples()}
-    atomic_write_text(out_dir / "metrics.json", json.dumps(metrics_, indent=2, sort_keys=True) + "\n")
+    # dvc metrics / dvc exp show: one column per (method, quality), its mIoU; the rates are in summary.csv
+    headline = {"miou": {name: figures["miou"] for name, figures in metrics_.items()}}
+    atomic_write_text(out_dir / "metrics.json", json.dumps(headline, indent=2, sort_keys=True) + "\n")
     return metrics_
