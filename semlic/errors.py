@@ -20,6 +20,10 @@ class ImageInputError(SemlicError):
     exit_code = 3
 
 
+class ImageTooLargeError(ImageInputError):
+    """An input image declares more pixels than the limit (refused before it is decoded)."""
+
+
 class UnreadableImageError(ImageInputError):
     """The file is not an image Pillow can decode (missing, empty, corrupt, truncated)."""
 
@@ -65,6 +69,11 @@ class UnknownCodecError(FormatError):
 
 class LayerError(FormatError):
     """The layers present do not match what the method requires, or a layer fails to decode."""
+
+
+class LayerSizeError(DeclaredSizeError, LayerError):
+    """A layer's payload declares another size than the header implies, or more pixels than any
+    layer may hold: refused before it is decoded (a decompression bomb)."""
 
 
 # --- models ---------------------------------------------------------------------------------

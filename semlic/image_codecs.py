@@ -34,9 +34,87 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from .errors import CodecUnavailableError, ConfigError, LayerError
+from .errors import CodecUnavailableError, ConfigError, DeclaredSizeError, LayerError, LayerSizeError
 
-Image.MAX_IMAGE_PIXELS = None  # sizes are checked by semlic itself (format.MAX_SIDE)
+Image.MAX_IMAGE_PIXELS = None  # sizes are checked by semlic itself, before decoding (check_declared_size)
+MAX_DECODE_PIXELS = 16384 * 16384   # a layer never holds more (format.MAX_SIDE per side)
+
+_JXL_CODESTREAM = b"\xff\x0a"
+_JXL_CONTAINER = b"\x00\x00\x00\x0cJXL \r\n\x87\n"
+_JXL_RATIOS = {1: (1, 1), 2: (12, 10), 3: (4, 3), 4: (3, 2), 5: (16, 9), 6: (5, 4), 7: (2, 1)}
+
+
+class _Bits:
+    """JPEG XL's bit reader: least significant bit first."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.pos = data, 0
+
+    def u(self, n: int) -> int:
+        value = 0
+        for i in range(n):
+            byte = self.pos >> 3
+            if byte >= len(self.data):
+                raise EOFError
+            value |= ((self.data[byte] >> (self.pos & 7)) & 1) << i
+            self.pos += 1
+        return value
+
+    def u32(self, *bits: int) -> int:   # U32(Bits(b0), Bits(b1), ...) of the spec, all with offset 0
+        return self.u(bits[self.u(2)])
+
+
+def _jxl_codestream(data: bytes) -> bytes | None:
+    """The start of the codestream of a bare JPEG XL stream or of its ISOBMFF container."""
+    if data.startswith(_JXL_CODESTREAM):
+        return data
+    if not data.startswith(_JXL_CONTAINER):
+        return None
+    pos = 0
+    while pos + 8 <= len(data):
+        size, kind = int.from_bytes(data[pos:pos + 4], "big"), data[pos + 4:pos + 8]
+        header = 8
+        if size == 1 and pos + 16 <= len(data):
+            size, header = int.from_bytes(data[pos + 8:pos + 16], "big"), 16
+        if kind == b"jxlc":
+            return data[pos + header:]
+        if kind == b"jxlp":
+            return data[pos + header + 4:]   # a partial codestream box starts with a 4-byte index
+        if size < header:
+            return None   # a box running to the end of the file, or a broken size
+        pos += size
+    return None
+
+
+def jxl_declared_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG XL stream's SizeHeader (ISO/IEC 18181-1), read without decoding;
+    None if ``data`` is not JPEG XL or too short to say."""
+    stream = _jxl_codestream(data)
+    if stream is None or not stream.startswith(_JXL_CODESTREAM):
+        return None
+    bits = _Bits(stream[2:2 + 16])
+    try:
+        small = bits.u(1)
+        height = (bits.u(5) + 1) * 8 if small else bits.u32(9, 13, 18, 30) + 1
+        ratio = bits.u(3)
+        if ratio:
+            num, den = _JXL_RATIOS[ratio]
+            width = height * num // den
+        else:
+            width = (bits.u(5) + 1) * 8 if small else bits.u32(9, 13, 18, 30) + 1
+    except EOFError:
+        return None
+    return width, height
+
+
+def check_declared_size(width: int, height: int, what: str, *, max_pixels: int | None = MAX_DECODE_PIXELS,
+                        expect: tuple[int, int] | None = None, error=DeclaredSizeError, hint: str = "") -> None:
+    """Refuse, before decoding, a picture of more than ``max_pixels`` or not of the expected (H, W)."""
+    if expect is not None and (height, width) != tuple(expect):
+        raise error(f"{what} declares {width}x{height}, expected {expect[1]}x{expect[0]}: not decoded")
+    if max_pixels is not None and width * height > max_pixels:
+        raise error(f"{what} declares {width}x{height} = {width * height} pixels, above the limit of "
+                    f"{max_pixels}: not decoded{hint}")
 
 
 def _plugins() -> None:
@@ -100,17 +178,28 @@ class ImageCodec:
             raise ConfigError(f"codec {self.name} needs a {self.quality_name}")
         return self._encode(im, quality, options)
 
-    def decode(self, data: bytes, channels: int = 3) -> np.ndarray:
-        """Decode bytes made by :meth:`encode` into an HxW (channels=1) or HxWx3 array."""
+    def decode(self, data: bytes, channels: int = 3, expect: tuple[int, int] | None = None) -> np.ndarray:
+        """Decode bytes made by :meth:`encode` into an HxW (channels=1) or HxWx3 array.
+
+        The size the bytes declare is checked before anything is decoded: at most
+        :data:`MAX_DECODE_PIXELS`, and (H, W) = ``expect`` when given (:class:`DeclaredSizeError`).
+        """
         _check_available(self)
+        what = f"{self.name} layer"
+        declared = jxl_declared_size(data) if self.pil_format == "JXL" else None
+        if declared is not None:   # the JPEG XL plugin decodes the whole picture when it opens it
+            check_declared_size(*declared, what, expect=expect, error=LayerSizeError)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 with Image.open(io.BytesIO(data), formats=[self.pil_format]) as im:
+                    check_declared_size(*im.size, what, expect=expect, error=LayerSizeError)
                     im.load()
                     return _from_pil(im, channels)
+        except DeclaredSizeError:
+            raise
         except Exception as exc:  # Pillow raises many types for bad data
-            raise LayerError(f"{self.name} layer could not be decoded: {exc}") from exc
+            raise LayerError(f"{what} could not be decoded: {exc}") from exc
 
 
 # --- encoders --------------------------------------------------------------------------------

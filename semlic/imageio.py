@@ -17,6 +17,13 @@ F (float)          refused (no defined range)
 CMYK, YCbCr, LAB,  refused: semlic does not do colour management; convert to sRGB first
 HSV
 =================  ===========================================================================
+
+The size an image file declares is checked before it is decoded: more than
+:func:`pixel_limit` pixels (default :data:`DEFAULT_MAX_PIXELS`, 100 million; the environment
+variable ``SEMLIC_MAX_PIXELS`` or the ``max_pixels`` argument changes it) is refused with
+:class:`~semlic.errors.ImageTooLargeError`, so a small file declaring 100k x 100k pixels (a
+decompression bomb) costs nothing. JPEG XL, whose Pillow plugin decodes on opening, has its
+header read by :func:`semlic.image_codecs.jxl_declared_size` first.
 """
 
 from __future__ import annotations
@@ -28,8 +35,44 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from . import image_codecs as _image_codecs  # noqa: F401  (registers the HEIF / JPEG XL openers)
+from .errors import ConfigError, ImageTooLargeError, UnreadableImageError, UnsupportedImageModeError
 from .fileio import atomic_write_bytes
-from .errors import UnreadableImageError, UnsupportedImageModeError
+
+DEFAULT_MAX_PIXELS = 100_000_000
+MAX_PIXELS_ENV = "SEMLIC_MAX_PIXELS"
+
+
+def pixel_limit(given: int | None = None) -> int:
+    """The pixel limit of :func:`load_image`: ``given``, else ``SEMLIC_MAX_PIXELS``, else the default."""
+    if given is None:
+        text = os.environ.get(MAX_PIXELS_ENV, "").strip()
+        if not text:
+            return DEFAULT_MAX_PIXELS
+        try:
+            given = int(float(text))
+        except ValueError as exc:
+            raise ConfigError(f"{MAX_PIXELS_ENV}={text!r}: not a number of pixels") from exc
+    if given < 1:
+        raise ConfigError(f"the pixel limit must be positive, got {given}")
+    return int(given)
+
+
+def _open_checked(path: Path, limit: int) -> Image.Image:
+    """Image.open, refusing a file that declares more than ``limit`` pixels before anything is decoded."""
+    hint = (f" (a larger limit: {MAX_PIXELS_ENV}=<pixels> or load_image(..., max_pixels=...))")
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    declared = _image_codecs.jxl_declared_size(head)
+    if declared is not None:
+        _image_codecs.check_declared_size(*declared, str(path), max_pixels=limit, error=ImageTooLargeError, hint=hint)
+    im = Image.open(path)
+    try:
+        _image_codecs.check_declared_size(*im.size, str(path), max_pixels=limit, error=ImageTooLargeError, hint=hint)
+    except ImageTooLargeError:
+        im.close()
+        raise
+    return im
+
 
 _REFUSED = {"CMYK": "CMYK", "YCbCr": "YCbCr", "LAB": "CIE L*a*b*", "HSV": "HSV", "F": "32-bit float"}
 
@@ -55,26 +98,30 @@ def pil_to_rgb(im: Image.Image, source: str = "image") -> np.ndarray:
     raise UnsupportedImageModeError(f"{source}: Pillow mode {mode} is not supported")
 
 
-def load_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file into an HxWx3 uint8 RGB array (conversions: module docstring)."""
+def load_image(path: str | os.PathLike, max_pixels: int | None = None) -> np.ndarray:
+    """Read an image file into an HxWx3 uint8 RGB array (conversions and the pixel limit: module
+    docstring)."""
     path = Path(path)
+    limit = pixel_limit(max_pixels)
     if not path.is_file():
         raise UnreadableImageError(f"{path}: no such file")
     try:
-        with Image.open(path) as im:
+        with _open_checked(path, limit) as im:
             im.load()
             return pil_to_rgb(im, str(path))
-    except UnsupportedImageModeError:
+    except (UnsupportedImageModeError, ImageTooLargeError):
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise UnreadableImageError(f"{path}: not a readable image ({exc})") from exc
 
 
-def load_label_map(path: str | os.PathLike) -> np.ndarray:
-    """Read a label map (class index per pixel) stored as an 8-bit grey or palette PNG."""
+def load_label_map(path: str | os.PathLike, max_pixels: int | None = None) -> np.ndarray:
+    """Read a label map (class index per pixel) stored as an 8-bit grey or palette PNG (the pixel
+    limit of :func:`load_image`)."""
     path = Path(path)
+    limit = pixel_limit(max_pixels)
     try:
-        with Image.open(path) as im:
+        with _open_checked(path, limit) as im:
             im.load()
             if im.mode not in ("L", "P"):
                 raise UnsupportedImageModeError(

@@ -77,7 +77,7 @@ def decode_layer(layer: Layer, channels: int, shape: tuple[int, int], what: str)
     codec = CODECS_BY_ID.get(layer.codec)
     if codec is None:
         raise LayerError(f"the {what} layer is not an image layer (codec {layer.codec_name})")
-    array = codec.decode(layer.payload, channels)
+    array = codec.decode(layer.payload, channels, expect=tuple(shape))   # its size checked before decoding
     if array.shape[:2] != tuple(shape):
         raise LayerError(f"{what} layer is {array.shape[1]}x{array.shape[0]}, the header implies "
                          f"{shape[1]}x{shape[0]}")
