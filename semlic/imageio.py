@@ -32,10 +32,10 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from . import image_codecs as _image_codecs  # noqa: F401  (registers the HEIF / JPEG XL openers)
-from .errors import ConfigError, ImageTooLargeError, UnreadableImageError, UnsupportedImageModeError
+from . import image_codecs as _image_codecs  # registers the HEIF / JPEG XL openers; size checks
+from .errors import ConfigError, ImageTooLargeError, SemlicError, UnreadableImageError, UnsupportedImageModeError
 from .fileio import atomic_write_bytes
 
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -109,9 +109,10 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = None) -> np.nda
         with _open_checked(path, limit) as im:
             im.load()
             return pil_to_rgb(im, str(path))
-    except (UnsupportedImageModeError, ImageTooLargeError):
+    except SemlicError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - Pillow and its plugins raise many types on damaged data
+        # (fuzzing found RuntimeError from the AVIF plugin, ...): all mean "not a readable image"
         raise UnreadableImageError(f"{path}: not a readable image ({exc})") from exc
 
 
@@ -130,7 +131,9 @@ def load_label_map(path: str | os.PathLike, max_pixels: int | None = None) -> np
             return np.asarray(im, dtype=np.uint8).copy()
     except FileNotFoundError as exc:
         raise UnreadableImageError(f"{path}: no such file") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+    except SemlicError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - as load_image
         raise UnreadableImageError(f"{path}: not a readable label map ({exc})") from exc
 
 

@@ -60,13 +60,25 @@ def headline(log: pd.DataFrame, summary: dict | None = None) -> dict:
     return out
 
 
+def _writer(live_dir: Path):
+    """DVCLive as the writer of the stage's files only: no DVC repository lookup. The stage is the
+    DVC integration; DVCLive's own would ``dvc init`` a git repository that has no DVC, and fails
+    in a git repository without commits."""
+    dvclive = import_extra("dvclive", "pipeline", "the training stages' DVCLive curves")
+
+    class StageLive(dvclive.Live):
+        def _init_dvc(self) -> None:
+            self._dvc_file = "dvc.yaml"
+
+    # Not a DVC experiment of its own (the stage is one): no dvc.yaml, no experiment, no report.
+    return StageLive(dir=str(live_dir), save_dvc_exp=False, dvcyaml=False, report=None)
+
+
 def export_training(models_dir: str | os.PathLike, live_dir: str | os.PathLike) -> dict:
     """DVCLive's plots and metrics.json for every training log under ``models_dir`` (module
     docstring); returns the metrics document."""
-    dvclive = import_extra("dvclive", "pipeline", "the training stages' DVCLive curves")
     root, live_dir = Path(models_dir), Path(live_dir)
-    # Not a DVC experiment of its own (the stage is one): no dvc.yaml, no experiment, no report.
-    live = dvclive.Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=False, report=None)
+    live = _writer(live_dir)
     doc: dict = {}
     for log_path in sorted(root.rglob(LOG_FILE)):
         name = model_name(log_path, root)

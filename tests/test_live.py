@@ -53,3 +53,22 @@ def test_headline_takes_the_first_total_loss():
     assert headline(log) == {"loss": 2.0}
     assert headline(log.drop(columns="loss")) == {"ce": 1.0}
     assert headline(pd.DataFrame(), {"eval": {"miou": 0.25, "pixels": 9, "pixel_accuracy": 0.5}}) == {"eval_miou": 0.25}
+
+
+@pytest.mark.parametrize("repo", ["none", "git-without-commits", "git-without-dvc"])
+def test_export_leaves_the_repository_alone(stage, tmp_path, monkeypatch, repo):
+    """DVCLive's own repository lookup runs `dvc init` in a git repository without DVC and fails in one
+    without commits (a fresh `git init` before the first `dvc repro`): the export does neither."""
+    import subprocess
+
+    work = tmp_path / "work"
+    work.mkdir()
+    if repo != "none":
+        subprocess.run(["git", "init", "-q"], cwd=work, check=True)
+    if repo == "git-without-dvc":
+        (work / "x").write_text("x")
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "x"], cwd=work, check=True)
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"], cwd=work, check=True)
+    monkeypatch.chdir(work)
+    assert export_training(stage, work / "live")["hyper/q1"]["loss"] == 7.0
+    assert not (work / ".dvc").exists() and not (work / "dvc.yaml").exists()

@@ -42,8 +42,15 @@ def list_prepared(prepared_dir: str | os.PathLike, split: str) -> list[PreparedS
     images_dir, labels_dir = root / split / "images", root / split / "labels"
     manifest = root / "manifest.parquet"
     if manifest.is_file():
-        table = pd.read_parquet(manifest, columns=["id", "split"])
-        ids = table.loc[table["split"] == split, "id"].astype(str).tolist()
+        try:
+            table = pd.read_parquet(manifest, columns=["id", "split"])
+            ids = table.loc[table["split"] == split, "id"].astype(str).tolist()
+        except Exception as exc:  # noqa: BLE001 - pyarrow / pandas raise many types on a damaged file
+            raise DatasetError(f"{manifest}: not a readable manifest ({type(exc).__name__}: {exc}); prepare the data "
+                               "set again (semlic prepare)") from exc
+        bad = next((i for i in ids if not i or i in (".", "..") or any(c in i for c in "/\\\0")), None)
+        if bad is not None:
+            raise DatasetError(f"{manifest}: image id {bad!r} is not a plain file name; prepare the data set again")
     else:
         ids = sorted(path.stem for path in images_dir.glob("*.png"))
     if not ids:

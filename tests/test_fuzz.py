@@ -1,0 +1,87 @@
+"""The fuzzing harness (semlic.fuzz): its seeds keep the contract, what it found stays fixed, a short fuzz."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from semlic import format as fmt
+from semlic import fuzz
+from semlic.errors import ChecksumError, DatasetError, SemlicError, UnreadableImageError
+
+FOUND = Path(__file__).parent / "fixtures" / "fuzz"   # inputs the fuzzer found escaping the contract (now fixed)
+
+
+@pytest.fixture(scope="module")
+def models():
+    return fuzz.tiny_models()
+
+
+def test_seeds_cover_every_registered_method_and_decode(models):
+    from semlic.methods import all_methods, get_method
+
+    files = fuzz.seeds("sem", models)
+    methods = {fmt.unpack(data).method for data in files}
+    assert methods == {m.name for m in all_methods() if all(n in models for n in m.models)}
+    assert {"dsslic", "edms", "edms_noenh", "smic", "hyperprior"} <= methods
+    for data in files:
+        method = get_method(fmt.unpack(data).method)
+        assert method.decode(data, models).ndim == 3
+
+
+def test_repaired_checksums_let_a_mutation_reach_the_method(models):
+    data = bytearray(fuzz.seeds("sem", models)[0])
+    data[-3] ^= 0xFF                                  # inside the last layer's payload
+    with pytest.raises(ChecksumError):
+        fmt.unpack(bytes(data))
+    repaired = fuzz.repair_checksums(bytes(data))
+    assert fmt.unpack(repaired).layers[-1].payload[-3] == data[-3]
+    assert fuzz.repair_checksums(b"not a sem file") == b"not a sem file"
+
+
+@pytest.mark.parametrize("name, target, error", [("image-avif-runtimeerror.bin", "image", UnreadableImageError),
+                                                  ("manifest-empty-arrowinvalid.bin", "manifest", DatasetError)])
+def test_what_the_fuzzer_found_raises_a_semlic_error(name, target, error):
+    from semlic.imageio import load_image
+    from semlic.segnet.prepared import list_prepared
+
+    data = (FOUND / name).read_bytes()
+    run = fuzz.make_target(target)
+    run(data)   # the contract: no exception other than a SemlicError escapes
+    with pytest.raises(error):
+        if target == "image":
+            load_image(run.path)
+        else:
+            run.path.write_bytes(data)
+            root = run.path.parent / "prepared"
+            (root / "manifest.parquet").write_bytes(data)
+            list_prepared(root, "train")
+    assert issubclass(error, SemlicError)
+
+
+def test_a_manifest_naming_a_path_outside_its_folder_is_refused(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from semlic.segnet.prepared import list_prepared
+
+    (tmp_path / "train" / "images").mkdir(parents=True)
+    for bad in ("../../etc/passwd", "a/b", "nul\0byte", ".."):
+        pq.write_table(pa.table({"id": [bad], "split": ["train"]}), tmp_path / "manifest.parquet")
+        with pytest.raises(DatasetError, match="not a plain file name"):
+            list_prepared(tmp_path, "train")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("target, runs", [("sem", 20000), ("image", 20000), ("labels", 20000), ("manifest", 20000)])
+def test_short_fuzz_finds_nothing(target, runs, tmp_path):
+    out = subprocess.run([sys.executable, "-m", "semlic.fuzz", target, "--runs", str(runs), "--corpus",
+                          str(tmp_path / "corpus"), "--artifacts", str(tmp_path / "found")],
+                         capture_output=True, text=True, timeout=850)
+    assert out.returncode == 0, out.stderr[-5000:]
+    assert f"Done {runs} runs" in out.stderr
+    assert not (tmp_path / "found").exists() or not any((tmp_path / "found").iterdir())
