@@ -16,6 +16,7 @@ three ways:
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 import time
@@ -40,6 +41,30 @@ def argument_parser(stage: str) -> argparse.ArgumentParser:
     return parser
 
 
+# Errors of the storage a stage writes to: the stage stops with a message saying so (and what is kept).
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def storage_error(exc: BaseException | None) -> OSError | None:
+    """The OSError of :data:`STORAGE_ERRNOS` behind ``exc`` (a task's error reaches the flow through
+    Prefect's retries and Ray's RayTaskError: its ``cause``, ``__cause__`` or ``__context__``)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
+            return exc
+        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
+    return None
+
+
+def storage_message(stage: str, error: OSError) -> str:
+    where = f" writing {error.filename}" if error.filename else ""
+    return (f"{stage}: failed{where}: {error.strerror or errno.errorcode.get(error.errno, error.errno)}. The stage's "
+            "previous output is intact (an output is swapped in whole only when its stage succeeds); the work it "
+            "finished is kept under data/.staging. Free space or make the data folder writable, then rerun: it "
+            "resumes.")
+
+
 def run_stage(flow, stage: str, sections: Sequence[str], argv: Sequence[str] | None = None) -> Any:
     """Parse argv, load params, run ``flow(params)`` on Ray under one Prefect API; print timing."""
     args = argument_parser(stage).parse_args(argv)
@@ -48,8 +73,14 @@ def run_stage(flow, stage: str, sections: Sequence[str], argv: Sequence[str] | N
     if args.cluster:
         base["cluster"] = args.cluster
     start = time.perf_counter()
-    with stage_session(base):
-        result = flow.with_options(task_runner=ray_runner(base))(params)
+    try:
+        with stage_session(base):
+            result = flow.with_options(task_runner=ray_runner(base))(params)
+    except Exception as exc:
+        found = storage_error(exc)
+        if found is None:
+            raise
+        raise SystemExit(storage_message(stage, found)) from exc
     seconds = time.perf_counter() - start
     print(f"{stage}: done in {seconds:.1f} s", file=sys.stderr)
     if args.record:

@@ -249,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=int, default=20, help="seconds one input may take")
     parser.add_argument("--max-len", type=int, default=1 << 16)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--replay", nargs="+", metavar="FILE",
+                        help="run these inputs once each under libFuzzer (a crash found earlier) instead of fuzzing")
     args = parser.parse_args(argv)
 
     import atheris
@@ -258,6 +260,10 @@ def main(argv: list[str] | None = None) -> int:
     with atheris.instrument_imports(include=list(INSTRUMENTED)):
         target = make_target(args.target)
         from . import format, image_codecs, imageio, layers, sparse  # noqa: F401  (imported while instrumenting)
+    if args.replay:
+        atheris.Setup([sys.argv[0], f"-rss_limit_mb={args.rss_limit_mb}", f"-timeout={args.timeout}", *args.replay],
+                      target)
+        atheris.Fuzz()
     corpus = Path(args.corpus or tempfile.mkdtemp(prefix=f"semlic-corpus-{args.target}-"))
     corpus.mkdir(parents=True, exist_ok=True)
     if not any(corpus.iterdir()):

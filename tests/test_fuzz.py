@@ -62,6 +62,34 @@ def test_what_the_fuzzer_found_raises_a_semlic_error(name, target, error):
     assert issubclass(error, SemlicError)
 
 
+def test_a_damaged_entropy_coded_string_no_longer_crashes_the_process():
+    """CompressAI's rANS decoder read past the end of a damaged hyperprior string (a segfault under the
+    fuzzer): the string is now bounded and padded, and the hyper-latent's declared size is checked."""
+    out = subprocess.run([sys.executable, "-m", "semlic.fuzz", "sem", "--replay",
+                          str(FOUND / "sem-hyperprior-rans-overread.bin")], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+
+
+def test_hyperprior_strings_are_bounded_and_the_latent_size_checked(models):
+    from semlic.errors import DeclaredSizeError, LayerError
+    from semlic.methods.latent_seg.codec import Section
+    from semlic.methods.latent_seg.hyperprior import bounded_string
+
+    assert bounded_string(b"ab", 3) == b"ab" + bytes(16 * 2 + 8 * 3 + 64)
+    with pytest.raises(LayerError, match="damaged"):
+        bounded_string(bytes(64 * 3 + 65), 3)
+    data = next(d for d in fuzz.seeds("sem", models) if fmt.unpack(d).method == "hyperprior")
+    sem = fmt.unpack(data)
+    section = Section.unpack(sem.section)
+    wrong = Section(section.quality, (section.z_shape[0] + 40, section.z_shape[1]), section.latent_channels,
+                    section.selected)
+    bad = fmt.pack(fmt.SemFile(sem.method, sem.width, sem.height, sem.fingerprint, wrong.pack(), sem.layers))
+    from semlic.methods import get_method
+
+    with pytest.raises(DeclaredSizeError, match="hyper-latent"):
+        get_method("hyperprior").decode(bad, models)
+
+
 def test_a_manifest_naming_a_path_outside_its_folder_is_refused(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq

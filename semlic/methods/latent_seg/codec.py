@@ -27,8 +27,8 @@ from ... import format as fmt
 from ...errors import DeclaredSizeError, LayerError
 from ...layers import check_image
 from .. import EncodeResult, Method, ModelSet, register_method
-from .hyperprior import (Latents, analyse, check_quality, compress_channels, decompress_channels, hyper_decode,
-                         synthesise)
+from .hyperprior import (MULTIPLE, Latents, analyse, check_quality, compress_channels, decompress_channels,
+                         hyper_decode, synthesise)
 
 ROLE_HYPER, ROLE_TASK, ROLE_REST = 1, 2, 3
 _SECTION = struct.Struct("<BHHH")
@@ -95,6 +95,10 @@ def encode_latents(method: "HyperpriorCodec", bank, quality: int, latents: Laten
 def read_latents(sem: fmt.SemFile, bank, need_all: bool = False) -> tuple[torch.Tensor, list[int]]:
     """y^ from a file, (1, M, h, w) with zeros where a channel was not sent, and the channels sent."""
     section = Section.unpack(sem.section)
+    expected = (-(-sem.height // MULTIPLE), -(-sem.width // MULTIPLE))   # z of the image padded to MULTIPLE
+    if tuple(section.z_shape) != expected:
+        raise DeclaredSizeError(f"the file declares a {section.z_shape[0]}x{section.z_shape[1]} hyper-latent; a "
+                                f"{sem.width}x{sem.height} image has {expected[0]}x{expected[1]}")
     codec = bank.codec(section.quality)
     if codec.M != section.latent_channels:
         raise LayerError(f"the file has {section.latent_channels} latent channels, the quality-{section.quality} "

@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ...config_files import dataclass_from_dict
-from ...errors import CheckpointError, ConfigError, MissingExtraError
+from ...errors import CheckpointError, ConfigError, LayerError, MissingExtraError
 from ...model_files import load_model, register_model, save_model
 
 #: CompressAI zoo: MSE lambda and (N, M) per quality
@@ -214,10 +214,22 @@ def analyse(codec: nn.Module, image: torch.Tensor) -> Latents:
     return Latents(y_hat, z_string, tuple(int(s) for s in z.shape[-2:]), indexes)
 
 
+def bounded_string(string: bytes, symbols: int) -> bytes:
+    """A rANS string made safe to hand to CompressAI's decoder, which reads 32-bit words from it with
+    no bounds check (a damaged string made it read past the end and crash the process: found by
+    fuzzing, tests/test_fuzz.py). A string longer than ``symbols`` could need is refused; the rest is
+    padded with zeros, enough for every word the decoder can read: past the real bytes it reads
+    zeros, on which each symbol (and each escape of its bypass loop) stops after a bounded read."""
+    if len(string) > 64 * symbols + 64:
+        raise LayerError(f"entropy-coded string of {len(string)} bytes for {symbols} symbols: damaged")
+    return bytes(string) + bytes(16 * len(string) + 8 * symbols + 64)
+
+
 @torch.inference_mode()
 def hyper_decode(codec: nn.Module, z_string: bytes, z_shape: tuple[int, int]) -> torch.Tensor:
     """The Gaussian conditional's indexes from the side information alone."""
-    z_hat = codec.entropy_bottleneck.decompress([z_string], z_shape)
+    symbols = int(codec.entropy_bottleneck.channels) * int(z_shape[0]) * int(z_shape[1])
+    z_hat = codec.entropy_bottleneck.decompress([bounded_string(z_string, symbols)], z_shape)
     return codec.gaussian_conditional.build_indexes(codec.h_s(z_hat))
 
 
@@ -234,7 +246,8 @@ def decompress_channels(codec: nn.Module, string: bytes, indexes: torch.Tensor, 
     channels = list(channels)
     if not channels:
         return indexes.new_zeros((1, 0, *indexes.shape[-2:]), dtype=torch.float32)
-    return codec.gaussian_conditional.decompress([string], indexes[:, channels], torch.float32)
+    selected = indexes[:, channels]
+    return codec.gaussian_conditional.decompress([bounded_string(string, selected.numel())], selected, torch.float32)
 
 
 @torch.inference_mode()
