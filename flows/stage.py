@@ -57,6 +57,27 @@ def storage_error(exc: BaseException | None) -> OSError | None:
     return None
 
 
+def api_error(exc: BaseException | None) -> BaseException | None:
+    """The connection error behind ``exc`` when the Prefect API stopped answering (httpx's transport errors)."""
+    import httpx
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, httpx.TransportError):
+            return exc
+        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
+    return None
+
+
+def api_message(stage: str, error: BaseException) -> str:
+    import os
+
+    url = os.environ.get("PREFECT_API_URL") or "the stage's own server"
+    return (f"{stage}: lost its Prefect API ({url}: {type(error).__name__}: {error}). The stage's previous output "
+            "is intact and the shards it finished are kept under data/.staging: rerun, and only the rest is done.")
+
+
 def storage_message(stage: str, error: OSError) -> str:
     where = f" writing {error.filename}" if error.filename else ""
     return (f"{stage}: failed{where}: {error.strerror or errno.errorcode.get(error.errno, error.errno)}. The stage's "
@@ -78,9 +99,12 @@ def run_stage(flow, stage: str, sections: Sequence[str], argv: Sequence[str] | N
             result = flow.with_options(task_runner=ray_runner(base))(params)
     except Exception as exc:
         found = storage_error(exc)
-        if found is None:
-            raise
-        raise SystemExit(storage_message(stage, found)) from exc
+        if found is not None:
+            raise SystemExit(storage_message(stage, found)) from exc
+        lost = api_error(exc)
+        if lost is not None:
+            raise SystemExit(api_message(stage, lost)) from exc
+        raise
     seconds = time.perf_counter() - start
     print(f"{stage}: done in {seconds:.1f} s", file=sys.stderr)
     if args.record:

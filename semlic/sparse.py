@@ -12,7 +12,7 @@ import zlib
 
 import numpy as np
 
-from .errors import ConfigError, LayerError
+from .errors import ConfigError, LayerError, LayerSizeError
 
 MAX_SIDE = 16384
 
@@ -66,7 +66,8 @@ class SparseLabelCodec:
             previous = index
         return zlib.compress(bytes(out), 9)
 
-    def decode(self, data: bytes, channels: int = 1) -> np.ndarray:
+    def decode(self, data: bytes, channels: int = 1, expect: tuple[int, int] | None = None) -> np.ndarray:
+        """The map; its declared (H, W) must be ``expect`` when given (checked before allocating)."""
         if channels != 1:
             raise LayerError("sparse_labels holds one-channel maps")
         try:
@@ -77,6 +78,9 @@ class SparseLabelCodec:
             n, pos = _read_varint(raw, pos)
             if not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE) or n > h * w:
                 raise LayerError(f"sparse label layer declares {w}x{h} with {n} entries: beyond the limits")
+            if expect is not None and (h, w) != tuple(expect):
+                raise LayerSizeError(f"sparse label layer declares {w}x{h}, expected {expect[1]}x{expect[0]}: "
+                                     "not decoded")
             raw += inflater.decompress(inflater.unconsumed_tail, 6 * n + 16)
             if inflater.unconsumed_tail or not inflater.eof:
                 raise LayerError("sparse label layer: more data than its declared entries")

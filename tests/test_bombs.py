@@ -147,3 +147,13 @@ def test_png_layer_bomb_never_allocates(tmp_path):
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 16 << 20   # nothing near the 30 GB the header asks for
+
+
+def test_sparse_label_layer_of_another_size_is_refused():
+    SPARSE_LABELS = get_codec("sparse_labels")
+    labels = np.zeros((12, 20), np.uint8)
+    labels[3, 4] = 2
+    data = SPARSE_LABELS.encode(labels)
+    assert np.array_equal(SPARSE_LABELS.decode(data, 1, expect=(12, 20)), labels)
+    with pytest.raises(LayerSizeError, match="20x12"):
+        SPARSE_LABELS.decode(data, 1, expect=(12, 21))

@@ -1,0 +1,136 @@
+"""Faults in the middle of a stage: a Ray worker node lost, the stage's Prefect API restarted.
+
+* The two-node loopback cluster of tests/test_flows_ray_cluster.py runs the code stage; once a
+  shard has finished, the worker node's raylet and every process under it are killed by pid. Ray
+  retries the tasks that were on it on the surviving head node, and the stage's Parquet output is
+  byte for byte that of an undisturbed local run.
+* The stage's own Prefect API (a uvicorn child of the stage, flows/prefect_api.py) is killed once a
+  shard has finished and started again on the same port and database. The stage either finishes
+  or stops with a message naming the API; then a rerun finishes without redoing the shards that
+  had finished, with the same bytes as an undisturbed run, and never leaves a half-written output.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+
+import psutil
+import pytest
+
+from tests.test_flows_ray_cluster import two_node_cluster  # noqa: F401  (fixture)
+from tests.test_flows_support import kill_pids, kill_tree, make_project, prepare_synthetic, run_stage, stage_env, \
+    start_stage, tree_bytes
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+PARAMS = {
+    "base": {"workers": 2},
+    "code": {"limit": 8, "shard_size": 1, "methods": None, "lpips": False,
+             "baselines": {"codecs": ["jpeg", "webp", "jxl"],
+                           "sweep": {"jpeg": [30, 60, 90], "webp": [30, 60, 90], "jxl": [30, 60, 90]}}},
+}
+SHARDS = 8
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """Prepared images and the code stage's output of an undisturbed local run."""
+    root = make_project(tmp_path_factory.mktemp("reference"), PARAMS)
+    prepare_synthetic(root, limit=8)
+    run_stage("code", root, stage_env(root))
+    return root, tree_bytes(root / "data" / "coded", exclude=("timings.parquet",))
+
+
+def fresh_copy(reference_root, destination):
+    destination.mkdir(parents=True)
+    shutil.copy(reference_root / "params.yaml", destination / "params.yaml")
+    shutil.copytree(reference_root / "data" / "prepared", destination / "data" / "prepared")
+    return destination
+
+
+def wait_for_a_finished_shard(project, proc, timeout=600):
+    parts = project / "data" / ".staging" / "data__coded" / "parts"
+    deadline = time.monotonic() + timeout
+    while not (parts.is_dir() and any(parts.glob("*.parquet"))):
+        assert proc.poll() is None, f"the stage ended first:\n{proc.stdout.read()[-4000:]}"
+        assert time.monotonic() < deadline, "no shard finished in time"
+        time.sleep(0.05)
+    return len(list(parts.glob("*.parquet")))
+
+
+def node_pids(node) -> list[int]:
+    """The raylet of a node of ray.cluster_utils.Cluster and every process under it (its workers)."""
+    pids = []
+    for infos in node.all_processes.values():
+        for info in infos:
+            pids.append(info.process.pid)
+            try:
+                pids += [c.pid for c in psutil.Process(info.process.pid).children(recursive=True)]
+            except psutil.NoSuchProcess:
+                pass
+    return pids
+
+
+def test_losing_the_worker_node_midway(reference, tmp_path, two_node_cluster):  # noqa: F811
+    cluster, ray_tmp = two_node_cluster
+    root, expected = reference
+    worker = next(node for node in cluster.worker_nodes)
+    project = fresh_copy(root, tmp_path / "cluster")
+    env = stage_env(project, SEMLIC_RAY_ADDRESS=cluster.address, RAY_TMPDIR=ray_tmp,
+                    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    proc = start_stage("code", project, env)
+    try:
+        wait_for_a_finished_shard(project, proc)
+        pids = node_pids(worker)
+        assert len(pids) >= 2   # a raylet and at least one worker process
+        kill_pids(pids)          # the node is gone: no graceful shutdown
+        output, _ = proc.communicate(timeout=600)
+    finally:
+        kill_tree(proc)
+    assert proc.returncode == 0, output[-6000:]
+    assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie" for p in pids)
+    assert tree_bytes(project / "data" / "coded", exclude=("timings.parquet",)) == expected
+
+
+def stage_server(proc) -> psutil.Process:
+    for child in psutil.Process(proc.pid).children(recursive=True):
+        try:
+            if "uvicorn" in " ".join(child.cmdline()) and "prefect.server" in " ".join(child.cmdline()):
+                return child
+        except psutil.NoSuchProcess:
+            continue
+    raise AssertionError("the stage's Prefect server process was not found")
+
+
+def test_restarting_the_prefect_api_midway(reference, tmp_path):
+    root, expected = reference
+    project = fresh_copy(root, tmp_path / "restart")
+    env = stage_env(project)
+    proc = start_stage("code", project, env)
+    restarted = None
+    try:
+        finished = wait_for_a_finished_shard(project, proc)
+        server = stage_server(proc)
+        command, server_env, cwd = server.cmdline(), server.environ(), server.cwd()
+        server.kill()
+        server.wait(timeout=30)
+        time.sleep(2)   # task runs report to a dead API meanwhile
+        restarted = subprocess.Popen(command, env=server_env, cwd=cwd, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        output, _ = proc.communicate(timeout=600)
+    finally:
+        kill_tree(proc)
+        if restarted is not None:
+            restarted.kill()
+            restarted.wait()
+    coded = project / "data" / "coded"
+    if proc.returncode == 0:
+        assert tree_bytes(coded, exclude=("timings.parquet",)) == expected
+        return
+    assert "Prefect API" in output and "rerun" in output, output[-6000:]
+    assert not coded.exists(), "a failed stage must not leave a partial output"
+    record = run_stage("code", project, stage_env(project))
+    assert len(record["result"]["shards"]) <= SHARDS - finished   # the finished shards were kept
+    assert tree_bytes(coded, exclude=("timings.parquet",)) == expected
