@@ -74,8 +74,9 @@ def api_message(stage: str, error: BaseException) -> str:
     import os
 
     url = os.environ.get("PREFECT_API_URL") or "the stage's own server"
-    return (f"{stage}: lost its Prefect API ({url}: {type(error).__name__}: {error}). The stage's previous output "
-            "is intact and the shards it finished are kept under data/.staging: rerun, and only the rest is done.")
+    return (f"{stage}: lost its Prefect API ({url}: {type(error).__name__}: {error}). Its outputs are swapped in "
+            "whole, so each holds either the previous result or the complete new one (when the API went after the "
+            "work was done); the shards it finished are kept under data/.staging: rerun, and only the rest is done.")
 
 
 def storage_message(stage: str, error: OSError) -> str:

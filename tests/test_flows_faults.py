@@ -5,9 +5,11 @@
   retries the tasks that were on it on the surviving head node, and the stage's Parquet output is
   byte for byte that of an undisturbed local run.
 * The stage's own Prefect API (a uvicorn child of the stage, flows/prefect_api.py) is killed once a
-  shard has finished and started again on the same port and database. The stage either finishes
-  or stops with a message naming the API; then a rerun finishes without redoing the shards that
-  had finished, with the same bytes as an undisturbed run, and never leaves a half-written output.
+  shard has finished and started again on the same port and database: Prefect's client retries and
+  the stage finishes with the same bytes (or, should it stop, as below).
+* The API killed for good: the stage stops with a message naming the API (flows/stage.py); its
+  output is the previous one or the complete new one, never a part; a rerun finishes, without
+  redoing the shards that had finished, with the same bytes as an undisturbed run.
 """
 
 from __future__ import annotations
@@ -114,8 +116,11 @@ def test_restarting_the_prefect_api_midway(reference, tmp_path):
         finished = wait_for_a_finished_shard(project, proc)
         server = stage_server(proc)
         command, server_env, cwd = server.cmdline(), server.environ(), server.cwd()
-        server.kill()
-        server.wait(timeout=30)
+        server.kill()   # the stage's child: it stays a zombie until the stage reaps it, its port is free
+        deadline = time.monotonic() + 30
+        while server.is_running() and server.status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < deadline, "the killed server did not die"
+            time.sleep(0.05)
         time.sleep(2)   # task runs report to a dead API meanwhile
         restarted = subprocess.Popen(command, env=server_env, cwd=cwd, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -129,8 +134,36 @@ def test_restarting_the_prefect_api_midway(reference, tmp_path):
     if proc.returncode == 0:
         assert tree_bytes(coded, exclude=("timings.parquet",)) == expected
         return
-    assert "Prefect API" in output and "rerun" in output, output[-6000:]
-    assert not coded.exists(), "a failed stage must not leave a partial output"
+    assert "lost its Prefect API" in output and "rerun" in output, output[-6000:]
+    swapped_in = coded.exists()
+    assert not swapped_in or tree_bytes(coded, exclude=("timings.parquet",)) == expected, "a partial output"
     record = run_stage("code", project, stage_env(project))
-    assert len(record["result"]["shards"]) <= SHARDS - finished   # the finished shards were kept
+    if not swapped_in:
+        assert len(record["result"]["shards"]) <= SHARDS - finished   # the finished shards were kept
+    assert tree_bytes(coded, exclude=("timings.parquet",)) == expected
+
+
+def test_losing_the_prefect_api_for_good_then_rerunning(reference, tmp_path):
+    """The API killed and not restarted: the stage stops with a message naming it; the rerun redoes only
+    the shards that had not finished."""
+    root, expected = reference
+    project = fresh_copy(root, tmp_path / "lost")
+    env = stage_env(project, PREFECT_CLIENT_MAX_RETRIES="1")
+    proc = start_stage("code", project, env)
+    try:
+        finished = wait_for_a_finished_shard(project, proc)
+        stage_server(proc).kill()
+        output, _ = proc.communicate(timeout=600)
+    finally:
+        kill_tree(proc)
+    coded = project / "data" / "coded"
+    if proc.returncode == 0:   # every task run had reported before the API went
+        assert tree_bytes(coded, exclude=("timings.parquet",)) == expected
+        return
+    assert "lost its Prefect API" in output and "rerun" in output, output[-6000:]
+    swapped_in = coded.exists()   # the API went after the work was done: the whole new output is there
+    assert not swapped_in or tree_bytes(coded, exclude=("timings.parquet",)) == expected, "a partial output"
+    record = run_stage("code", project, stage_env(project))
+    if not swapped_in:
+        assert len(record["result"]["shards"]) <= SHARDS - finished   # the finished shards were kept
     assert tree_bytes(coded, exclude=("timings.parquet",)) == expected
