@@ -40,7 +40,7 @@ Image.MAX_IMAGE_PIXELS = None  # sizes are checked by semlic itself, before deco
 MAX_DECODE_PIXELS = 16384 * 16384   # a layer never holds more (format.MAX_SIDE per side)
 
 _JXL_CODESTREAM = b"\xff\x0a"
-_JXL_CONTAINER = b"\x00\x00\x00\x0cJXL \r\n\x87\n"
+JXL_CONTAINER = b"\x00\x00\x00\x0cJXL \r\n\x87\n"
 _JXL_RATIOS = {1: (1, 1), 2: (12, 10), 3: (4, 3), 4: (3, 2), 5: (16, 9), 6: (5, 4), 7: (2, 1)}
 
 
@@ -68,7 +68,7 @@ def _jxl_codestream(data: bytes) -> bytes | None:
     """The start of the codestream of a bare JPEG XL stream or of its ISOBMFF container."""
     if data.startswith(_JXL_CODESTREAM):
         return data
-    if not data.startswith(_JXL_CONTAINER):
+    if not data.startswith(JXL_CONTAINER):
         return None
     pos = 0
     while pos + 8 <= len(data):

@@ -62,6 +62,8 @@ def _open_checked(path: Path, limit: int) -> Image.Image:
     hint = (f" (a larger limit: {MAX_PIXELS_ENV}=<pixels> or load_image(..., max_pixels=...))")
     with open(path, "rb") as f:
         head = f.read(4096)
+        if head.startswith(_image_codecs.JXL_CONTAINER):   # its codestream may follow boxes of any size
+            head += f.read()
     declared = _image_codecs.jxl_declared_size(head)
     if declared is not None:
         _image_codecs.check_declared_size(*declared, str(path), max_pixels=limit, error=ImageTooLargeError, hint=hint)

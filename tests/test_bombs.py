@@ -89,6 +89,14 @@ def test_jxl_declared_size_reads_what_libjxl_wrote(size):
 
 def test_jxl_and_heif_bombs_are_refused(tmp_path):
     assert jxl_declared_size(jxl_declaring(HUGE, HUGE)) == (HUGE, HUGE)
+    # the same codestream in a container, behind an Exif box larger than the first read
+    box = lambda kind, body: struct.pack(">I", 8 + len(body)) + kind + body   # noqa: E731
+    container = (b"\x00\x00\x00\x0cJXL \r\n\x87\n" + box(b"ftyp", b"jxl \0\0\0\0jxl ")
+                 + box(b"Exif", bytes(10_000)) + box(b"jxlc", jxl_declaring(HUGE, HUGE)))
+    assert jxl_declared_size(container) == (HUGE, HUGE)
+    (tmp_path / "boxed.jxl").write_bytes(container)
+    with pytest.raises(ImageTooLargeError, match=f"{HUGE}x{HUGE}"):
+        load_image(tmp_path / "boxed.jxl")
     (tmp_path / "bomb.jxl").write_bytes(jxl_declaring(HUGE, HUGE))
     with pytest.raises(ImageTooLargeError, match=f"{HUGE}x{HUGE}"):
         load_image(tmp_path / "bomb.jxl")

@@ -36,6 +36,21 @@ class PreparedSample:
     label_path: Path | None
 
 
+MAX_MANIFEST_ROWS = 10_000_000   # images of one prepared data set (OpenImages has 9 million)
+
+
+def check_manifest_size(manifest: Path) -> None:
+    """Refuse, from its footer alone, a manifest whose row groups declare more rows than the file (a
+    damaged footer declaring 14 billion rows made pyarrow allocate gigabytes: found by fuzzing)."""
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(manifest).metadata
+    rows = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+    if not 0 <= meta.num_rows <= MAX_MANIFEST_ROWS or any(r < 0 for r in rows) or sum(rows) != meta.num_rows:
+        raise DatasetError(f"{manifest}: declares {meta.num_rows} rows in row groups of {rows} rows (at most "
+                           f"{MAX_MANIFEST_ROWS}): damaged; prepare the data set again (semlic prepare)")
+
+
 def list_prepared(prepared_dir: str | os.PathLike, split: str) -> list[PreparedSample]:
     """The samples of ``split`` in a prepared directory (module docstring); DatasetError if none."""
     root = Path(prepared_dir)
@@ -43,8 +58,11 @@ def list_prepared(prepared_dir: str | os.PathLike, split: str) -> list[PreparedS
     manifest = root / "manifest.parquet"
     if manifest.is_file():
         try:
+            check_manifest_size(manifest)
             table = pd.read_parquet(manifest, columns=["id", "split"])
             ids = table.loc[table["split"] == split, "id"].astype(str).tolist()
+        except DatasetError:
+            raise
         except Exception as exc:  # noqa: BLE001 - pyarrow / pandas raise many types on a damaged file
             raise DatasetError(f"{manifest}: not a readable manifest ({type(exc).__name__}: {exc}); prepare the data "
                                "set again (semlic prepare)") from exc
