@@ -12,6 +12,7 @@ tests/test_fuzz.py with its input under tests/fixtures/fuzz/).
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import subprocess
 import sys
@@ -46,24 +47,26 @@ def main(argv=None) -> int:
     parser.add_argument("--work", default=None, help="corpora and crashes (default: a temporary folder)")
     args = parser.parse_args(argv)
     work = Path(args.work or tempfile.mkdtemp(prefix="semlic-fuzz-"))
-    rows = []
-    for target in args.targets.split(","):
-        row = run_target(target, args.runs, work)
-        print(f"{target}: {row['inputs']} inputs, cov {row['cov']}, ft {row['ft']}, peak {row['peak_rss_mb']} MiB, "
-              f"{row['wall_s']} s, crashes {row['crashes'] or 'none'}", flush=True)
-        rows.append(row)
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                          cwd=REPO).stdout.strip()
+    for target in args.targets.split(","):
+        row = {**run_target(target, args.runs, work), "git": rev}
+        print(f"{target}: {row['inputs']} inputs, cov {row['cov']}, ft {row['ft']}, peak {row['peak_rss_mb']} MiB, "
+              f"{row['wall_s']} s, crashes {row['crashes'] or 'none'}", flush=True)
+        (work / f"result-{target}.json").write_text(json.dumps(row, indent=1))
+    # the report: every target's latest run in this work folder (a target rerun after a fix replaces its row)
+    rows = [json.loads(p.read_text()) for p in sorted(work.glob("result-*.json"))]
     lines = ["# Fuzzing what semlic reads from others", "",
-             f"`.venv/bin/python benchmarks/fuzz.py --runs {args.runs} --targets {args.targets}` (git {rev}, "
-             "atheris 3.0.0 / libFuzzer, one process per target, 2 CPU cores shared).", "",
+             f"`.venv/bin/python benchmarks/fuzz.py --runs {args.runs} --targets <targets> --work <folder>` "
+             "(atheris 3.0.0 / libFuzzer, one process per target, 2 CPU cores shared; each row gives the code it "
+             "fuzzed: a target rerun after a fix replaces its row).", "",
              "The contract (semlic/fuzz.py): any input decodes or raises a `SemlicError` subclass; nothing else "
              "escapes; libFuzzer stops on more than 2048 MiB RSS (the process's own ~0.9 GiB: torch, the tiny "
              "models, the instrumentation; plus 1 GiB an input may cost) or 20 s for one input.", "",
-             "| target | inputs | edges (cov) | features (ft) | corpus | peak RSS (MiB) | wall (s) | found |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| target | git | inputs | edges (cov) | features (ft) | corpus | peak RSS (MiB) | wall (s) | found |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['target']} | {r['inputs']:,} | {r['cov']} | {r['ft']} | {r['corpus']} | "
+        lines.append(f"| {r['target']} | {r['git']} | {r['inputs']:,} | {r['cov']} | {r['ft']} | {r['corpus']} | "
                      f"{r['peak_rss_mb']} | {r['wall_s']} | {', '.join(r['crashes']) or 'nothing'} |")
     lines += ["", "## Found and fixed while building the harness (each a regression test in tests/test_fuzz.py)", "",
               "- `image`: a damaged AVIF header made Pillow's AVIF plugin raise `RuntimeError` out of `load_image` "
@@ -73,8 +76,17 @@ def main(argv=None) -> int:
               "`list_prepared`: now a `DatasetError` naming the file and the fix "
               "(`tests/fixtures/fuzz/manifest-empty-arrowinvalid.bin`); image ids that are not plain file names "
               "(`../x`, `a/b`, a NUL byte) are refused instead of being joined to a path.",
-              "- `sem`: nothing escaped; checksums are repaired on each input so that mutations reach the methods' "
-              "sections and layers (the decompression-bomb checks of a layer's declared size: tests/test_bombs.py)."]
+              "- `manifest`: a 647-byte manifest whose footer declared a row group of 14 billion rows made pyarrow "
+              "allocate past the memory limit (libFuzzer's `oom-`): the footer's row counts are now checked "
+              "before reading (`tests/fixtures/fuzz/manifest-rowgroup-14-billion-rows.bin`); a manifest with a "
+              "missing id (pandas reads it as NaN) raised `TypeError`: refused as an id that is not a plain "
+              "file name (`tests/fixtures/fuzz/manifest-missing-id.bin`).",
+              "- `sem`: a damaged hyperprior string crashed the process (SIGSEGV): CompressAI's C++ rANS decoder "
+              "reads 32-bit words past the end of its string without a bounds check. Strings are now bounded by "
+              "their symbol count and zero-padded, and the declared hyper-latent size must match the image "
+              "(without that check the same input asked for 2.1 GB) "
+              "(`tests/fixtures/fuzz/sem-hyperprior-rans-overread.bin`, replayed under libFuzzer). Checksums are "
+              "repaired on each input so that mutations reach the methods' sections and layers."]
     for r in rows:
         if r["tail"]:
             lines += ["", f"### {r['target']}: the fuzzer's last lines", "", "```", r["tail"], "```"]

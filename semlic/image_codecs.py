@@ -111,7 +111,7 @@ def check_declared_size(width: int, height: int, what: str, *, max_pixels: int |
                         expect: tuple[int, int] | None = None, error=DeclaredSizeError, hint: str = "") -> None:
     """Refuse, before decoding, a picture of more than ``max_pixels`` or not of the expected (H, W)."""
     if expect is not None and (height, width) != tuple(expect):
-        raise error(f"{what} declares {width}x{height}, expected {expect[1]}x{expect[0]}: not decoded")
+        raise error(f"{what} declares {width}x{height}, the header implies {expect[1]}x{expect[0]}: not decoded")
     if max_pixels is not None and width * height > max_pixels:
         raise error(f"{what} declares {width}x{height} = {width * height} pixels, above the limit of "
                     f"{max_pixels}: not decoded{hint}")

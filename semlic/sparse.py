@@ -79,8 +79,8 @@ class SparseLabelCodec:
             if not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE) or n > h * w:
                 raise LayerError(f"sparse label layer declares {w}x{h} with {n} entries: beyond the limits")
             if expect is not None and (h, w) != tuple(expect):
-                raise LayerSizeError(f"sparse label layer declares {w}x{h}, expected {expect[1]}x{expect[0]}: "
-                                     "not decoded")
+                raise LayerSizeError(f"sparse label layer declares {w}x{h}, the header implies "
+                                     f"{expect[1]}x{expect[0]}: not decoded")
             raw += inflater.decompress(inflater.unconsumed_tail, 6 * n + 16)
             if inflater.unconsumed_tail or not inflater.eof:
                 raise LayerError("sparse label layer: more data than its declared entries")

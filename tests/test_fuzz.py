@@ -44,7 +44,8 @@ def test_repaired_checksums_let_a_mutation_reach_the_method(models):
 
 @pytest.mark.parametrize("name, target, error", [("image-avif-runtimeerror.bin", "image", UnreadableImageError),
                                                   ("manifest-empty-arrowinvalid.bin", "manifest", DatasetError),
-                                                  ("manifest-rowgroup-14-billion-rows.bin", "manifest", DatasetError)])
+                                                  ("manifest-rowgroup-14-billion-rows.bin", "manifest", DatasetError),
+                                                  ("manifest-missing-id.bin", "manifest", DatasetError)])
 def test_what_the_fuzzer_found_raises_a_semlic_error(name, target, error):
     from semlic.imageio import load_image
     from semlic.segnet.prepared import list_prepared

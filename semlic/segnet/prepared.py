@@ -66,7 +66,8 @@ def list_prepared(prepared_dir: str | os.PathLike, split: str) -> list[PreparedS
         except Exception as exc:  # noqa: BLE001 - pyarrow / pandas raise many types on a damaged file
             raise DatasetError(f"{manifest}: not a readable manifest ({type(exc).__name__}: {exc}); prepare the data "
                                "set again (semlic prepare)") from exc
-        bad = next((i for i in ids if not i or i in (".", "..") or any(c in i for c in "/\\\0")), None)
+        bad = next((i for i in ids  # a missing id (pandas gives NaN for it), an empty one, a path
+                    if not isinstance(i, str) or not i or i in (".", "..") or any(c in i for c in "/\\\0")), None)
         if bad is not None:
             raise DatasetError(f"{manifest}: image id {bad!r} is not a plain file name; prepare the data set again")
     else:
