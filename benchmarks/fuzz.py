@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,6 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def run_target(target: str, runs: int, work: Path) -> dict:
     corpus, found = work / f"corpus-{target}", work / f"found-{target}"
+    shutil.rmtree(found, ignore_errors=True)   # what this run finds, not an earlier run's (the corpus is kept)
     start = time.perf_counter()
     out = subprocess.run([sys.executable, "-m", "semlic.fuzz", target, "--runs", str(runs), "--corpus", str(corpus),
                           "--artifacts", str(found)], capture_output=True, text=True, cwd=REPO)
