@@ -219,16 +219,15 @@ def _manifest_reader(path: Path) -> None:
 def make_target(name: str, models: dict | None = None) -> Callable[[bytes], None]:
     from .imageio import load_image, load_label_map
 
-    os.environ.setdefault("SEMLIC_MAX_PIXELS", str(FUZZ_MAX_PIXELS))
     if name == "sem":
         import torch
 
         torch.set_num_threads(1)
         return SemTarget(models)
     if name == "image":
-        return FileTarget(load_image, "")
+        return FileTarget(lambda path: load_image(path, max_pixels=FUZZ_MAX_PIXELS), "")
     if name == "labels":
-        return FileTarget(load_label_map, ".png")
+        return FileTarget(lambda path: load_label_map(path, max_pixels=FUZZ_MAX_PIXELS), ".png")
     if name == "manifest":
         from .segnet import prepared  # noqa: F401  (imported here, where the fuzzer instruments imports)
 
