@@ -35,7 +35,6 @@ import argparse
 import html
 import json
 import logging
-import math
 import os
 import re
 from pathlib import Path
@@ -57,13 +56,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".ppm", ".bmp", ".tif", ".tiff", ".we
 
 # --- tables -------------------------------------------------------------------------------------
 def _cell(value, digits: int = 3, signed: bool = False) -> str:
-    if value is None or (isinstance(value, (float, np.floating)) and not math.isfinite(value)):
-        return "&ndash;"
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    if isinstance(value, (float, np.floating)):
-        return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
-    return html.escape(str(value))
+    from .study import _fmt  # the study report's number format (NaN as a dash)
+
+    return html.escape(_fmt(value, digits, signed))
 
 
 def html_table(frame: pd.DataFrame, digits: dict | None = None, signed: Sequence[str] = (),
