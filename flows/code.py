@@ -55,26 +55,48 @@ def coded_sets(dataset: str, split: str, also: list | None) -> list[tuple[str, s
     return sets
 
 
-def split_timings(rows: list[dict]) -> tuple[list[dict], list[dict]]:
-    """(rows with NaN timings, timing records keyed like the rows)."""
-    timings = [{**{k: row[k] for k in KEY_COLUMNS}, **{k: row[k] for k in TIMING_COLUMNS}} for row in rows]
-    return [{**row, **{k: math.nan for k in TIMING_COLUMNS}} for row in rows], timings
-
-
-def write_timings(timings: list[dict], path: Path) -> None:
+def split_timings(rows):
+    """(the rows with NaN timings, their timings keyed like the rows): parts of the stage's tasks
+    with the measured times taken out, so that the rows are a pure function of the inputs."""
     import pyarrow as pa
 
-    from semlic.fileio import write_parquet
+    timings = rows.select(list(KEY_COLUMNS + TIMING_COLUMNS))
+    nan = pa.array([math.nan] * rows.num_rows, pa.float64())
+    for column in TIMING_COLUMNS:
+        rows = rows.set_column(rows.schema.get_field_index(column), column, nan)
+    return rows, timings
 
-    timings = sorted(timings, key=lambda r: tuple(r[k] for k in KEY_COLUMNS))
+
+def merge_parts(parts: list[Path], rows_dir: Path, timings_path: Path) -> tuple[int, list[str]]:
+    """The tasks' parts -> the hive tree of rows (NaN timings) and ``timings.parquet``, one partition
+    at a time: the driver holds one partition's rows, never every image's (reports/load.md).
+    Returns (rows, methods)."""
+    import os
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from semlic import results
+
     schema = pa.schema([(k, pa.float64() if k in ("quality",) + TIMING_COLUMNS else pa.string())
                         for k in KEY_COLUMNS + TIMING_COLUMNS])
-    write_parquet(pa.Table.from_pylist(timings, schema=schema), path)
+    tmp = timings_path.with_name(f".{timings_path.name}.tmp-{os.getpid()}")
+    count, methods = 0, set()
+    try:
+        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+            # partitions by (dataset, method): the timings file comes out sorted by its key
+            for timings in results.merge_partitioned(parts, rows_dir, order=("dataset", "method"), split=split_timings):
+                writer.write_table(timings.cast(schema))
+                count += timings.num_rows
+                methods.update(timings["method"].unique().to_pylist())
+        os.replace(tmp, timings_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return count, sorted(methods)
 
 
 @flow(name=STAGE, task_runner=ray_runner())
 def code(params: dict | None = None) -> dict:
-    from semlic import results
     from semlic.code_stage import MethodPlan, sample_images
     from semlic.errors import ConfigError
     from tasks.coding import baselines_shard, method_shard
@@ -130,16 +152,12 @@ def code(params: dict | None = None) -> dict:
                                 shard, name, section, str(paths["models"]), str(seg_dir), dataset, str(files),
                                 str(part), base["device"], with_lpips))
         records = wait_all(futures)
-        rows = [row for part in all_parts for row in results.read_rows(part)]
-        rows, timings = split_timings(rows)
-        results.write_partitioned(rows, staging / "rows")
-        write_timings(timings, staging / "timings.parquet")
+        count, coded = merge_parts(all_parts, staging / "rows", staging / "timings.parquet")
         shutil.rmtree(parts, ignore_errors=True)
-    coded = sorted({row["method"] for row in rows})
-    print(f"code: {len(rows)} rows for {sum(map(len, images.values()))} images of {[d for d, _ in sets]}, "
+    print(f"code: {count} rows for {sum(map(len, images.values()))} images of {[d for d, _ in sets]}, "
           f"methods {coded} "
           f"({len(records)} of {len(all_parts)} shard tasks run)", file=sys.stderr)
-    return {"rows": len(rows), "methods": coded, "shards": records}
+    return {"rows": count, "methods": coded, "shards": records}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,7 +27,7 @@ import os
 import re
 import subprocess
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Iterator, Mapping
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -160,10 +160,143 @@ def write_partitioned(rows: Iterable[Mapping], root: str | os.PathLike) -> list[
     Each file holds the partition's rows without the two partition columns (they are in the
     path). Partitions under ``root`` that ``rows`` does not touch are left as they are.
     """
-    table = rows_to_table(rows)
+    return write_partitioned_table(rows_to_table(rows), root)
+
+
+def check_unique_keys(table: pa.Table) -> None:
+    """Refuse two rows of ``table`` with the same (dataset, method, image_id, quality)."""
+    counts = table.group_by(list(SORT_KEY)).aggregate([([], "count_all")])
+    repeated = counts.filter(pc.greater(counts["count_all"], 1))
+    if repeated.num_rows:
+        key = tuple(repeated.slice(0, 1).select(list(SORT_KEY)).to_pylist()[0].values())
+        raise ConfigError(f"two rows share (dataset, method, image_id, quality) = {key}")
+
+
+def merge_tables(paths: Iterable[str | os.PathLike], partition: tuple[str, str] | None = None) -> pa.Table:
+    """The rows of several files of :func:`write_rows` as one sorted table, duplicates refused;
+    ``partition`` = (method, dataset): only that partition's rows."""
+    tables = []
+    for path in paths:
+        table = read_table(path)
+        if partition is not None:
+            table = table.filter(pc.and_(pc.equal(table["method"], partition[0]),
+                                         pc.equal(table["dataset"], partition[1])))
+        tables.append(table)
+    if not tables:
+        return SCHEMA.empty_table()
+    table = pa.concat_tables(tables).sort_by([(k, "ascending") for k in SORT_KEY]).combine_chunks()
+    check_unique_keys(table)
+    return table
+
+
+def partition_index(paths: Iterable[str | os.PathLike]) -> dict[tuple[str, str], list[Path]]:
+    """(method, dataset) -> the files of :func:`write_rows` that hold rows of it (reading only those two columns)."""
+    index: dict[tuple[str, str], list[Path]] = {}
+    for path in paths:
+        pairs = pq.read_table(path, columns=list(PARTITION_KEYS)).group_by(list(PARTITION_KEYS)).aggregate([])
+        for pair in pairs.to_pylist():
+            index.setdefault((pair["method"], pair["dataset"]), []).append(Path(path))
+    return dict(sorted(index.items()))
+
+
+#: rows per row group when a partition is written piece by piece (:func:`merge_partitioned`)
+ROW_GROUP_ROWS = 65536
+
+
+def _key_range(path: Path, partition: tuple[str, str]) -> tuple[tuple, tuple] | None:
+    """(first, last) (image_id, quality) of a file's rows of ``partition``, None if it has none."""
+    table = pq.read_table(path, columns=list(PARTITION_KEYS) + ["image_id", "quality"])
+    table = table.filter(pc.and_(pc.equal(table["method"], partition[0]), pc.equal(table["dataset"], partition[1])))
+    if not table.num_rows:
+        return None
+    table = table.sort_by([("image_id", "ascending"), ("quality", "ascending")])
+    ends = table.take([0, table.num_rows - 1]).select(["image_id", "quality"]).to_pylist()
+    return tuple(ends[0].values()), tuple(ends[1].values())
+
+
+def _in_order(files: list[Path], partition: tuple[str, str]) -> bool:
+    """Do the files' rows of ``partition``, file after file, come in key order with no key twice?"""
+    last = None
+    for path in files:
+        span = _key_range(path, partition)
+        if span is None:
+            continue
+        if last is not None and not last < span[0]:
+            return False
+        last = span[1]
+    return True
+
+
+def merge_partitioned(paths: Iterable[str | os.PathLike], root: str | os.PathLike,
+                      order: tuple[str, ...] = PARTITION_KEYS, split=None) -> Iterator[pa.Table]:
+    """:func:`write_partitioned` of the rows of many files of :func:`write_rows`, a piece at a time.
+
+    Partitions come in the order of the ``order`` columns; ``split(table) -> (rows, other)``, if
+    given, turns each piece of sorted rows into the rows written and another table; yields that
+    other table (or the rows) of each piece, in key order, once it is written. When the files
+    hold each partition's rows in key order, file after file (a stage's shards of sorted images),
+    a partition is written in row groups of :data:`ROW_GROUP_ROWS` as its files are read: memory
+    holds one row group, so a driver merging 10,000 images' parts stays as small as one merging
+    ten (reports/load.md). Otherwise the partition is merged whole and sorted. Either way the
+    rows are :func:`write_partitioned`'s, and the same files give the same bytes.
+    """
+    root = Path(root)
+    index = partition_index(paths)
+    for method, dataset in sorted(index, key=lambda key: tuple(dict(zip(PARTITION_KEYS, key))[k] for k in order)):
+        files, partition = index[(method, dataset)], (method, dataset)
+        path = root / f"method={method}" / f"dataset={dataset}" / PART_FILE
+        if not _in_order(files, partition):
+            table = other = merge_tables(files, partition)
+            if split is not None:
+                table, other = split(table)
+            _write_table(table.drop_columns(list(PARTITION_KEYS)), path)
+            yield other
+            continue
+        yield from _write_in_pieces(files, partition, path, split)
+
+
+def _write_in_pieces(files: list[Path], partition: tuple[str, str], path: Path, split) -> Iterator[pa.Table]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    pending: list[pa.Table] = []
+    writer = None
+    try:
+        def flush() -> pa.Table:
+            nonlocal writer
+            table = other = pa.concat_tables(pending).combine_chunks()
+            pending.clear()
+            if split is not None:
+                table, other = split(table)
+            table = table.drop_columns(list(PARTITION_KEYS))
+            if writer is None:   # the schema of what is written (split may change a column)
+                writer = pq.ParquetWriter(tmp, table.schema, **_WRITE_OPTIONS)
+            writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+            return other
+
+        for file in files:
+            piece = merge_tables([file], partition)
+            if piece.num_rows:
+                pending.append(piece)
+            if sum(t.num_rows for t in pending) >= ROW_GROUP_ROWS:
+                yield flush()
+        if pending:
+            yield flush()
+        if writer is not None:
+            writer.close()
+            writer = None
+            os.replace(tmp, path)
+    finally:
+        if writer is not None:
+            writer.close()
+        tmp.unlink(missing_ok=True)
+
+
+def write_partitioned_table(table: pa.Table, root: str | os.PathLike) -> list[Path]:
+    """:func:`write_partitioned` of a sorted :data:`SCHEMA` table (from :func:`merge_tables`)."""
     root = Path(root)
     written = []
-    keys = sorted(set(zip(*(table.column(k).to_pylist() for k in PARTITION_KEYS))))
+    pairs = table.group_by(list(PARTITION_KEYS)).aggregate([]).to_pylist()
+    keys = sorted(tuple(pair[k] for k in PARTITION_KEYS) for pair in pairs)
     for method, dataset in keys:
         mask = pc.and_(pc.equal(table["method"], method), pc.equal(table["dataset"], dataset))
         part = table.filter(mask).drop_columns(list(PARTITION_KEYS))

@@ -106,7 +106,8 @@ def where() -> dict:
 
 @contextmanager
 def timed(record: dict) -> Iterator[dict]:
-    """Fill ``record`` with ``seconds`` (wall time of the block) and where it ran."""
+    """Fill ``record`` with ``seconds`` (wall time of the block), when it ended (``ended``, Unix time) and
+    where it ran."""
     start = time.perf_counter()
     yield record
-    record.update(seconds=time.perf_counter() - start, **where())
+    record.update(seconds=time.perf_counter() - start, ended=time.time(), **where())

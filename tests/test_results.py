@@ -111,3 +111,49 @@ def test_git_revision(tmp_path):
         pytest.skip("not a git checkout")
     assert re.fullmatch(r"[0-9a-f]{4,40}", results.git_revision())
     assert results.git_revision(tmp_path) == "unknown"
+
+
+def test_merged_parts_write_the_same_bytes_as_the_rows_and_refuse_duplicates(tmp_path):
+    rows = _rows()
+    parts = [results.write_rows(rows[i::3], tmp_path / f"part-{i}.parquet") for i in range(3)]
+    merged = results.merge_tables(reversed(parts))
+    assert merged.num_rows == len(rows)
+    direct = results.write_partitioned(rows, tmp_path / "direct")
+    columnar = results.write_partitioned_table(merged, tmp_path / "columnar")
+    assert [p.relative_to(tmp_path / "direct") for p in direct] == \
+        [p.relative_to(tmp_path / "columnar") for p in columnar]
+    assert [p.read_bytes() for p in direct] == [p.read_bytes() for p in columnar]
+    with pytest.raises(ConfigError, match="share"):
+        results.merge_tables([parts[0], parts[0]])
+    assert results.merge_tables([]).num_rows == 0
+    # one partition at a time: the same files, partitions in the order asked, each yielded once written
+    streamed = tmp_path / "streamed"
+    seen = [(t["dataset"][0].as_py(), t["method"][0].as_py(), t.num_rows)
+            for t in results.merge_partitioned(parts, streamed, order=("dataset", "method"))]
+    assert seen == [("camvid", "hevc", 6), ("camvid", "jpeg", 6), ("kodak", "hevc", 6), ("kodak", "jpeg", 6)]
+    assert [p.read_bytes() for p in direct] == [(streamed / p.relative_to(tmp_path / "direct")).read_bytes()
+                                                 for p in direct]
+    with pytest.raises(ConfigError, match="share"):
+        list(results.merge_partitioned([parts[0], parts[0]], tmp_path / "twice"))
+
+
+def test_partitions_in_order_are_written_piece_by_piece_in_row_groups(tmp_path, monkeypatch):
+    rows = [_row(method, f"img{i:02d}", q, "kodak") for method in ("hevc", "jpeg") for i in range(10)
+            for q in (12.0, 27.0)]
+    parts = [results.write_rows([r for r in rows if int(r["image_id"][3:]) // 3 == shard],
+                                tmp_path / f"part-{shard}.parquet") for shard in range(4)]   # shards of sorted images
+    monkeypatch.setattr(results, "ROW_GROUP_ROWS", 5)
+    pieces = list(results.merge_partitioned(parts, tmp_path / "streamed"))
+    assert [t.num_rows for t in pieces] == [6, 6, 6, 2] * 2          # flushed at >= 5 rows, file by file
+    written = tmp_path / "streamed" / "method=hevc" / "dataset=kodak" / results.PART_FILE
+    assert pq.ParquetFile(written).metadata.num_row_groups > 1
+    direct = results.write_partitioned(rows, tmp_path / "direct")
+    streamed_rows = _without_nan(results.read_rows(tmp_path / "streamed"))
+    assert streamed_rows == _without_nan(results.read_rows(tmp_path / "direct"))
+    assert len(direct) == 2
+    again = list(results.merge_partitioned(parts, tmp_path / "again"))
+    assert written.read_bytes() == (tmp_path / "again" / written.relative_to(tmp_path / "streamed")).read_bytes()
+    # a repeated key across files is not in order: merged whole, and refused
+    with pytest.raises(ConfigError, match="share"):
+        list(results.merge_partitioned([parts[0], parts[0]], tmp_path / "twice"))
+    assert len(again) == len(pieces)
