@@ -101,10 +101,17 @@ def shard_options(base: dict, gpu: bool = True) -> dict:
 
 def training_options(base: dict, concurrent: int = 1) -> dict:
     """Ray remote options for a training task: ``base.workers`` CPUs (at most a node's) shared by
-    ``concurrent`` trainings that run at once, a GPU each on CUDA."""
+    ``concurrent`` trainings that run at once, a GPU each on CUDA. More trainings than CPUs get a
+    fraction of one each (e.g. 0.4 for five on two), so that they all start at once, as their
+    budgets in minutes assume, instead of waiting for each other."""
+    import math
+
     import ray
 
-    cpus = max(1, int(base.get("workers", 2)) // max(1, concurrent))
+    workers, concurrent = int(base.get("workers", 2)), max(1, concurrent)
+    if concurrent > workers:
+        return {"num_cpus": math.floor(100 * workers / concurrent) / 100, **gpu_options(base)}
+    cpus = max(1, workers // concurrent)
     if ray.is_initialized():
         largest = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=1)
         cpus = max(1, min(cpus, int(largest)))

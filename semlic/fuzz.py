@@ -79,6 +79,8 @@ def tiny_models(seed: int = 0) -> dict:
             models[name] = bank.eval()
         elif model_spec(name).preset is not None:
             models[name] = build_model(name, "tiny", NUM_CLASSES).eval()
+            if hasattr(models[name], "update_tables"):   # a learned entropy coder's tables
+                models[name].update_tables()
     return models
 
 

@@ -15,7 +15,13 @@ jpeg2000                    6  no        Pillow OpenJPEG, 9/7 wavelet, ``quality
 webp                        7  no        Pillow libwebp, ``quality`` 0..100
 avif                        8  no        Pillow libavif (aom), ``quality`` 0..100
 jxl                         9  no        pillow-jxl-plugin, ``quality`` 0..100
+hevc10                     11  no        pillow-heif: x265 main10 (4:4:4 RExt), ``qp`` 0..51, 10-bit
+                                         samples (uint16 arrays 0..1023) in and out
 ========================  ===  ========  ==================================================
+
+(id 10 is :mod:`semlic.sparse`'s label-map codec.) ``hevc10`` codes 10-bit samples, e.g. a residual
+x - x' offset by 512 with no rescaling (the layered methods' ``residual_depth: 10``); given uint8
+it codes them shifted left by 2 bits.
 
 HEVC is the BPG equivalent: x265 at a fixed QP with psycho-visual RD off (``psy-rd 0``),
 full-range BT.601 YCbCr, chroma 4:4:4 or 4:2:0. BPG's own container is a few bytes; the
@@ -284,6 +290,63 @@ CODECS: dict[str, ImageCodec] = {
     )
 }
 LOSSLESS = tuple(n for n, c in CODECS.items() if c.lossless)  # image codecs for the image-like layers
+
+
+class HEVC10Codec(ImageCodec):
+    """x265 main10 through pillow-heif: (H, W, 3) uint16 samples in 0..1023 in and out."""
+
+    def encode(self, image: np.ndarray, quality=None, **options) -> bytes:
+        _check_available(self)
+        import pillow_heif
+
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype not in (np.uint8, np.uint16):
+            raise ConfigError(f"hevc10 codes (H, W, 3) uint16 (0..1023) or uint8 arrays, got {image.shape} "
+                              f"{image.dtype}")
+        samples = image.astype(np.uint16) << 2 if image.dtype == np.uint8 else image
+        if int(samples.max(initial=0)) > 1023:
+            raise ConfigError(f"hevc10 samples must be in 0..1023, found {int(samples.max())}")
+        if quality is None:
+            raise ConfigError("codec hevc10 needs a qp")
+        qp = int(quality)
+        if not 0 <= qp <= 51:
+            raise ConfigError(f"HEVC QP must be in 0..51, got {qp}")
+        chroma = str(options.get("chroma", "444"))
+        if chroma not in ("444", "420"):
+            raise ConfigError(f"HEVC chroma must be '444' or '420', got {chroma!r}")
+        h, w = samples.shape[:2]
+        heif = pillow_heif.from_bytes(mode="RGB;16", size=(w, h),
+                                      data=np.ascontiguousarray(samples << 6).astype("<u2").tobytes())
+        buf = io.BytesIO()
+        heif.save(buf, format="HEIF", chroma=int(chroma), save_to_12bit=False,
+                  enc_params={"x265:qp": str(qp), "x265:psy-rd": "0", "x265:pools": "1", "x265:frame-threads": "1"})
+        return buf.getvalue()
+
+    def decode(self, data: bytes, channels: int = 3, expect: tuple[int, int] | None = None) -> np.ndarray:
+        """(H, W, 3) uint16 in 0..1023; the declared size is checked before decoding."""
+        _check_available(self)
+        import pillow_heif
+
+        what = f"{self.name} layer"
+        if channels != 3:
+            raise LayerError("hevc10 layers hold three channels")
+        try:
+            heif = pillow_heif.open_heif(io.BytesIO(data), convert_hdr_to_8bit=False)
+        except Exception as exc:  # noqa: BLE001 - libheif raises several types for bad data
+            raise LayerError(f"{what} could not be read: {exc}") from exc
+        check_declared_size(*heif.size, what, expect=expect, error=LayerSizeError)
+        if heif.info.get("bit_depth") != 10:
+            raise LayerError(f"{what} holds {heif.info.get('bit_depth')}-bit samples, expected 10")
+        try:
+            array = np.asarray(heif)
+        except Exception as exc:  # noqa: BLE001
+            raise LayerError(f"{what} could not be decoded: {exc}") from exc
+        if array.shape != (heif.size[1], heif.size[0], 3) or array.dtype != np.uint16:
+            raise LayerError(f"{what} decoded to {array.shape} {array.dtype}, expected RGB 16-bit")
+        return (array >> 6).astype(np.uint16)
+
+
+CODECS["hevc10"] = HEVC10Codec("hevc10", 11, False, "HEIF", None, "qp", tuple(range(47, 11, -5)),
+                               higher_is_better=False)
 
 
 def _register_sparse() -> None:

@@ -101,3 +101,16 @@ def scaled_residual(image: np.ndarray, prediction: np.ndarray) -> tuple[np.ndarr
 def unscaled_residual(r8: np.ndarray, res_min: int, res_max: int) -> np.ndarray:
     """The inverse of :func:`scaled_residual`'s scaling (float32)."""
     return r8.astype(np.float32) / 255.0 * float(res_max - res_min) + float(res_min)
+
+
+RESIDUAL_OFFSET = 512   # a 10-bit residual layer holds x - x' + 512 (no rescaling)
+
+
+def offset_residual(image: np.ndarray, prediction: np.ndarray) -> np.ndarray:
+    """r = x - x' (integers in -255..255) + :data:`RESIDUAL_OFFSET`, as 10-bit samples (uint16)."""
+    return (image.astype(np.int16) - prediction.astype(np.int16) + RESIDUAL_OFFSET).astype(np.uint16)
+
+
+def unoffset_residual(r10: np.ndarray) -> np.ndarray:
+    """The inverse of :func:`offset_residual` (float32)."""
+    return r10.astype(np.float32) - float(RESIDUAL_OFFSET)

@@ -78,6 +78,13 @@ def test_the_profile_names_only_keys_the_stages_read():
     dsslic = {k: v for k, v in merged["train_dsslic"].items() if k != "noseg"}
     assert DSSLICTrainConfig.from_dict({**dsslic, "label_nc": 11}).minutes == profile["train_dsslic"]["minutes"]
     assert SMapNetTrainConfig.from_dict(merged["train_smapnet"]).minutes == profile["train_smapnet"]["minutes"]
+    from flows.train_dsslic_rd import runs
+    from semlic.methods.dsslic_rd.training import RDTrainConfig
+
+    plan = runs({**merged, "base": {**merged["base"], "dataset": "camvid"}}, {"models": Path("data/models")})
+    assert sorted(plan) == ["derived_l0", "lossless_l0", "lossless_l1", "lossless_l2", "lossy_l0"]
+    assert all(RDTrainConfig.from_dict(cfg).minutes == profile["train_dsslic_rd"]["minutes"] for cfg in plan.values())
+    assert plans["dsslic_rd"].method.name == "dsslic_rd"
 
 
 def test_the_code_stage_samples_evenly_spaced_images():
@@ -120,6 +127,7 @@ TINY = [  # the profile with budgets of a few steps (the profile's sizes and cod
     "prepare.limit=3",
     "train_segnet.iterations=3", "train_segnet.batch_size=2", "train_segnet.crop_size=64", "train_segnet.log_every=1",
     "train_dsslic.iterations=2", "train_dsslic.batch_size=2",
+    "train_dsslic_rd.iterations=2", "train_dsslic_rd.batch_size=2",
     "train_smapnet.iterations=2", "train_smapnet.batch_size=2",
     "train_smic.ssnet.iterations=2", "train_smic.ssnet.batch_size=2",
     "train_smic.recnet.iterations=2", "train_smic.recnet.batch_size=2",
@@ -161,7 +169,8 @@ def test_the_camvid_profile_runs_end_to_end_with_tiny_budgets(tmp_path):
     rd = project / "data" / "results" / "rd.parquet"
     rows = query.query("select dataset, method, count(*) as n from rd group by dataset, method", rd)
     methods = {d: set(g.method) for d, g in rows.groupby("dataset")}
-    semantic = {"dsslic", "dsslic_444", "edms", "edms_noenh", "dsslic_noseg", "dsslic_upcomp", "smic", "hyperprior"}
+    semantic = {"dsslic", "dsslic_444", "edms", "edms_noenh", "dsslic_noseg", "dsslic_upcomp", "smic", "hyperprior",
+                "dsslic_rd"}
     baselines = {"jpeg", "jpeg2000", "webp", "avif", "jxl", "hevc"}
     assert methods == {"camvid": semantic | baselines, "kodak": semantic | baselines}
     ablation = query.query("select method, bpp from rd where quality = -1", rd)
@@ -171,6 +180,9 @@ def test_the_camvid_profile_runs_end_to_end_with_tiny_budgets(tmp_path):
     assert "segmentation" in roles["dsslic"] and "segmentation" not in roles["dsslic_noseg"] | roles["dsslic_upcomp"]
     models = project / "data" / "models"
     assert read_metadata(models / "dsslic" / "noseg" / "dsslic_noseg.safetensors")["model"] == "dsslic_noseg"
+    for name, lambdas in (("dsslic_rd", [0.0005, 0.002, 0.008]), ("dsslic_rd_lossy", [0.002]),
+                          ("dsslic_rd_derived", [0.002])):   # a bank per map, its lambdas merged
+        assert json_value(read_metadata(models / "dsslic_rd" / f"{name}.safetensors")["lambdas"]) == lambdas
     assert json_value(read_metadata(models / "segnet" / "segnet.safetensors")["iterations"]) == 3
     params = yaml.safe_load((project / "params.yaml").read_text())
     assert params["base"]["dataset"] == "camvid" and params["train_dsslic"]["minutes"] == 12   # the experiment's

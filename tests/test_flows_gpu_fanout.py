@@ -179,6 +179,7 @@ STAGE_OPTIONS = {
     "train_hyperprior": r"remote_options\(\*\*training_options\(base, concurrent=len\(qualities\)\)\)",
     "train_latent_seg": r"remote_options\(\*\*training_options\(base, concurrent=len\(qualities\)\)\)",
     "train_dsslic": r"remote_options\(\*\*training_options\(base, concurrent=len\(runs\)\)\)",
+    "train_dsslic_rd": r"remote_options\(\*\*training_options\(base, concurrent=len\(plan\)\)\)",
     "train_smic": r"remote_options\(\*\*training_options\(base, concurrent=2 if parallel else 1\)\)",
 }
 

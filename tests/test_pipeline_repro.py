@@ -55,8 +55,8 @@ def test_dvc_repro_end_to_end_then_up_to_date(tmp_path):
 
     methods = query.query("select method, count(*) as n, min(bpp) as bpp from rd group by method",
                           project / "data" / "results" / "rd.parquet").set_index("method")
-    assert set(methods.index) == {"dsslic", "edms", "edms_noenh", "smic", "hyperprior", "jpeg", "jpeg2000", "webp",
-                                  "avif", "jxl", "hevc"}
+    assert set(methods.index) == {"dsslic", "dsslic_rd", "edms", "edms_noenh", "smic", "hyperprior", "jpeg",
+                                  "jpeg2000", "webp", "avif", "jxl", "hevc"}
     assert (methods.n > 0).all() and (methods.bpp > 0).all()
     bd = query.query("select method from bd where anchor = 'hevc'", project / "data" / "results" / "rd.parquet")
     assert set(bd.method) == set(methods.index) - {"hevc"}
@@ -69,12 +69,14 @@ def test_dvc_repro_end_to_end_then_up_to_date(tmp_path):
     import pandas as pd
 
     edms = pd.read_csv(project / "data" / "results" / "comparisons.csv")
-    assert edms[["dataset", "method", "anchor"]].values.tolist() == [["synthetic", "edms", "dsslic"],
+    assert edms[["dataset", "method", "anchor"]].values.tolist() == [["synthetic", "dsslic_rd", "dsslic"],
+                                                                     ["synthetic", "edms", "dsslic"],
                                                                      ["synthetic", "edms_noenh", "dsslic"]]
     assert (edms.enc_time_ratio > 0).all() and (edms.dec_time_ratio > 0).all()  # timings joined
     metrics = json.loads((project / "data" / "results" / "metrics.json").read_text())
     assert set(metrics) == {"bd_rate_vs_hevc", "bd_rate_vs_reference", "miou"}   # a handful of columns
-    assert set(metrics["bd_rate_vs_reference"]["synthetic"]) == {"edms_vs_dsslic", "edms_noenh_vs_dsslic"}
+    assert set(metrics["bd_rate_vs_reference"]["synthetic"]) == {"edms_vs_dsslic", "edms_noenh_vs_dsslic",
+                                                                 "dsslic_rd_vs_dsslic"}
     assert set(metrics["bd_rate_vs_hevc"]["synthetic"]) == set(methods.index) - {"hevc"}
     assert set(metrics["miou"]["synthetic"]) == {"train", "val", "test"}
 

@@ -10,7 +10,9 @@ encode(x, s):
      cropped and rounded to 8 bits;
   4. r = x - x' (integers in -255..255); min/max (integers, in the method section), r scaled
      to 0..255, rounded, HEVC-intra coded at an explicit QP (chroma 4:2:0 as in the paper, or
-     4:4:4); the quality ``None`` sends no residual (the paper's Table 1 setting);
+     4:4:4); the quality ``None`` sends no residual (the paper's Table 1 setting). With the
+     option ``residual_depth: 10`` the residual is instead x - x' + 512, unscaled, in a 10-bit
+     HEVC layer (x265 main10, codec ``hevc10``): no 8-bit squeeze of a wide residual;
   5. s coded losslessly at its original size.
 decode(file): s^ and c^ from their layers, x' = RecNet(s^, c^), x~ = clip(round(x' + r^)).
 
@@ -37,9 +39,9 @@ import torch
 from ... import format as fmt
 from ...errors import ConfigError, DeclaredSizeError, LayerError
 from ...image_codecs import get_codec
-from ...layers import (LOSSLESS_CHOICES, LOSSLESS_DEFAULT, add_residual, array_to_tensor, check_image, code_lossless, decode_layer,
-                       image_to_tensor, module_device, pad_to_multiple, padded_side, scaled_residual,
-                       tensor_to_uint8, unscaled_residual)
+from ...layers import LOSSLESS_CHOICES, LOSSLESS_DEFAULT, add_residual, array_to_tensor, check_image, code_lossless
+from ...layers import decode_layer, image_to_tensor, module_device, offset_residual, pad_to_multiple, padded_side
+from ...layers import scaled_residual, tensor_to_uint8, unoffset_residual, unscaled_residual
 from .. import EncodeResult, Method, ModelSet, Option, PaperPoint, register_method
 from .model import DSSLIC
 
@@ -141,6 +143,8 @@ class LayeredCodec(Method):
         "chroma": Option(RESIDUAL_CHROMA_DEFAULT, str,
                          "residual chroma: 444 (the default, measured better) or 420 (the paper's libbpg default)"),
         "lossless": Option(LOSSLESS_DEFAULT, str, f"lossless codec of the image-like layers: {', '.join(LOSSLESS_CHOICES)}"),
+        "residual_depth": Option(8, int, "8: the residual scaled by its min/max into 8 bits (the paper); "
+                                         "10: x - x' + 512 unscaled in a 10-bit HEVC layer"),
     }
     layer_roles = {ROLE_SEGMENTATION: "segmentation", ROLE_COMPACT: "compact", ROLE_RESIDUAL: "residual",
                    ROLE_CORRECTION: "correction"}
@@ -166,12 +170,12 @@ class LayeredCodec(Method):
 
     def decoder_map(self, sem: fmt.SemFile, compact: np.ndarray, models: ModelSet) -> np.ndarray:
         """The padded map the decoder predicts with, from the file and c^."""
-        model = models["dsslic"]
+        model = models[self.network]
         segmentation = decode_layer(sem.layer(ROLE_SEGMENTATION), 1, (sem.height, sem.width), "segmentation")
         if int(segmentation.max()) >= model.config.label_nc:
             raise LayerError(f"segmentation label {int(segmentation.max())} >= the model's label_nc "
                              f"{model.config.label_nc}")
-        return pad_to_multiple(segmentation, Section.unpack(sem.section).multiple)
+        return pad_to_multiple(segmentation, self.read_section(sem).multiple)
 
     def required_roles(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """(roles every file has, roles a file may have)."""
@@ -181,6 +185,22 @@ class LayeredCodec(Method):
                 size: tuple[int, int]) -> np.ndarray:
         """x' from c^ and the map both ends use (RecNet); a hook for the ablations."""
         return predict(model, compact, used_map, size)
+
+    # --- the compact image: hooks -----------------------------------------------------------
+    def compact_layer(self, model: DSSLIC, image_padded: np.ndarray, seg_padded: np.ndarray, options: dict,
+                      timings: dict) -> tuple[np.ndarray, fmt.Layer]:
+        """(c^ as the decoder will have it, its layer): CompNet's output rounded to 8 bits, coded losslessly."""
+        t = time.perf_counter()
+        compact = compact_image(model, image_padded, seg_padded)
+        timings["compnet_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        codec_id, payload = code_lossless(compact, options["lossless"])
+        timings["lossless_s"] = timings.get("lossless_s", 0.0) + time.perf_counter() - t
+        return compact, fmt.Layer(ROLE_COMPACT, codec_id, payload)
+
+    def decoded_compact(self, sem: fmt.SemFile, model: DSSLIC, shape: tuple[int, int]) -> np.ndarray:
+        """c^ from the file: the compact layer, of (h, w) = ``shape``."""
+        return decode_layer(sem.layer(ROLE_COMPACT), 3, shape, "compact")
 
     # --- encoding ---------------------------------------------------------------------------
     def _segmentation(self, image: np.ndarray, segmentation: np.ndarray | None, models: ModelSet,
@@ -200,56 +220,62 @@ class LayeredCodec(Method):
             raise ConfigError(f"segmentation label {int(segmentation.max())} >= the model's label_nc {label_nc}")
         return segmentation
 
-    def _base(self, image: np.ndarray, models: ModelSet, segmentation: np.ndarray | None, options: dict) -> _Base:
-        check_image(image)
-        self.check_models(models)
+    def check_options(self, options: dict) -> None:
         if options["chroma"] not in ("420", "444"):
             raise ConfigError(f"chroma must be '420' or '444', got {options['chroma']!r}")
         if options["lossless"] not in LOSSLESS_CHOICES:
             raise ConfigError(f"lossless must be one of {', '.join(LOSSLESS_CHOICES)}, got {options['lossless']!r}")
+        if options["residual_depth"] not in (8, 10):
+            raise ConfigError(f"residual_depth must be 8 or 10, got {options['residual_depth']!r}")
+
+    def _base(self, image: np.ndarray, models: ModelSet, segmentation: np.ndarray | None, options: dict) -> _Base:
+        check_image(image)
+        self.check_models(models)
+        self.check_options(options)
         model = models[self.network]
         started = time.perf_counter()
         timings: dict[str, float] = {}
         segmentation = self._segmentation(image, segmentation, models, timings)
         h, w = image.shape[:2]
         multiple = model.config.multiple
-        t = time.perf_counter()
         seg_padded = pad_to_multiple(segmentation, multiple)
-        compact = compact_image(model, pad_to_multiple(image, multiple), seg_padded)
-        timings["compnet_s"] = time.perf_counter() - t
-        t = time.perf_counter()
-        comp_codec, comp_bytes = code_lossless(compact, options["lossless"])
-        timings["lossless_s"] = time.perf_counter() - t
+        compact, compact_layer = self.compact_layer(model, pad_to_multiple(image, multiple), seg_padded, options,
+                                                    timings)
         used_map, before, after, extras = self.map_layers(segmentation, seg_padded, compact, models, options, timings)
         t = time.perf_counter()
         prediction = self.predict(model, compact, used_map, (h, w))
         timings["recnet_s"] = time.perf_counter() - t
         extras["prediction"] = prediction
-        compact_layer = fmt.Layer(ROLE_COMPACT, comp_codec, comp_bytes)
         return _Base(image, prediction, before + [compact_layer], after, time.perf_counter() - started, timings,
                      extras)
 
-    def _finish(self, base: _Base, models: ModelSet, qp: int | None, chroma: str) -> EncodeResult:
+    def _finish(self, base: _Base, models: ModelSet, qp: int | None, options: dict) -> EncodeResult:
         start = time.perf_counter()
         h, w = base.image.shape[:2]
         layers = list(base.layers_before) + list(base.layers_after)
         res_min = res_max = 0
         reconstruction = base.prediction
         timings = dict(base.timings)
-        if qp is not None:
+        if qp is not None and options["residual_depth"] == 10:
+            hevc = get_codec("hevc10")
+            payload = hevc.encode(offset_residual(base.image, base.prediction), qp, chroma=options["chroma"])
+            layers.append(fmt.Layer(ROLE_RESIDUAL, hevc.codec_id, payload))
+            reconstruction = add_residual(base.prediction, unoffset_residual(hevc.decode(payload, 3)))
+        elif qp is not None:
             r8, res_min, res_max = scaled_residual(base.image, base.prediction)
             hevc = get_codec("hevc")
-            payload = hevc.encode(r8, qp, chroma=chroma)
+            payload = hevc.encode(r8, qp, chroma=options["chroma"])
             layers.append(fmt.Layer(ROLE_RESIDUAL, hevc.codec_id, payload))
             reconstruction = add_residual(base.prediction, unscaled_residual(hevc.decode(payload, 3), res_min, res_max))
         timings["residual_s"] = time.perf_counter() - start
         section = Section(models[self.network].config.multiple, qp, res_min, res_max)
-        sem = fmt.SemFile(self.name, w, h, self.fingerprint(models), section.pack(), tuple(layers))
+        sem = fmt.SemFile(self.name, w, h, self.fingerprint(models), self.section_bytes(section, base), tuple(layers))
         data = fmt.pack(sem)
         bits = self.layer_bits(sem)
         assert sum(bits.values()) == 8 * len(data)
         network = sum(timings.get(k, 0.0) for k in ("segment_x_s", "compnet_s", "segmentation_s", "recnet_s"))
-        timings.update(network_s=network, entropy_s=timings.get("lossless_s", 0.0) + timings["residual_s"])
+        entropy = sum(timings.get(k, 0.0) for k in ("lossless_s", "entropy_compact_s", "residual_s"))
+        timings.update(network_s=network, entropy_s=entropy)
         seconds = base.seconds + time.perf_counter() - start
         return EncodeResult(data, reconstruction, bits, qp, seconds, timings, dict(base.extras))
 
@@ -263,13 +289,21 @@ class LayeredCodec(Method):
         options = self.encode_options(options)
         qps = [self.parse_quality(q) for q in qualities]
         base = self._base(image, models, segmentation, options)
-        return [self._finish(base, models, qp, options["chroma"]) for qp in qps]
+        return [self._finish(base, models, qp, options) for qp in qps]
+
+    def section_bytes(self, section: Section, base: _Base) -> bytes:
+        """The method section of a file (a hook: a method may append fields)."""
+        return section.pack()
+
+    def read_section(self, sem: fmt.SemFile) -> Section:
+        """The :class:`Section` of a parsed file (the hook's inverse)."""
+        return Section.unpack(sem.section)
 
     # --- decoding ---------------------------------------------------------------------------
     def _prediction(self, sem: fmt.SemFile, models: ModelSet) -> tuple[np.ndarray, Section]:
         """x' of a parsed file: everything but the residual."""
         model = models[self.network]
-        section = Section.unpack(sem.section)
+        section = self.read_section(sem)
         if section.multiple != model.config.multiple:
             raise LayerError(f"file declares input multiple {section.multiple}, the model needs {model.config.multiple}")
         required, allowed = self.required_roles()
@@ -277,7 +311,7 @@ class LayeredCodec(Method):
         h, w = sem.height, sem.width
         ph, pw = padded_side(h, section.multiple), padded_side(w, section.multiple)
         alpha = model.config.alpha
-        compact = decode_layer(sem.layer(ROLE_COMPACT), 3, (ph // alpha, pw // alpha), "compact")
+        compact = self.decoded_compact(sem, model, (ph // alpha, pw // alpha))
         return self.predict(model, compact, self.decoder_map(sem, compact, models), (h, w)), section
 
     @staticmethod
@@ -285,6 +319,9 @@ class LayeredCodec(Method):
         residual = sem.layer(ROLE_RESIDUAL)
         if residual is None:
             return prediction
+        if residual.codec == get_codec("hevc10").codec_id:   # x - x' + 512, unscaled
+            r10 = decode_layer(residual, 3, (sem.height, sem.width), "residual")
+            return add_residual(prediction, unoffset_residual(r10))
         r8 = decode_layer(residual, 3, (sem.height, sem.width), "residual")
         return add_residual(prediction, unscaled_residual(r8, section.res_min, section.res_max))
 
@@ -302,8 +339,8 @@ class LayeredCodec(Method):
         for data in files:
             start = time.perf_counter()
             sem = self.open(data, models)
-            section = Section.unpack(sem.section)
-            key = (sem.width, sem.height, section.multiple,
+            section = self.read_section(sem)
+            key = (sem.width, sem.height, section.multiple, bytes(sem.section[_SECTION.size:]),
                    tuple((layer.role, layer.codec, bytes(layer.payload)) for layer in sem.layers
                          if layer.role != ROLE_RESIDUAL))
             parsed = time.perf_counter() - start
@@ -321,7 +358,7 @@ class LayeredCodec(Method):
         return self.decode_with_prediction(sem, models)[0]
 
     def describe(self, sem: fmt.SemFile) -> dict:
-        section = Section.unpack(sem.section)
+        section = self.read_section(sem)
         return {"input_multiple": section.multiple, "residual_qp": section.residual_qp,
                 "residual_min": section.res_min, "residual_max": section.res_max}
 

@@ -20,7 +20,7 @@ from ...errors import ConfigError, ModelMismatchError
 from ...image_codecs import get_codec
 from ...layers import decode_layer, padded_side
 from .. import ModelSet, Option, PaperPoint, register_method
-from ..dsslic.codec import ROLE_COMPACT, ROLE_CORRECTION, ROLE_RESIDUAL, LayeredCodec, Section
+from ..dsslic.codec import ROLE_COMPACT, ROLE_CORRECTION, ROLE_RESIDUAL, LayeredCodec
 from .matched import apply_correction, correction_map, matched_scores
 
 # Decision margin below which the encoder sends its class (reports/edms_agreement.md: class
@@ -75,7 +75,7 @@ class MatchedMapCodec(LayeredCodec):
         correction = sem.layer(ROLE_CORRECTION)
         if correction is None:
             return matched
-        multiple = Section.unpack(sem.section).multiple
+        multiple = self.read_section(sem).multiple
         shape = (padded_side(sem.height, multiple), padded_side(sem.width, multiple))
         return apply_correction(matched, decode_layer(correction, 1, shape, "correction"))
 

@@ -1,0 +1,22 @@
+"""DSSLIC-RD: DSSLIC's layered codec with a rate-aware base layer (beyond the papers).
+
+* :mod:`.model`: the networks (DSSLIC's generator + a CompressAI EntropyBottleneck per lambda, in
+  a bank registered as ``dsslic_rd``, ``dsslic_rd_lossy`` or ``dsslic_rd_derived`` by the map);
+* :mod:`.codec`: the methods ``dsslic_rd`` (map sent losslessly), ``dsslic_rd_lossy`` (map
+  subsampled) and ``dsslic_rd_derived`` (map derived at both ends);
+* :mod:`.training`: rate-distortion training of one lambda, and merging the lambdas into a bank;
+* :mod:`.commands`: ``semlic train-dsslic-rd``.
+"""
+
+from .codec import DerivedMapCodec, LossyMapCodec, RDCodec, parse_quality
+from .model import SCALE, RDBank, RDConfig, RDNet, bank_from_nets, rd_config
+
+
+def register_cli(sub) -> None:
+    from .commands import register_cli as register
+
+    register(sub)
+
+
+__all__ = ["DerivedMapCodec", "LossyMapCodec", "RDBank", "RDCodec", "RDConfig", "RDNet", "SCALE", "bank_from_nets",
+           "parse_quality", "rd_config", "register_cli"]
