@@ -1,7 +1,7 @@
 """Stage ``train_dsslic_rd``: DSSLIC-RD's rate-aware base layer -> ``<paths.models>/dsslic_rd/``.
 
-One Ray task per (map mode of ``maps``, lambda of ``lambdas``; or, with ``maps`` a mapping,
-per map mode and each of its own lambdas), all at once (they share the CPUs, or take a GPU each
+One Ray task per map mode of ``maps`` (a mapping: mode -> its lambdas; [] leaves the mode
+out) and each of its lambdas, all at once (they share the CPUs, or take a GPU each
 on CUDA), on the prepared train images and their PSPNet maps, each
 resuming from its own state when the stage was killed. ``init: dsslic`` starts every network
 from the train_dsslic stage's model (a path: that file; null: from scratch); ``map: derived``
@@ -37,14 +37,17 @@ def runs(params: dict, paths: dict) -> dict[str, dict]:
     section = dict(params[STAGE])
     maps = section.pop("maps", None) or ["lossless"]
     lambdas = section.pop("lambdas", None) or [0.01]
-    if not isinstance(maps, dict):   # every map mode at every lambda
+    if not isinstance(maps, dict):   # a list of modes: every mode at every lambda of ``lambdas``
         if len(set(maps)) != len(maps):
             raise ConfigError(f"{STAGE}: maps must be distinct, got {maps}")
         maps = {mode: lambdas for mode in maps}
-    maps = {mode: sorted(float(v) for v in values) for mode, values in maps.items()}
+    maps = {mode: sorted(float(v) for v in values or []) for mode, values in maps.items()}
+    maps = {mode: values for mode, values in maps.items() if values}   # []: that mode is not trained
+    if not maps:
+        raise ConfigError(f"{STAGE}: no map mode has a lambda to train (train_dsslic_rd.maps)")
     for mode, values in maps.items():
-        if not values or len(set(values)) != len(values):
-            raise ConfigError(f"{STAGE}: the lambdas of map {mode} must be distinct and non-empty, got {values}")
+        if len(set(values)) != len(values):
+            raise ConfigError(f"{STAGE}: the lambdas of map {mode} must be distinct, got {values}")
     section.setdefault("seed", params["base"]["seed"])
     if section.get("label_nc") is None:
         section["label_nc"] = get_spec(params["base"]["dataset"]).num_classes
