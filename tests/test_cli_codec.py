@@ -35,7 +35,8 @@ def _modes(image: np.ndarray):
 
 
 @pytest.mark.parametrize("mode", ["rgb", "grey", "rgba", "palette", "grey16"])
-def test_encode_decode_info_every_input_mode(tmp_path, tiny_model_path, seg_path, mode, capsys):
+@pytest.mark.numeric
+def test_encode_decode_info_every_input_mode(tmp_path, tiny_model_path, seg_path, mode, capsys, bound):
     image, _ = make_image(21, 34, seed=5)
     src = tmp_path / f"in_{mode}.png"
     _modes(image)[mode].save(src)
@@ -49,7 +50,7 @@ def test_encode_decode_info_every_input_mode(tmp_path, tiny_model_path, seg_path
     assert main(["decode", str(sem), str(out), "--model", str(tiny_model_path)]) == 0
     decoded = load_image(out)
     assert decoded.shape == expected_input.shape
-    assert np.abs(decoded.astype(int) - expected_input).mean() < 6
+    bound("mean |decoded - input|", np.abs(decoded.astype(int) - expected_input).mean(), "<", 6)
     capsys.readouterr()
     assert main(["info", str(sem), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
@@ -147,3 +148,44 @@ def test_compare_picks_the_file_nearest_the_target_for_each_method(tmp_path, tin
     assert main(["compare", str(src), "--methods", "nonesuch", "--bpp", "1", "--out", str(out)]) == 2
     assert main(["compare", str(src), "--methods", "jpeg", "--bpp", "0", "--out", str(out)]) == 2
     assert "target bpp must be positive" in capsys.readouterr().err
+
+
+def test_every_method_encodes_at_its_own_default_quality(tmp_path, every_models_dir, capsys):
+    from semlic.methods import all_methods
+
+    image, _ = make_image(48, 64, seed=3)
+    src = tmp_path / "in.png"
+    Image.fromarray(image).save(src)
+    methods = all_methods()
+    assert methods
+    for method in methods:
+        assert method.default_quality is not None, method.name
+        out = tmp_path / f"{method.name}.sem"
+        assert main(["encode", str(src), str(out), "--method", method.name,
+                     "--models-dir", str(every_models_dir)]) == 0, method.name
+        assert f"{method.name}, " in capsys.readouterr().out
+        assert main(["info", str(out), "--json"]) == 0
+        info = json.loads(capsys.readouterr().out)
+        assert info["method"] == method.name
+        assert main(["decode", str(out), str(tmp_path / f"{method.name}.png"),
+                     "--models-dir", str(every_models_dir)]) == 0, method.name
+    listed = {row["name"]: row["default_quality"] for row in _methods_json(capsys)}
+    assert all(listed[m.name] == m.quality_label(m.parse_quality(m.default_quality)) for m in methods)
+
+
+def _methods_json(capsys):
+    capsys.readouterr()
+    assert main(["methods", "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_compare_without_a_target_uses_the_first_methods_default_quality(tmp_path, every_models_dir, capsys):
+    image, _ = make_image(48, 64, seed=4)
+    src = tmp_path / "in.png"
+    Image.fromarray(image).save(src)
+    assert main(["compare", str(src), "--methods", "hyperprior,jpeg", "--out", str(tmp_path / "c.png"),
+                 "--models-dir", str(every_models_dir)]) == 0
+    printed = capsys.readouterr().out
+    assert "hyperprior at its default quality" in printed and (tmp_path / "c.png").is_file()
+    assert main(["compare", str(src), "--methods", "jpeg,hyperprior", "--out", str(tmp_path / "d.png"),
+                 "--models-dir", str(every_models_dir)]) == 2

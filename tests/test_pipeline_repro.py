@@ -1,7 +1,8 @@
 """The whole study, offline, as a user runs it: ``dvc repro`` on the builtin default.
 
 In a scratch copy of the project (params.yaml, dvc.yaml, .dvcignore and the code) with a
-fresh git and DVC: every stage runs, rd.parquet holds rows for DSSLIC, EDMS (edms,
+fresh git and DVC, without weights/ and with no package index (PIP_NO_INDEX): every stage runs,
+the weights stage among them (it says the LPIPS weights are missing and the stages run without them), rd.parquet holds rows for DSSLIC, EDMS (edms,
 edms_noenh), SMIC, the hyperprior and every baseline, the compressed-domain rows are queryable, EDMS is compared with DSSLIC (comparisons.csv, metrics.json),
 ``dvc metrics show`` reads the headline figures and every training stage's DVCLive summary, the
 HTML report opens in headless Chromium with no console error, its plot and its viewer,
@@ -12,6 +13,7 @@ below them are out of date.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import time
@@ -35,10 +37,8 @@ def test_dvc_repro_end_to_end_then_up_to_date(tmp_path):
         shutil.copytree(REPO / name, project / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("params.yaml", "dvc.yaml", ".dvcignore"):
         shutil.copy(REPO / name, project / name)
-    (project / "weights").mkdir()   # the LPIPS weights as `make weights` leaves them (maybe none)
-    for weights in (REPO / "weights").glob("*.safetensors"):
-        shutil.copy(weights, project / "weights" / weights.name)
-    env = stage_env(project, PYTHONPATH=str(project))
+    # no weights/: as a fresh clone; no package index: the weights stage must not need one
+    env = stage_env(project, PYTHONPATH=str(project), PIP_NO_INDEX="1", SEMLIC_LPIPS_WEIGHTS="")
     env.pop("OMP_NUM_THREADS")  # as a user runs it
     for command in (["git", "init", "-q"], [DVC, "init", "-q"], [DVC, "config", "core.analytics", "false"]):
         subprocess.run(command, cwd=project, env=env, check=True)
@@ -50,6 +50,8 @@ def test_dvc_repro_end_to_end_then_up_to_date(tmp_path):
     for stage in yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]:
         assert f"Running stage '{stage}'" in first.stdout
     assert elapsed < BUDGET_S, f"dvc repro took {elapsed:.0f} s"
+    manifest = json.loads((project / "weights" / "manifest.json").read_text())
+    assert "missing" in manifest["lpips_alex"] and "could not get lpips_alex" in first.stderr + first.stdout
 
     from semlic import query
 
@@ -64,8 +66,6 @@ def test_dvc_repro_end_to_end_then_up_to_date(tmp_path):
     latent = query.query("select method, count(*) as n, avg(bpp) as bpp from latent_seg group by method",
                          project / "data" / "results" / "rd.parquet").set_index("method")
     assert {"pixel", "no_gate", "dynamic", "static8"} <= set(latent.index) and (latent.bpp > 0).all()
-    import json
-
     import pandas as pd
 
     edms = pd.read_csv(project / "data" / "results" / "comparisons.csv")

@@ -34,9 +34,9 @@ def test_params_sections_and_overrides(tmp_path):
     assert paths["models"].is_absolute() and paths["models"].parts[-2:] == ("data", "models")
 
 
-STAGES = ["prepare", "train_segnet", "segment", "train_dsslic", "train_dsslic_rd", "smap_pairs", "train_smapnet",
+STAGES = ["weights", "prepare", "train_segnet", "segment", "train_dsslic", "train_dsslic_rd", "smap_pairs", "train_smapnet",
           "train_smic", "train_hyperprior", "train_latent_seg", "eval_latent_seg", "code", "aggregate"]
-TASK_MODULES = {"prepare": "data", "train_segnet": "segnet", "segment": "segnet", "train_dsslic": "training",
+TASK_MODULES = {"weights": "weights", "prepare": "data", "train_segnet": "segnet", "segment": "segnet", "train_dsslic": "training",
                 "train_dsslic_rd": "training",
                 "smap_pairs": "edms", "train_smapnet": "edms", "train_smic": "smic", "code": "coding",
                 "train_hyperprior": "latent_seg", "train_latent_seg": "latent_seg", "eval_latent_seg": "latent_seg",

@@ -39,7 +39,8 @@ def test_recursions_change_the_output():
     assert not torch.allclose(one(probs), nine(probs))
 
 
-def test_untrained_net_keeps_pspnet_map_where_it_is_clear():
+@pytest.mark.numeric
+def test_untrained_net_keeps_pspnet_map_where_it_is_clear(bound):
     torch.manual_seed(0)
     net = SMapNet(smapnet_config("tiny", num_classes=5)).eval()
     probs = torch.softmax(3 * torch.randn(1, 5, 32, 32), 1)
@@ -49,7 +50,7 @@ def test_untrained_net_keeps_pspnet_map_where_it_is_clear():
     top2 = log_p.topk(2, 1).values
     clear = (top2[:, 0] - top2[:, 1]) > 0.5
     assert clear.float().mean() > 0.5
-    assert torch.equal(scores.argmax(1)[clear], probs.argmax(1)[clear])
+    bound("clear pixels whose class changed", (scores.argmax(1)[clear] != probs.argmax(1)[clear]).sum().item(), "<=", 0)
 
 
 def test_bad_configs_are_refused():

@@ -31,12 +31,13 @@ def train_dirs(tmp_path_factory):
 CFG = dict(preset="tiny", label_nc=5, batch_size=4, ndf=8, checkpoint_every=5, lr=1e-3)
 
 
-def test_loss_falls(train_dirs, tmp_path):
-    result = train_dsslic({**CFG, "iterations": 30}, *train_dirs, tmp_path, progress=False)
+@pytest.mark.numeric
+def test_loss_falls(train_dirs, tmp_path, seed, bound):
+    result = train_dsslic({**CFG, "iterations": 30, "seed": seed}, *train_dirs, tmp_path, progress=False)
     assert result.completed and result.iteration == 30 and result.model_path == tmp_path / "dsslic.safetensors"
     log = pd.read_parquet(tmp_path / "train_log.parquet")
     assert list(log["iteration"]) == list(range(1, 31))
-    assert log["l1"].iloc[-5:].mean() < 0.6 * log["l1"].iloc[:5].mean()
+    bound("l1, last 5 / first 5", log["l1"].iloc[-5:].mean() / log["l1"].iloc[:5].mean(), "<", 0.6)
     assert {"g_gan", "feat", "d", "images_per_s", "epoch", "lr"} <= set(log.columns)
     # one model file, no sidecar: the model name and config live in the file's metadata
     assert (tmp_path / "dsslic.safetensors").is_file() and not (tmp_path / "dsslic.json").exists()
