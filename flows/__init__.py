@@ -1,4 +1,4 @@
-"""Prefect flows, one per DVC stage (DESIGN.md section 3); run as ``python -m flows.<stage>``.
+"""Prefect flows, one per DVC stage (docs/DESIGN.md section 3); run as ``python -m flows.<stage>``.
 
 What every stage shares, one concept per module:
 

@@ -16,7 +16,7 @@ Everything else in flows/ uses public APIs. What is here, and why it stays:
   ``prefect.context`` (``_deployment_id``, ``_deployment_parameters``), of Prefect's
   ``TaskRunner`` (``_started``) and of ``RayTaskRunner`` (``_exchange_prefect_for_ray_futures``,
   ``_run_prefect_task``).
-* :func:`ray_loopback`: makes a private local Ray bind 127.0.0.1 only (DESIGN.md section 8);
+* :func:`ray_loopback`: makes a private local Ray bind 127.0.0.1 only (docs/DESIGN.md section 8);
   Ray reads ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` once, at import, into
   ``ray._private.ray_constants.ENABLE_RAY_CLUSTER``, so a driver that imported Ray first must
   set the constant too.
@@ -124,7 +124,7 @@ class RayTaskRunnerWithoutSettings(RayTaskRunner):
 
 
 def ray_loopback() -> None:
-    """Make a local Ray started after this call bind 127.0.0.1 only (DESIGN.md section 8)."""
+    """Make a local Ray started after this call bind 127.0.0.1 only (docs/DESIGN.md section 8)."""
     import os
 
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # inherited by raylet, GCS, workers

@@ -1,7 +1,7 @@
 """One Prefect API per stage: the stage's own server when none is configured, and the session.
 
 A task run on a Ray worker reports to the API named in the worker's environment. With no
-API URL set, every Ray worker would start its own temporary server (5-7 s each, DESIGN.md
+API URL set, every Ray worker would start its own temporary server (5-7 s each, docs/DESIGN.md
 section 8), so :func:`stage_session` gives the stage ONE API for all its task runs: the
 server named by ``PREFECT_API_URL`` (one you run, or a deployment's worker's), else a
 :class:`StageServer` started here and stopped with the stage. Its URL goes to every Ray

@@ -5,7 +5,7 @@ For every image, :func:`code_method` codes it at each quality of the method's gr
 done once), writes one ``.sem`` file per quality, decodes it *from its bytes* as a user would
 (:meth:`~semlic.methods.base.Method.decode_many`: what files share is decoded once),
 checks that the decoder rebuilt exactly the encoder's reconstruction, and returns one
-DESIGN.md section-6 row per file (bpp over the whole file, layer bits, PSNR-RGB, per-channel
+docs/DESIGN.md section-6 row per file (bpp over the whole file, layer bits, PSNR-RGB, per-channel
 PSNR, MS-SSIM, LPIPS, encode and decode seconds). LPIPS (:mod:`semlic.lpips`) runs on the
 method's device, the original's features computed once per image; NaN without its weights.
 

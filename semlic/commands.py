@@ -58,7 +58,9 @@ def cmd_encode(args) -> int:
                               f"the image is {image.shape[1]}x{image.shape[0]}")
     store = _store(args)
     models = store.models(method.models + (method.encoder_models if seg is None else ()))
-    quality = method.parse_quality(args.quality)
+    if args.quality is None and method.default_quality is None:
+        raise ConfigError(f"{method.name} declares no default quality: give --quality")
+    quality = method.parse_quality(method.default_quality if args.quality is None else args.quality)
     result = method.encode(image, models, quality, segmentation=seg, **_options(args.option))
     atomic_write_bytes(args.out, result.data)
     h, w = image.shape[:2]
@@ -123,6 +125,8 @@ def cmd_methods(args) -> int:
     rows = [{"name": m.name, "label": m.label, "format_id": m.format_id, "models": list(m.models),
              "encoder_models": list(m.encoder_models), "quality": m.quality_name,
              "default_qualities": [m.quality_value(m.parse_quality(q)) for q in m.default_qualities],
+             "default_quality": (None if m.default_quality is None
+                                 else m.quality_label(m.parse_quality(m.default_quality))),
              "options": {k: o.default for k, o in m.options.items()}, "paper": m.paper} for m in all_methods()]
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -130,7 +134,8 @@ def cmd_methods(args) -> int:
     for row in rows:
         print(f"{row['name']:<12} {row['label']}: needs {', '.join(row['models']) or 'no models'}"
               + (f" (encoder may use {', '.join(row['encoder_models'])})" if row["encoder_models"] else "")
-              + f"; {row['quality']} {row['default_qualities']}; options {row['options']}")
+              + f"; {row['quality']} {row['default_qualities']} (default {row['default_quality']}); "
+                f"options {row['options']}")
     return 0
 
 
@@ -166,8 +171,9 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("image")
     p.add_argument("out")
     p.add_argument("--method", default="dsslic", help="registered method (semlic methods lists them)")
-    p.add_argument("--quality", "--qp", dest="quality", default=27,
-                   help="the method's quality knob (DSSLIC/EDMS: residual QP 0..51, -1: no residual)")
+    p.add_argument("--quality", "--qp", dest="quality", default=None,
+                   help="the method's quality knob (default: the method's own, `semlic methods` lists it; DSSLIC/EDMS: "
+                        "residual QP 0..51, -1: no residual; SMIC: factor/map QP, e.g. 8/28; DSSLIC-RD: level/QP)")
     p.add_argument("--seg", help="the image's segmentation map PNG (class index per pixel), for methods that use one; "
                                  "without it they run their segmentation network")
     p.add_argument("-o", "--option", action="append", metavar="KEY=VALUE",

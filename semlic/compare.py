@@ -60,6 +60,20 @@ def compare(image: np.ndarray, names: list[str], target_bpp: float, store, segme
     return chosen
 
 
+def default_target(image: np.ndarray, name: str, store, segmentation=None) -> float:
+    """The bpp of ``name`` (a registered method) at its default quality: the target when none is given."""
+    from .methods import get_method, method_names
+
+    if name not in method_names():
+        raise ConfigError(f"compare: without --bpp the first of --methods must be a registered method (its default "
+                          f"quality sets the target), got {name!r}")
+    method = get_method(name)
+    models = store.models(method.models + (method.encoder_models if segmentation is None else ()))
+    result = method.encode(image, models, method.parse_quality(method.default_quality), segmentation=segmentation)
+    h, w = image.shape[:2]
+    return metrics.bpp(len(result.data), h, w)
+
+
 def contact_sheet(image: np.ndarray, chosen: list[dict], per_row: int = 4, caption_px: int = 16) -> np.ndarray:
     """The original and every decoded image in a grid, each with a caption strip above it."""
     from PIL import Image, ImageDraw
@@ -87,13 +101,16 @@ def _cli(args: argparse.Namespace) -> int:
     names = [n.strip() for n in args.methods.split(",") if n.strip()]
     if not names:
         raise ConfigError("compare: --methods names no method")
-    chosen = compare(image, names, args.bpp, _store(args), segmentation)
+    store = _store(args)
+    target = args.bpp if args.bpp is not None else default_target(image, names[0], store, segmentation)
+    chosen = compare(image, names, target, store, segmentation)
     save_png(args.out, contact_sheet(image, chosen))
     print(f"{'method':<14} {'quality':>10} {'bytes':>9} {'bpp':>8} {'PSNR-RGB':>9} {'MS-SSIM':>8}")
     for c in chosen:
         print(f"{c['method']:<14} {str(c['quality']):>10} {c['bytes']:>9} {c['bpp']:>8.4f} {c['psnr_rgb']:>9.2f} "
               f"{c['ms_ssim']:>8.4f}")
-    print(f"{args.out}: the original and {len(chosen)} decoded images nearest {args.bpp} bpp")
+    print(f"{args.out}: the original and {len(chosen)} decoded images nearest {target:.4g} bpp"
+          + ("" if args.bpp is not None else f" ({names[0]} at its default quality)"))
     return 0
 
 
@@ -104,7 +121,9 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("image")
     p.add_argument("--methods", required=True,
                    help="comma-separated registered methods and baseline codecs, e.g. dsslic,edms,hevc,jpeg")
-    p.add_argument("--bpp", type=float, required=True, help="the target rate (bits per pixel of the whole file)")
+    p.add_argument("--bpp", type=float,
+                   help="the target rate (bits per pixel of the whole file; default: the rate of the first method "
+                        "of --methods at its default quality)")
     p.add_argument("--out", required=True, help="the side-by-side PNG")
     p.add_argument("--seg", help="the image's segmentation map (methods that use one; else their network runs)")
     _model_arguments(p)

@@ -95,8 +95,11 @@ def sem_seeds(models: dict) -> list[bytes]:
             continue
         qualities = list(method.default_qualities)[:1] + list(method.default_qualities)[-1:]
         needs_map = method.uses_segmentation and not all(n in models for n in method.encoder_models)
-        for result in method.encode_many(image, models, qualities, segmentation=seg if needs_map else None):
-            files.append(result.data)
+        variants = [{}] + ([{"residual_depth": 10}] if "residual_depth" in method.options else [])  # hevc10 layers
+        for options in variants:
+            for result in method.encode_many(image, models, qualities, segmentation=seg if needs_map else None,
+                                             **options):
+                files.append(result.data)
     return files
 
 

@@ -331,16 +331,17 @@ class HEVC10Codec(ImageCodec):
             raise LayerError("hevc10 layers hold three channels")
         try:
             heif = pillow_heif.open_heif(io.BytesIO(data), convert_hdr_to_8bit=False)
+            size, depth = heif.size, heif.info.get("bit_depth")   # a container without an image: IndexError
         except Exception as exc:  # noqa: BLE001 - libheif raises several types for bad data
             raise LayerError(f"{what} could not be read: {exc}") from exc
-        check_declared_size(*heif.size, what, expect=expect, error=LayerSizeError)
-        if heif.info.get("bit_depth") != 10:
-            raise LayerError(f"{what} holds {heif.info.get('bit_depth')}-bit samples, expected 10")
+        check_declared_size(*size, what, expect=expect, error=LayerSizeError)
+        if depth != 10:
+            raise LayerError(f"{what} holds {depth}-bit samples, expected 10")
         try:
             array = np.asarray(heif)
         except Exception as exc:  # noqa: BLE001
             raise LayerError(f"{what} could not be decoded: {exc}") from exc
-        if array.shape != (heif.size[1], heif.size[0], 3) or array.dtype != np.uint16:
+        if array.shape != (size[1], size[0], 3) or array.dtype != np.uint16:
             raise LayerError(f"{what} decoded to {array.shape} {array.dtype}, expected RGB 16-bit")
         return (array >> 6).astype(np.uint16)
 

@@ -1,6 +1,6 @@
 """Rate and distortion measures on 8-bit RGB images, with the conventions stated.
 
-Rate (REFERENCE.md, "Honest accounting"):
+Rate (docs/REFERENCE.md, "Honest accounting"):
 
 * :func:`bpp` = every byte of the coded file * 8 / (H * W): bits per pixel, all three
   channels together. This is the axis of CompressAI and of every figure semlic reports.

@@ -1,4 +1,4 @@
-"""``semlic results "SQL"``: DuckDB over the result Parquet, in place (DESIGN.md section 6).
+"""``semlic results "SQL"``: DuckDB over the result Parquet, in place (docs/DESIGN.md section 6).
 
 Views (each one only where its file exists):
 

@@ -1,4 +1,4 @@
-"""Result rows (DESIGN.md section 6) and their deterministic Parquet files.
+"""Result rows (docs/DESIGN.md section 6) and their deterministic Parquet files.
 
 Long format: one row per (dataset, image_id, method, quality). The columns are
 :data:`SCHEMA`; ``layer_bits`` is a ``map<string, int64>`` from layer name to its bits

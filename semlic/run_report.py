@@ -50,6 +50,11 @@ PAPER_TABLE1 = {
 }
 ABLATION = {"dsslic_upcomp": "upComp", "dsslic_noseg": "noSeg", "dsslic": "withSeg"}
 NO_RESIDUAL = -1.0
+#: A layered codec's curve is its base alone (no residual) plus its residual QPs, one definition in
+#: every report. A variant that differs from another only in how its residual is coded has the
+#: same base-alone file, byte for byte (tests/test_run_report.py): where a run coded that file
+#: once, the variant's curve takes that point from the other's rows.
+SHARED_BASE = {"dsslic_444": "dsslic"}
 
 
 def ablation_table(curves: pd.DataFrame) -> pd.DataFrame:
@@ -176,6 +181,23 @@ def _load_rows(rows_path: Path) -> pd.DataFrame:
     return rows.sort_values(list(results.SORT_KEY), kind="stable").reset_index(drop=True)
 
 
+def with_shared_base(rows: pd.DataFrame) -> pd.DataFrame:
+    """Add, per :data:`SHARED_BASE`, the base-alone rows a variant shares with its twin when it lacks them."""
+    extra = []
+    for variant, twin in SHARED_BASE.items():
+        for dataset in rows.loc[rows["method"] == variant, "dataset"].unique():
+            mine = rows[(rows["dataset"] == dataset) & (rows["method"] == variant)]
+            if (mine["quality"] == NO_RESIDUAL).any():
+                continue
+            base = rows[(rows["dataset"] == dataset) & (rows["method"] == twin) & (rows["quality"] == NO_RESIDUAL)
+                        & rows["image_id"].isin(set(mine["image_id"]))]
+            extra.append(base.assign(method=variant))
+    if not extra:
+        return rows
+    rows = pd.concat([rows, *extra], ignore_index=True)
+    return rows.sort_values(list(results.SORT_KEY), kind="stable").reset_index(drop=True)
+
+
 def run_report(out_dir: str | os.PathLike, *, rows: str | os.PathLike | None = None,
                data_dir: str | os.PathLike | None = None, anchors_dir: str | os.PathLike | None = None,
                command: str | None = None, wall_s: float | None = None, note: str = "") -> dict:
@@ -185,7 +207,8 @@ def run_report(out_dir: str | os.PathLike, *, rows: str | os.PathLike | None = N
     rows_path = Path(rows) if rows else (data / "results" / "rd.parquet" if data else None)
     if rows_path is None or not rows_path.exists():
         raise ConfigError(f"no rows: give --rows or a --data folder holding results/rd.parquet (got {rows_path})")
-    table = _load_rows(rows_path)
+    measured = _load_rows(rows_path)
+    table = with_shared_base(measured)
     curves = aggregate.rd_curves(table)
     bd = study.bd_tables(curves)
     shares = study.layer_shares(table)
@@ -203,7 +226,7 @@ def run_report(out_dir: str | os.PathLike, *, rows: str | os.PathLike | None = N
         segmentation = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     out_dir.mkdir(parents=True, exist_ok=True)
     if rows_path.resolve() != (out_dir / "rows.parquet").resolve():
-        results.write_rows(table.to_dict("records"), out_dir / "rows.parquet")
+        results.write_rows(measured.to_dict("records"), out_dir / "rows.parquet")
     tables = {"bd": bd, "curves": curves, "layer_share": shares, "ablation": ablation, "chroma": chroma,
               "edms_vs_dsslic": timing, "training": training, "segmentation": segmentation}
     for name, frame in tables.items():
@@ -216,8 +239,10 @@ def run_report(out_dir: str | os.PathLike, *, rows: str | os.PathLike | None = N
             name = f"rd_{dataset}{'_subpixel' if subpixel else ''}.png"
             study.plot_rd(curves, dataset, out_dir / name, anchors if dataset == "kodak" else {}, subpixel=subpixel)
             figures.append(name)
+    shared = sorted(f"`{v}` from `{t}`" for v, t in SHARED_BASE.items()
+                    if len(table[table["method"] == v]) > len(measured[measured["method"] == v]))
     text = _markdown(table, bd, shares, ablation, chroma, timing, _read_csv(out_dir, "training", training),
-                     _read_csv(out_dir, "segmentation", segmentation), figures, command, wall_s, note)
+                     _read_csv(out_dir, "segmentation", segmentation), figures, command, wall_s, note, shared)
     atomic_write_bytes(out_dir / "report.md", text.encode())
     return {"rows": len(table), "answer": study.answer(bd), "files": sorted(p.name for p in out_dir.iterdir())}
 
@@ -230,7 +255,7 @@ def _read_csv(out_dir: Path, name: str, frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _markdown(rows, bd, shares, ablation, chroma, timing, training, segmentation, figures, command, wall_s,
-              note) -> str:
+              note, shared=()) -> str:
     fmt = study.markdown_table
     out = ["# The reference run on real data", ""]
     if note:
@@ -240,6 +265,10 @@ def _markdown(rows, bd, shares, ablation, chroma, timing, training, segmentation
             f"- Revision: {sorted(set(rows['git_rev']))}" + (f"; wall time {wall_s / 60:.1f} min" if wall_s else ""),
             "- bpp = every byte of each file x 8 / (H W); PSNR-RGB over the RGB MSE; MS-SSIM on 8-bit RGB; RD points "
             "are means over the images at each setting; BD by PCHIP against HEVC 4:4:4 (x265, the BPG equivalent).",
+            "- A layered codec's curve is every point it was coded at: its base alone (no residual) where the run "
+            "coded it, then its residual QPs." + (" A variant that differs only in how its residual is coded has the "
+                                                  "same base-alone file, byte for byte: " + ", ".join(shared)
+                                                  + " (base-alone rows taken from the twin)." if shared else ""),
             "", "## Answer", *[f"- {line}" for line in study.answer(bd)], "",
             "## Rows", fmt(study._expected_counts(rows)), ""]
     out += study.bd_sections(bd, digits=1)

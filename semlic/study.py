@@ -22,7 +22,7 @@ rd_<dataset>_subpixel.png  the same on the papers' axis: bits per sub-pixel, per
 
 BD figures and RD points come from :mod:`semlic.aggregate` (``rd_curves``, ``bd_table``);
 rates are bpp of the whole file (BD-rate does not change with the rate's unit, so it is the
-same on the bits-per-sub-pixel axis). Published figures (REFERENCE.md, ../shared/anchors) are
+same on the bits-per-sub-pixel axis). Published figures (docs/REFERENCE.md, ../shared/anchors) are
 other people's measurements, quoted as such.
 """
 
@@ -412,7 +412,7 @@ def _markdown(rows, curves, bd, shares, speed, training, results_dir, provenance
         out.append(f"![{name}]({name})")
     if anchors:
         out.append(f"Kodak figures overlay published curves ({', '.join(anchors)}; ../shared/anchors/kodak, "
-                   "other people's measurements) and the papers' own Kodak points (REFERENCE.md); on the bpp "
+                   "other people's measurements) and the papers' own Kodak points (docs/REFERENCE.md); on the bpp "
                    "axis those points are their bits per sub-pixel x 3, without the bits they did not count.")
     out.append("")
     semantic = shares[shares["method"].isin(semantic_methods())]

@@ -74,7 +74,8 @@ def test_file_is_smaller_than_dsslic_by_the_segmentation_layer(tiny_model, edms_
         dsslic.layer_bits["residual"] - noenh.layer_bits["residual"]) // 8
 
 
-def test_enhancement_changes_the_map_and_the_prediction(tiny_model, edms_models):
+@pytest.mark.numeric
+def test_enhancement_changes_the_map_and_the_prediction(tiny_model, edms_models, bound):
     segnet, smapnet = edms_models
     image, seg = make_image(64, 64, seed=4)
     compact = compact_image(tiny_model, image, seg)
@@ -84,6 +85,14 @@ def test_enhancement_changes_the_map_and_the_prediction(tiny_model, edms_models)
                                                                                               smapnet))
     assert raw.shape == (64, 64) and scores.shape == (1, 5, 64, 64)
     assert matched.top2_margin(scores).shape == (1, 64, 64) and (matched.top2_margin(scores) >= 0).all()
+    # SMapNet's map differs from PSPNet's on some pixels, and the prediction (RecNet on that map) with it
+    enhanced = edms_encode(image, seg, tiny_model, None, method="edms", segnet=segnet, smapnet=smapnet, agreement_tau=0)
+    plain = edms_encode(image, seg, tiny_model, None, method="edms_noenh", segnet=segnet, agreement_tau=0)
+    np.testing.assert_array_equal(plain.extras["matched_segmentation"], raw)
+    changed = enhanced.extras["matched_segmentation"] != raw
+    bound("pixels whose class SMapNet changed", changed.sum(), ">", 0)
+    moved = np.abs(enhanced.extras["prediction"].astype(int) - plain.extras["prediction"].astype(int)).max(-1) > 0
+    assert moved[changed].mean() > 0.5   # where the class changed, the prediction changed
 
 
 def test_decoding_in_a_fresh_process(tiny_model, tiny_model_path, edms_models, edms_paths, tmp_path):

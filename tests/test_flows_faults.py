@@ -4,16 +4,22 @@
   shard has finished, the worker node's raylet and every process under it are killed by pid. Ray
   retries the tasks that were on it on the surviving head node, and the stage's Parquet output is
   byte for byte that of an undisturbed local run.
-* The stage's own Prefect API (a uvicorn child of the stage, flows/prefect_api.py) is killed once a
-  shard has finished and started again on the same port and database: Prefect's client retries and
-  the stage finishes with the same bytes (or, should it stop, as below).
-* The API killed for good: the stage stops with a message naming the API (flows/stage.py); its
-  output is the previous one or the complete new one, never a part; a rerun finishes, without
-  redoing the shards that had finished, with the same bytes as an undisturbed run.
+* The stage's own Prefect API (a uvicorn child of the stage, flows/prefect_api.py) is killed while
+  the last shard is still at work (held, below) and started again on the same port and database:
+  Prefect's client retries and the stage finishes with the same bytes.
+* The API killed for good while the last shard is at work: the stage stops with a message naming
+  the API (flows/stage.py); its output is the previous one or the complete new one, never a part;
+  a rerun finishes, without redoing the shards that had finished, with the same bytes as an
+  undisturbed run.
+
+"Held": a sitecustomize on the stage's PYTHONPATH (its Ray workers inherit it) makes the task of one
+shard wait before it writes its part while a hold file exists, so the fault always lands before the
+work is done, whatever the machine's speed.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
@@ -52,14 +58,43 @@ def fresh_copy(reference_root, destination):
     return destination
 
 
-def wait_for_a_finished_shard(project, proc, timeout=600):
+def wait_for_a_finished_shard(project, proc, timeout=600, at_least=1):
     parts = project / "data" / ".staging" / "data__coded" / "parts"
     deadline = time.monotonic() + timeout
-    while not (parts.is_dir() and any(parts.glob("*.parquet"))):
+    while not (parts.is_dir() and len(list(parts.glob("*.parquet"))) >= at_least):
         assert proc.poll() is None, f"the stage ended first:\n{proc.stdout.read()[-4000:]}"
         assert time.monotonic() < deadline, "no shard finished in time"
         time.sleep(0.05)
     return len(list(parts.glob("*.parquet")))
+
+
+HELD_PART = f"baselines-{SHARDS - 1:04d}.parquet"
+HOLD = '''
+import os, time
+import semlic.results as _results
+_write_rows = _results.write_rows
+def write_rows(rows, path, *args, **kwargs):
+    hold = os.environ.get("SEMLIC_TEST_HOLD", "")
+    if hold and os.fspath(path).endswith(os.environ.get("SEMLIC_TEST_HOLD_PART", "")):
+        deadline = time.monotonic() + 300
+        while os.path.exists(hold) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    return _write_rows(rows, path, *args, **kwargs)
+_results.write_rows = write_rows
+'''
+
+
+def holding(tmp_path) -> tuple[dict, "os.PathLike"]:
+    """Environment entries that hold the last shard's part until the returned file is removed."""
+    inject = tmp_path / "hold_inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(HOLD)
+    hold = tmp_path / "hold"
+    hold.write_text("held")
+    from tests.test_flows_support import REPO
+
+    return {"PYTHONPATH": f"{inject}{os.pathsep}{REPO}", "SEMLIC_TEST_HOLD": str(hold),
+            "SEMLIC_TEST_HOLD_PART": HELD_PART}, hold
 
 
 def node_pids(node) -> list[int]:
@@ -110,11 +145,14 @@ def stage_server(proc) -> psutil.Process:
 def test_restarting_the_prefect_api_midway(reference, tmp_path):
     root, expected = reference
     project = fresh_copy(root, tmp_path / "restart")
-    env = stage_env(project)
+    held, hold = holding(tmp_path)
+    env = stage_env(project, **held)
     proc = start_stage("code", project, env)
     restarted = None
     try:
-        finished = wait_for_a_finished_shard(project, proc)
+        wait_for_a_finished_shard(project, proc, at_least=SHARDS - 1)   # every shard but the held one
+        parts = project / "data" / ".staging" / "data__coded" / "parts"
+        assert not (parts / HELD_PART).exists()   # the fault lands while a shard is at work
         server = stage_server(proc)
         command, server_env, cwd = server.cmdline(), server.environ(), server.cwd()
         server.kill()   # the stage's child: it stays a zombie until the stage reaps it, its port is free
@@ -125,23 +163,16 @@ def test_restarting_the_prefect_api_midway(reference, tmp_path):
         time.sleep(2)   # task runs report to a dead API meanwhile
         restarted = subprocess.Popen(command, env=server_env, cwd=cwd, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        hold.unlink()   # the held shard finishes and reports to the restarted API
         output, _ = proc.communicate(timeout=600)
     finally:
+        hold.unlink(missing_ok=True)
         kill_tree(proc)
         if restarted is not None:
             restarted.kill()
             restarted.wait()
-    coded = project / "data" / "coded"
-    if proc.returncode == 0:
-        assert tree_bytes(coded, exclude=("timings.parquet",)) == expected
-        return
-    assert "lost its Prefect API" in output and "rerun" in output, output[-6000:]
-    swapped_in = coded.exists()
-    assert not swapped_in or tree_bytes(coded, exclude=("timings.parquet",)) == expected, "a partial output"
-    record = run_stage("code", project, stage_env(project))
-    if not swapped_in:
-        assert len(record["result"]["shards"]) <= SHARDS - finished   # the finished shards were kept
-    assert tree_bytes(coded, exclude=("timings.parquet",)) == expected
+    assert proc.returncode == 0, output[-6000:]
+    assert tree_bytes(project / "data" / "coded", exclude=("timings.parquet",)) == expected
 
 
 def test_losing_the_prefect_api_for_good_then_rerunning(reference, tmp_path):
@@ -149,18 +180,20 @@ def test_losing_the_prefect_api_for_good_then_rerunning(reference, tmp_path):
     the shards that had not finished."""
     root, expected = reference
     project = fresh_copy(root, tmp_path / "lost")
-    env = stage_env(project, PREFECT_CLIENT_MAX_RETRIES="1")
+    held, hold = holding(tmp_path)
+    env = stage_env(project, PREFECT_CLIENT_MAX_RETRIES="1", **held)
     proc = start_stage("code", project, env)
     try:
-        finished = wait_for_a_finished_shard(project, proc)
+        finished = wait_for_a_finished_shard(project, proc, at_least=SHARDS - 1)   # every shard but the held one
+        assert finished == SHARDS - 1
         stage_server(proc).kill()
+        hold.unlink()   # the held shard finishes with no API to report to
         output, _ = proc.communicate(timeout=600)
     finally:
+        hold.unlink(missing_ok=True)
         kill_tree(proc)
     coded = project / "data" / "coded"
-    if proc.returncode == 0:   # every task run had reported before the API went
-        assert tree_bytes(coded, exclude=("timings.parquet",)) == expected
-        return
+    assert proc.returncode != 0, output[-6000:]   # a task ended after the API went: the stage cannot finish
     assert "lost its Prefect API" in output and "rerun" in output, output[-6000:]
     swapped_in = coded.exists()   # the API went after the work was done: the whole new output is there
     assert not swapped_in or tree_bytes(coded, exclude=("timings.parquet",)) == expected, "a partial output"

@@ -26,7 +26,13 @@ def test_seeds_cover_every_registered_method_and_decode(models):
     files = fuzz.seeds("sem", models)
     methods = {fmt.unpack(data).method for data in files}
     assert methods == {m.name for m in all_methods() if all(n in models for n in m.models)}
-    assert {"dsslic", "edms", "edms_noenh", "smic", "hyperprior"} <= methods
+    assert {"dsslic", "edms", "edms_noenh", "smic", "hyperprior", "dsslic_rd", "dsslic_rd_lossy",
+            "dsslic_rd_derived"} <= methods
+    from semlic.image_codecs import CODECS_BY_ID
+
+    layer_codecs = {CODECS_BY_ID[lay.codec].name for data in files for lay in fmt.unpack(data).layers
+                    if lay.codec in CODECS_BY_ID}
+    assert "hevc10" in layer_codecs   # the 10-bit residual layer is among the seeds
     for data in files:
         method = get_method(fmt.unpack(data).method)
         assert method.decode(data, models).ndim == 3
@@ -62,6 +68,13 @@ def test_what_the_fuzzer_found_raises_a_semlic_error(name, target, error):
             (root / "manifest.parquet").write_bytes(data)
             list_prepared(root, "train")
     assert issubclass(error, SemlicError)
+
+
+def test_a_10_bit_residual_layer_without_an_image_is_a_layer_error():
+    """Seeded with DSSLIC-RD's and the 10-bit residual's files, the fuzzer found a HEIF container with no
+    image in an hevc10 layer: pillow-heif raised IndexError from its size; now a LayerError."""
+    run = fuzz.make_target("sem")
+    run((FOUND / "sem-hevc10-no-image-indexerror.bin").read_bytes())   # no exception but a SemlicError escapes
 
 
 def test_a_damaged_entropy_coded_string_no_longer_crashes_the_process():

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Here (with network): download the wheels the GPU machine lacks into build/gpu-wheels/.
 #   bash scripts/gpu_study/fetch_wheels.sh [PYTHON_VERSION] [DEST]      (default 3.12 build/gpu-wheels)
-# The GPU machine's python3 (/opt/torch/.venv) is 3.12 (KINDS.md, 2026-11); it has torch 2.11,
+# The GPU machine's python3 (/opt/torch/.venv) is 3.12 (as seen in 2026-11); it has torch 2.11,
 # torchvision, numpy, pandas, pyarrow, pyyaml, safetensors, tqdm, scipy and an older Pillow.
 # Carried: the codec plugins at the versions of this checkout's .venv, and Pillow itself, so
 # that JPEG, WebP, JPEG 2000 and AVIF come from the same libraries as here (byte-identical files).

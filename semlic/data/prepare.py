@@ -7,7 +7,7 @@ Output layout under ``out_dir``::
     manifest.parquet            one row per image, sorted by (split, id)
 
 Splits named in ``resize_splits`` (default: ``train``) are resized to ``train_size`` =
-(height, width), as DSSLIC trains on ADE20K at 256x256 (REFERENCE.md): images with Pillow's
+(height, width), as DSSLIC trains on ADE20K at 256x256 (docs/REFERENCE.md): images with Pillow's
 LANCZOS filter, labels with NEAREST (so only values that were there survive). The other
 splits (val, test) keep their native size: they are what the codecs are measured on.
 The aspect ratio is not kept (DSSLIC's official training resizes the same way).

@@ -2,7 +2,7 @@
 
 This is the project's **smoke-test set**, not a benchmark: it lets every stage (prepare,
 train_segnet, segment, train_base, code, aggregate) run on a fresh machine with no data set
-downloaded (DESIGN.md section 7), and it is easy enough that a small segmenter learns it in a
+downloaded (docs/DESIGN.md section 7), and it is easy enough that a small segmenter learns it in a
 few minutes on a CPU. Numbers measured on it say that the pipeline works, nothing about how
 well a method compresses natural images.
 

@@ -83,6 +83,11 @@ class Method(ABC):
     uses_segmentation: ClassVar[bool] = False    # encode() takes a precomputed segmentation map
     quality_name: ClassVar[str] = "quality"
     default_qualities: ClassVar[tuple] = ()
+    default_quality: ClassVar[Any] = None        # the quality `semlic encode` uses when none is given
+    # The largest difference (grey levels) between the decoded image and the encoder's reconstruction
+    # that another machine (other CPU kernels, thread count, device) may show: float synthesis rounds
+    # a pixel the other way; 0: bit-exact everywhere (semlic.conformance checks it; docs: README).
+    decode_tolerance: ClassVar[int] = 0
     options: ClassVar[dict[str, Option]] = {}    # encoder options and their defaults
     layer_roles: ClassVar[dict[int, str]] = {}   # role byte -> name (file layers, layer_bits)
     compare_to: ClassVar[str | None] = None      # the method the paper measures it against
@@ -182,6 +187,15 @@ class Method(ABC):
     def decode(self, data: bytes | fmt.SemFile, models: ModelSet) -> np.ndarray:
         """Decode a file of this method from its bytes and the models alone."""
         return self.decode_file(self.open(data, models), models)
+
+    def entropy_parameters(self, data: bytes | fmt.SemFile, models: ModelSet) -> dict[str, np.ndarray]:
+        """What the decoder computes from the file to choose or shape its probability models.
+
+        They must come out bit-identical on every machine, or the entropy decoder desynchronises
+        (semlic.conformance checks it). Empty (the default): the method's probability models are
+        fixed tables of its model file or of a classical codec, computed from nothing in the file.
+        """
+        return {}
 
     def decode_many(self, files: Sequence[bytes], models: ModelSet) -> list[tuple[np.ndarray, float]]:
         """Decode several files (e.g. one image at each quality): (image, seconds) per file.

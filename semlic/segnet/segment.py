@@ -1,6 +1,6 @@
 """Precomputing segmentation maps: one uint8 label PNG per image, and a per-image table.
 
-DSSLIC sends the PSPNet label map of every image (REFERENCE.md: the maps are predictions,
+DSSLIC sends the PSPNet label map of every image (docs/REFERENCE.md: the maps are predictions,
 not ground truth); this stage computes them once. Output: ``<out_dir>/<id>.png`` (8-bit grey,
 pixel = class index, native size, written atomically) and a table with one row per image:
 

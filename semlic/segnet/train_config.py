@@ -2,7 +2,7 @@
 
 A config is a mapping (YAML or JSON) with a ``model`` section (:class:`PSPNetConfig` keys;
 ``num_classes`` is required) and the training keys below. Defaults are hszhao/semseg's ADE20K
-recipe (REFERENCE.md, "PSPNet") except where noted.
+recipe (docs/REFERENCE.md, "PSPNet") except where noted.
 
 ======================  =========  ===============================================================
 key                     default    meaning

@@ -1,6 +1,6 @@
 """The layered DSSLIC codec, done right: the decoder sees only the file.
 
-Akbari et al. 2019, Algorithm 1, with the fixes REFERENCE.md calls for:
+Akbari et al. 2019, Algorithm 1, with the fixes docs/REFERENCE.md calls for:
 
 encode(x, s):
   1. pad x and s to a multiple of the model's input multiple, at least 4 multiples
@@ -45,7 +45,7 @@ from ...layers import scaled_residual, tensor_to_uint8, unoffset_residual, unsca
 from .. import EncodeResult, Method, ModelSet, Option, PaperPoint, register_method
 from .model import DSSLIC
 
-# The residual QPs of the DSSLIC paper's evaluation script (REFERENCE.md).
+# The residual QPs of the DSSLIC paper's evaluation script (docs/REFERENCE.md).
 PAPER_RESIDUAL_QPS = (32, 27, 23, 19, 16, 14, 12, 10)
 #: The residual's chroma. The papers code it with libbpg's default, 4:2:0; 4:4:4 has the better
 #: BD-rate on CamVid and Kodak with the CamVid-trained models (reports/camvid_cpu/chroma.csv), and
@@ -139,6 +139,8 @@ class LayeredCodec(Method):
     uses_segmentation = True
     quality_name = "qp"
     default_qualities = PAPER_RESIDUAL_QPS
+    default_quality = 27                 # a residual QP in the middle of the paper's grid
+    decode_tolerance = 2                 # RecNet is float; the layers are classical or fixed-table coded
     options = {
         "chroma": Option(RESIDUAL_CHROMA_DEFAULT, str,
                          "residual chroma: 444 (the default, measured better) or 420 (the paper's libbpg default)"),

@@ -110,6 +110,7 @@ class RDCodec(LayeredCodec):
     models = ("dsslic_rd",)
     quality_name = "level_qp"
     default_qualities = ((0, None), (0, 40), (0, 34), (0, 28), (0, 22))
+    default_quality = (0, 28)            # the bank's first level, a mid residual QP
 
     # --- qualities --------------------------------------------------------------------------
     def parse_quality(self, value: Any) -> tuple[int, int | None]:

@@ -153,6 +153,8 @@ class SMICCodec(Method):
     encoder_models = ("smic_ssnet",)
     quality_name = "factor*100+map_qp"
     default_qualities = tuple((f, q) for f in (16, 8, 4, 2) for q in (40, 28))
+    default_quality = (8, 28)            # the paper's middle downsampling factor, the finer map QP
+    decode_tolerance = 2                 # Rec-Net is float; both layers are classical codecs
     options = {
         "map_chroma": Option("420", str, "chroma of the HEVC-coded map: 420 (BPG's default) or 444"),
         "lossless": Option(LOSSLESS_DEFAULT, str, f"lossless codec of the small image: {', '.join(LOSSLESS_CHOICES)}"),

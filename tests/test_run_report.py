@@ -1,0 +1,38 @@
+"""semlic.run_report's one definition of a layered codec's curve: its base alone plus its residual QPs."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from semlic import run_report
+from semlic.methods import get_method
+
+from .conftest import make_image
+
+
+def test_the_base_alone_file_does_not_depend_on_the_residual_chroma(tiny_model):
+    image, seg = make_image(40, 56)
+    method = get_method("dsslic")
+    files = {chroma: method.encode(image, {"dsslic": tiny_model}, None, segmentation=seg, chroma=chroma).data
+             for chroma in ("420", "444")}
+    assert files["420"] == files["444"]   # what lets dsslic_444's curve take dsslic's base-alone point
+    coded = {chroma: method.encode(image, {"dsslic": tiny_model}, 30, segmentation=seg, chroma=chroma).data
+             for chroma in ("420", "444")}
+    assert coded["420"] != coded["444"]
+
+
+def _rows(method, qualities, images=("a", "b"), dataset="camvid"):
+    return [{"dataset": dataset, "method": method, "image_id": i, "quality": float(q), "bpp": 0.1 * (q + 2)}
+            for i in images for q in qualities]
+
+
+def test_a_variant_takes_the_shared_base_alone_rows_only_when_it_lacks_them():
+    rows = pd.DataFrame(_rows("dsslic", [-1, 42, 28]) + _rows("dsslic_444", [42, 28], images=("a",))
+                        + _rows("dsslic", [-1], dataset="kodak"))
+    out = run_report.with_shared_base(rows)
+    added = out[(out.method == "dsslic_444") & (out.quality == -1)]
+    assert added[["dataset", "image_id", "bpp"]].values.tolist() == [["camvid", "a", 0.1]]   # its own images only
+    assert len(out) == len(rows) + 1 and not ((out.dataset == "kodak") & (out.method == "dsslic_444")).any()
+    assert run_report.with_shared_base(out).equals(out)   # nothing added twice
+    alone = pd.DataFrame(_rows("dsslic", [-1, 42]))
+    assert run_report.with_shared_base(alone) is alone
