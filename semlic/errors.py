@@ -158,6 +158,16 @@ class MissingModelError(ModelError):
     and with its SMapNet for ``edms``)."""
 
 
+class EntropyModelMismatchError(ModelError):
+    """The symbols a decoder entropy-decoded are not those the encoder coded (the file's check of
+    them does not match): the decoder computed another probability model than the encoder (other
+    model weights, or arithmetic that differs between the two machines). No image is returned."""
+
+
+class IntegerNetworkError(ModelError):
+    """An integer network (semlic.nn.integer) that cannot be built or computed exactly."""
+
+
 class MissingExtraError(ConfigError):
     """A feature whose optional dependencies are not installed (``pip install semlic[<extra>]``)."""
 

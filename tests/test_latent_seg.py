@@ -91,6 +91,11 @@ def test_static_selection_picks_the_most_frequent_channels():
     assert counts.tolist() == [0, 3, 0, 0, 3, 0]
     assert training.most_selected(counts, 2, probability) == (1, 4)
     assert probability[1] > 2.9 and probability[0] < 0.1
+    static = networks.LatentSegNet(networks.StudentConfig(   # the static student built from those counts
+        deeplab=config.deeplab, latent_channels=6, selection="static",
+        channels=training.most_selected(counts, 2, probability), transform_width=8))
+    y = torch.randn(2, 6, 4, 4)
+    assert torch.equal(static.select(y)[0], y[:, [1, 4]]) and static.channels_for(y[:1]) == [1, 4]
     assert training.most_selected(torch.tensor([1, 1, 1]), 1, torch.tensor([0.2, 0.9, 0.5])) == (1,)
 
 
@@ -105,6 +110,9 @@ def test_transform_modules_map_latents_to_the_teachers_features(kind, selection,
     y = torch.randn(2, 24, 4, 6)
     selected, _ = student.select(y)
     assert selected.shape == (2, n_in, 4, 6)
+    picked = [0, 3, 7, 8, 20] if selection == "static" else list(range(24))
+    assert torch.equal(selected, y[:, picked])             # which channels, in order, not only how many
+    assert list(student.channels_for(y[:1])) == picked     # what the encoder sends
     features, _ = student.features(y)
     with torch.no_grad():
         target = teacher.front(torch.randn(2, 3, 64, 96))
@@ -170,7 +178,61 @@ def test_compress_then_decompress_gives_the_same_latents(bank):
     with pytest.raises(errors.LayerError, match="only the 4 latent channels"):
         METHOD.decode(task, {"hyperprior": bank})
     section = lcodec.Section.unpack(fmt.unpack(task).section)
-    assert section.selected == tuple(chosen) and len(fmt.unpack(task).section) == 7 + 3   # 24 channels: 3 bytes
+    # 7 bytes, the two symbol CRCs (8), the mask of 24 channels (3 bytes)
+    assert section.selected == tuple(chosen) and len(fmt.unpack(task).section) == 7 + 8 + 3
+    assert section.checked and section.crcs[0] == lcodec.symbols_crc(latents.y_hat, chosen)
+
+
+def test_files_without_symbol_checks_decode_as_they_were_written(bank):
+    """Files written before the integer hyper-decoder: float h_s, no CRCs; they decode with the float path."""
+    codec = bank.codec(3)
+    image = _image(64, 80, seed=5)
+    old = hyperprior.analyse(codec, lcodec.image_tensor(image), integer=False)
+    data = fmt.pack(lcodec.encode_latents(METHOD, bank, 3, old, image.shape[:2]))
+    section = lcodec.Section.unpack(fmt.unpack(data).section)
+    assert not section.checked and len(fmt.unpack(data).section) == 7
+    y, _ = lcodec.read_latents(fmt.unpack(data), bank, need_all=True)
+    assert torch.equal(y, old.y_hat)
+    assert METHOD.describe(fmt.unpack(data))["entropy_parameters"].startswith("float")
+
+
+def test_a_decoder_with_another_probability_model_raises_instead_of_returning_garbage(bank):
+    import copy
+
+    image = _image(96, 130, seed=6)
+    data = METHOD.encode(image, {"hyperprior": bank}, 3).data
+    perturbed = copy.deepcopy(bank)
+    conditional = perturbed.codec(3).gaussian_conditional
+    with torch.no_grad():   # the decoder's scale table off: other tables for many elements
+        conditional.scale_table.mul_(0.25)
+    sem = fmt.unpack(data)
+    section = lcodec.Section.unpack(sem.section)
+    hyper = sem.layer(lcodec.ROLE_HYPER).payload
+    assert not torch.equal(hyperprior.hyper_decode(bank.codec(3), hyper, section.z_shape),
+                           hyperprior.hyper_decode(perturbed.codec(3), hyper, section.z_shape))
+    with pytest.raises(errors.EntropyModelMismatchError, match="another probability model"):
+        METHOD.decode(data, {"hyperprior": perturbed})
+    assert METHOD.decode(data, {"hyperprior": bank}).shape == (96, 130, 3)
+
+
+def test_integer_hyper_decoder_is_exact_and_close_to_the_float_one(bank):
+    from semlic.nn import integer
+
+    codec = bank.codec(3)
+    latents = hyperprior.analyse(codec, lcodec.image_tensor(_image(128, 192, seed=7)))
+    decoder = hyperprior.integer_hyper_decoder(codec)
+    assert decoder is hyperprior.integer_hyper_decoder(codec)   # built once per state of the weights
+    z_hat = codec.entropy_bottleneck.decompress([latents.z_string], latents.z_shape)
+    acc = decoder.scales_accumulator(z_hat)
+    assert acc.dtype == torch.int64 and torch.equal(acc, decoder.scales_accumulator(z_hat.clone()))
+    bounds = [layer.acc_bound for layer in decoder.chain.layers]
+    assert all(int(b.max()) < integer.EXACT // 2 for b in bounds)
+    with torch.no_grad():
+        scales = codec.h_s(z_hat).double()
+    approx = acc.double() * decoder.chain.unit.view(1, -1, 1, 1)
+    assert torch.allclose(approx, scales, rtol=0.02, atol=0.02 * float(scales.abs().max()))
+    float_indexes = codec.gaussian_conditional.build_indexes(codec.h_s(z_hat))
+    assert (decoder.indexes(z_hat) - float_indexes).abs().max() <= 1
 
 
 def test_bad_files_get_typed_errors(bank, tmp_path):
@@ -214,11 +276,12 @@ def test_a_local_compressai_checkpoint_loads(bank, tmp_path):
 
 
 # --- training ---------------------------------------------------------------------------------------
-def test_hyperprior_training_lowers_the_rate_distortion_loss(prepared, tmp_path):
-    result = training.train_hyperprior({**HP, "quality": 3, "iterations": 30, "lmbda": 0.05}, prepared, tmp_path,
-                                       progress=False)
+@pytest.mark.numeric
+def test_hyperprior_training_lowers_the_rate_distortion_loss(prepared, tmp_path, seed, bound):
+    result = training.train_hyperprior({**HP, "quality": 3, "iterations": 30, "lmbda": 0.05, "seed": seed}, prepared,
+                                       tmp_path, progress=False)
     log = pd.read_parquet(result["log_path"])
-    assert log["loss"].iloc[-5:].mean() < log["loss"].iloc[:5].mean()
+    bound("loss, last 5 / first 5", log["loss"].iloc[-5:].mean() / log["loss"].iloc[:5].mean(), "<", 1.0)
     assert {"bpp", "mse", "aux", "psnr"} <= set(log.columns)
 
 

@@ -6,17 +6,28 @@ Layers (all RAW: CompressAI's own range-coder strings):
   role 3 ``rest``: the other y^ channels (absent when the task layer has them all).
 
 The method section: quality (u8), z's height and width (u16 each), the number of latent
-channels M (u16) and, when the task layer holds fewer than M, the channel mask (ceil(M / 8)
+channels M (u16), then, in files written since the integer hyper-decoder (bit 7 of the quality
+byte set, :data:`CHECKED`), the CRC-32 of the task layer's decoded symbols and that of the rest
+layer's (u32 each), and, when the task layer holds fewer than M, the channel mask (ceil(M / 8)
 bytes, bit i = channel i). A file of header + hyper + task is what is sent for segmentation in
 the compressed domain (:func:`encode_latents` with ``with_rest=False``); adding the rest layer
 decodes the image. Every byte counts in bpp; entropy coding uses the tables stored in the
 model file (its fingerprint is the header's).
+
+Decoding on another machine: a checked file's scale indexes come from the integer hyper-decoder
+(:class:`.hyperprior.IntegerHyperDecoder`), the same on every CPU and device, and the decoder
+verifies the CRCs of what it entropy-decoded: a mismatch (a decoder computing another model than
+the encoder's) raises :class:`~semlic.errors.EntropyModelMismatchError`, never an image. Files
+without the flag (written before) decode as they were written, with CompressAI's float ``h_s``
+and no check. The synthesis ``g_s`` stays float: the decoded image may differ by a grey level
+or two between machines (:attr:`HyperpriorCodec.decode_tolerance`), never desynchronise.
 """
 
 from __future__ import annotations
 
 import struct
 import time
+import zlib
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -24,14 +35,25 @@ import numpy as np
 import torch
 
 from ... import format as fmt
-from ...errors import DeclaredSizeError, LayerError
+from ...errors import ConfigError, DeclaredSizeError, EntropyModelMismatchError, LayerError
 from ...layers import check_image
-from .. import EncodeResult, Method, ModelSet, register_method
-from .hyperprior import (MULTIPLE, Latents, analyse, check_quality, compress_channels, decompress_channels,
-                         hyper_decode, synthesise)
+from .. import EncodeResult, Method, ModelSet, Option, register_method
+from .hyperprior import (MULTIPLE, Latents, analyse, bounded_string, check_quality, compress_channels,
+                         decompress_channels, hyper_decode, integer_hyper_decoder, synthesise)
 
 ROLE_HYPER, ROLE_TASK, ROLE_REST = 1, 2, 3
 _SECTION = struct.Struct("<BHHH")
+_CHECKS = struct.Struct("<II")
+CHECKED = 0x80   # in the quality byte: integer hyper-decoder and the CRCs of the decoded symbols follow
+
+
+def symbols_crc(y_hat: torch.Tensor, channels) -> int:
+    """CRC-32 of the integer symbols of ``channels`` of y^ (int32, little-endian, C order)."""
+    channels = list(channels)
+    if not channels:
+        return 0
+    values = y_hat[:, channels].detach().cpu().to(torch.int32).contiguous().numpy().astype("<i4")
+    return zlib.crc32(values.tobytes())
 
 
 @dataclass(frozen=True)
@@ -40,9 +62,16 @@ class Section:
     z_shape: tuple[int, int]
     latent_channels: int
     selected: tuple[int, ...] | None = None   # None: the task layer has every channel
+    crcs: tuple[int, int] | None = None      # (task, rest) symbol CRCs: a checked file (integer hyper-decoder)
+
+    @property
+    def checked(self) -> bool:
+        return self.crcs is not None
 
     def pack(self) -> bytes:
-        head = _SECTION.pack(self.quality, *self.z_shape, self.latent_channels)
+        head = _SECTION.pack(self.quality | (CHECKED if self.checked else 0), *self.z_shape, self.latent_channels)
+        if self.checked:
+            head += _CHECKS.pack(*self.crcs)
         if self.selected is None:
             return head
         mask = np.zeros(self.latent_channels, bool)
@@ -53,16 +82,21 @@ class Section:
     def unpack(cls, data: bytes) -> "Section":
         if len(data) < _SECTION.size:
             raise LayerError(f"the hyperprior section has {len(data)} bytes, expected at least {_SECTION.size}")
-        quality, zh, zw, m = _SECTION.unpack(data[:_SECTION.size])
+        flagged, zh, zw, m = _SECTION.unpack(data[:_SECTION.size])
+        quality, checked = flagged & ~CHECKED, bool(flagged & CHECKED)
         if not 1 <= quality <= 8 or not m or not zh or not zw:
             raise DeclaredSizeError(f"declared quality {quality}, latent channels {m}, z {zh}x{zw} out of range")
-        rest = data[_SECTION.size:]
+        rest, crcs = data[_SECTION.size:], None
+        if checked:
+            if len(rest) < _CHECKS.size:
+                raise LayerError(f"the hyperprior section declares symbol checks but has {len(rest)} bytes for them")
+            crcs, rest = _CHECKS.unpack(rest[:_CHECKS.size]), rest[_CHECKS.size:]
         if not rest:
-            return cls(quality, (zh, zw), m)
+            return cls(quality, (zh, zw), m, None, crcs)
         if len(rest) != -(-m // 8):
             raise LayerError(f"the channel mask has {len(rest)} bytes; {m} channels need {-(-m // 8)}")
         mask = np.unpackbits(np.frombuffer(rest, np.uint8), bitorder="little")[:m].astype(bool)
-        return cls(quality, (zh, zw), m, tuple(int(i) for i in np.flatnonzero(mask)))
+        return cls(quality, (zh, zw), m, tuple(int(i) for i in np.flatnonzero(mask)), crcs)
 
     def channels(self) -> tuple[list[int], list[int]]:
         """(task channels, rest channels)."""
@@ -82,8 +116,9 @@ def encode_latents(method: "HyperpriorCodec", bank, quality: int, latents: Laten
     codec = bank.codec(quality)
     m = int(latents.y_hat.shape[1])
     chosen = None if selected is None or len(selected) == m else tuple(sorted(int(c) for c in selected))
-    section = Section(quality, latents.z_shape, m, chosen)
-    task, rest = section.channels()
+    task, rest = Section(quality, latents.z_shape, m, chosen).channels()
+    crcs = (symbols_crc(latents.y_hat, task), symbols_crc(latents.y_hat, rest)) if latents.integer else None
+    section = Section(quality, latents.z_shape, m, chosen, crcs)
     layers = [fmt.Layer(ROLE_HYPER, fmt.RAW, latents.z_string),
               fmt.Layer(ROLE_TASK, fmt.RAW, compress_channels(codec, latents.y_hat, latents.indexes, task))]
     if rest and with_rest:
@@ -113,7 +148,7 @@ def read_latents(sem: fmt.SemFile, bank, need_all: bool = False) -> tuple[torch.
     if need_all and rest and rest_layer is None:
         raise LayerError(f"this file carries only the {len(task)} latent channels of the task, not the image: "
                          "it decodes to a segmentation (semlic eval-latent-seg), not to pixels")
-    indexes = hyper_decode(codec, hyper.payload, section.z_shape)
+    indexes = hyper_decode(codec, hyper.payload, section.z_shape, integer=section.checked)
     y_hat = torch.zeros(indexes.shape, dtype=torch.float32)
     try:
         y_hat[:, task] = decompress_channels(codec, task_layer.payload, indexes, task)
@@ -123,6 +158,16 @@ def read_latents(sem: fmt.SemFile, bank, need_all: bool = False) -> tuple[torch.
             sent += rest
     except (RuntimeError, ValueError) as exc:
         raise LayerError(f"the latent strings do not decode: {exc}") from exc
+    if section.checked:
+        for name, channels, expected in (("task", task, section.crcs[0]), ("rest", rest, section.crcs[1])):
+            if name == "rest" and (not rest or rest_layer is None):
+                continue
+            found = symbols_crc(y_hat, channels)
+            if found != expected:
+                raise EntropyModelMismatchError(
+                    f"the {name} layer's decoded symbols do not match the encoder's (CRC-32 {found:08x}, the file "
+                    f"says {expected:08x}): this decoder computed another probability model than the encoder "
+                    "(other model weights or tables, or arithmetic that differs between the machines)")
     return y_hat, sorted(sent)
 
 
@@ -137,6 +182,11 @@ class HyperpriorCodec(Method):
     models = ("hyperprior",)
     quality_name = "quality"
     default_qualities = (1, 3)      # train_hyperprior's default qualities
+    default_quality = 3
+    decode_tolerance = 2            # g_s is float (the entropy parameters are integer: no desynchronisation)
+    options = {"hyper_decoder": Option("integer", str,
+                                       "integer: scale indexes in exact integer arithmetic, symbols checked (the "
+                                       "default); float: CompressAI's h_s, no check, as files were written before")}
     layer_roles = {ROLE_HYPER: "hyper", ROLE_TASK: "task", ROLE_REST: "rest"}
     colour = "tab:olive"
 
@@ -150,13 +200,15 @@ class HyperpriorCodec(Method):
 
     def encode(self, image: np.ndarray, models: ModelSet, quality: Any = 3, *,
                segmentation: np.ndarray | None = None, **options) -> EncodeResult:
-        self.encode_options(options)
+        options = self.encode_options(options)
+        if options["hyper_decoder"] not in ("integer", "float"):
+            raise ConfigError(f"hyper_decoder must be 'integer' or 'float', got {options['hyper_decoder']!r}")
         check_image(image)
         self.check_models(models)
         quality = self.parse_quality(quality)
         bank = models["hyperprior"]
         started = time.perf_counter()
-        latents = analyse(bank.codec(quality), image_tensor(image))
+        latents = analyse(bank.codec(quality), image_tensor(image), integer=options["hyper_decoder"] == "integer")
         network_s = time.perf_counter() - started
         t = time.perf_counter()
         sem = encode_latents(self, bank, quality, latents, image.shape[:2])
@@ -171,8 +223,29 @@ class HyperpriorCodec(Method):
         y_hat, _ = read_latents(sem, bank, need_all=True)
         return synthesise(bank.codec(Section.unpack(sem.section).quality), y_hat, (sem.height, sem.width))
 
+    def entropy_parameters(self, data, models: ModelSet) -> dict[str, np.ndarray]:
+        """The scales (the integer hyper-decoder's accumulators, or h_s's floats in an unchecked file) and the
+        table index of every latent element: what the decoder computes from the hyper layer."""
+        sem = self.open(data, models)
+        section = Section.unpack(sem.section)
+        codec = models["hyperprior"].codec(section.quality)
+        hyper = sem.layer(ROLE_HYPER)
+        if hyper is None:
+            raise LayerError("a hyperprior file needs its hyper layer")
+        symbols = int(codec.entropy_bottleneck.channels) * int(section.z_shape[0]) * int(section.z_shape[1])
+        with torch.inference_mode():
+            z_hat = codec.entropy_bottleneck.decompress([bounded_string(hyper.payload, symbols)], section.z_shape)
+            if section.checked:
+                scales = integer_hyper_decoder(codec).scales_accumulator(z_hat)
+            else:
+                scales = codec.h_s(z_hat)
+        indexes = hyper_decode(codec, hyper.payload, section.z_shape, integer=section.checked)
+        return {"scales": scales.cpu().numpy(), "indexes": indexes.cpu().numpy()}
+
     def describe(self, sem: fmt.SemFile) -> dict:
         section = Section.unpack(sem.section)
         task, rest = section.channels()
         return {"quality": section.quality, "latent_channels": section.latent_channels, "task_channels": len(task),
-                "z_shape": list(section.z_shape), "image": sem.layer(ROLE_REST) is not None or not rest}
+                "z_shape": list(section.z_shape), "image": sem.layer(ROLE_REST) is not None or not rest,
+                "entropy_parameters": "integer" if section.checked else "float (no symbol check)",
+                **({"symbol_crc": [f"{c:08x}" for c in section.crcs]} if section.checked else {})}

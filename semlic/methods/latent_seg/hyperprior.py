@@ -200,18 +200,80 @@ class Latents:
     z_string: bytes
     z_shape: tuple[int, int]
     indexes: torch.Tensor          # (1, M, h, w) int: the Gaussian conditional's table per element
+    integer: bool = True           # indexes from the integer hyper-decoder (else CompressAI's float h_s)
 
 
 @torch.inference_mode()
-def analyse(codec: nn.Module, image: torch.Tensor) -> Latents:
-    """(1, 3, H, W) uint8 -> :class:`Latents` (y = g_a(x padded), z coded, scales decoded as the decoder will)."""
+def analyse(codec: nn.Module, image: torch.Tensor, integer: bool = True) -> Latents:
+    """(1, 3, H, W) uint8 -> :class:`Latents` (y = g_a(x padded), z coded, scales decoded as the decoder will).
+
+    ``integer``: the scale indexes from :class:`IntegerHyperDecoder` (every file written today);
+    False: from CompressAI's float ``h_s``, as files of format 2 without checks were written.
+    """
     x = pad(to_unit(image))
     y = codec.g_a(x)
     z = codec.h_a(torch.abs(y))
     z_string = codec.entropy_bottleneck.compress(z)[0]
-    indexes = hyper_decode(codec, z_string, tuple(z.shape[-2:]))
+    indexes = hyper_decode(codec, z_string, tuple(z.shape[-2:]), integer=integer)
     y_hat = torch.round(y)
-    return Latents(y_hat, z_string, tuple(int(s) for s in z.shape[-2:]), indexes)
+    return Latents(y_hat, z_string, tuple(int(s) for s in z.shape[-2:]), indexes, integer)
+
+
+# --- the integer hyper-decoder ----------------------------------------------------------------
+INPUT_FRACTION = 2 ** 8       # z^ = symbol + median enters the integer network as round(z^ * 256)
+
+
+class IntegerHyperDecoder:
+    """The scale indexes of y from z's symbols in exact integer arithmetic (semlic.nn.integer).
+
+    CompressAI picks each element's Gaussian table by comparing ``h_s(z^)``, a float network, with
+    the scale table; a decoder whose float results differ in the last bit from the encoder's may
+    pick another table and desynchronise. Here ``h_s`` is an integer network built from the same
+    weights (post-training quantisation from the weights alone: the same on every machine) and
+    the table is chosen by comparing its integer output with integer thresholds, so encoder and
+    decoder agree on every CPU, thread count and device. The rate cost against the float ``h_s``
+    is measured in reports/determinism.md.
+    """
+
+    def __init__(self, codec: nn.Module):
+        from ...nn.integer import A_MAX, integer_chain
+
+        bottleneck, conditional = codec.entropy_bottleneck, codec.gaussian_conditional
+        if bottleneck._offset.numel() == 0 or conditional.scale_table.numel() == 0:
+            raise ConfigError("the hyperprior's entropy tables are not computed (update_tables)")
+        medians = bottleneck.quantiles[:, 0, 1].detach().cpu().to(torch.float64)
+        offset = bottleneck._offset.cpu().to(torch.int64)
+        top = bottleneck._cdf_length.cpu().to(torch.int64) - 3 + offset
+        symbol_bound = int(torch.maximum(-offset, top).max()) * 2 + 2   # a margin for escaped (bypass) values
+        self.offsets = torch.round(medians * INPUT_FRACTION).to(torch.int64).view(1, -1, 1, 1)
+        bound = min(A_MAX, symbol_bound * INPUT_FRACTION + int(self.offsets.abs().max()))
+        self.chain = integer_chain(codec.h_s, 1.0 / INPUT_FRACTION, bound)
+        self.thresholds = self.chain.thresholds(conditional.scale_table, float(conditional.lower_bound_scale.bound))
+        self.medians = bottleneck.quantiles[:, 0, 1].detach().cpu().view(1, -1, 1, 1)
+
+    def scales_accumulator(self, z_hat: torch.Tensor) -> torch.Tensor:
+        """(1, M, H, W) int64: the integer network's output (``ACC * unit`` are the scales)."""
+        symbols = torch.round(z_hat.detach().cpu().float() - self.medians).to(torch.int64)
+        return self.chain(symbols * INPUT_FRACTION + self.offsets)
+
+    def indexes(self, z_hat: torch.Tensor) -> torch.Tensor:
+        """(1, M, H, W) int32 table indexes: the number of thresholds below each accumulator."""
+        acc = self.scales_accumulator(z_hat)
+        n, m, h, w = acc.shape
+        flat = acc.permute(1, 0, 2, 3).reshape(m, -1).contiguous()
+        index = torch.searchsorted(self.thresholds, flat, side="left")
+        return index.reshape(m, n, h, w).permute(1, 0, 2, 3).to(torch.int32).contiguous()
+
+
+def integer_hyper_decoder(codec: nn.Module) -> IntegerHyperDecoder:
+    """The codec's :class:`IntegerHyperDecoder`, built once per state of its weights and tables."""
+    state = tuple(int(t._version) for t in (*codec.h_s.parameters(), codec.entropy_bottleneck.quantiles,
+                                            codec.entropy_bottleneck._offset, codec.gaussian_conditional.scale_table))
+    cached = getattr(codec, "_semlic_integer_hyper", None)
+    if cached is None or cached[0] != state:
+        cached = (state, IntegerHyperDecoder(codec))
+        codec._semlic_integer_hyper = cached
+    return cached[1]
 
 
 def bounded_string(string: bytes, symbols: int) -> bytes:
@@ -226,10 +288,13 @@ def bounded_string(string: bytes, symbols: int) -> bytes:
 
 
 @torch.inference_mode()
-def hyper_decode(codec: nn.Module, z_string: bytes, z_shape: tuple[int, int]) -> torch.Tensor:
-    """The Gaussian conditional's indexes from the side information alone."""
+def hyper_decode(codec: nn.Module, z_string: bytes, z_shape: tuple[int, int], integer: bool = True) -> torch.Tensor:
+    """The Gaussian conditional's indexes from the side information alone (``integer``: exact on every
+    machine; False: CompressAI's float ``h_s``, for files written before the integer hyper-decoder)."""
     symbols = int(codec.entropy_bottleneck.channels) * int(z_shape[0]) * int(z_shape[1])
     z_hat = codec.entropy_bottleneck.decompress([bounded_string(z_string, symbols)], z_shape)
+    if integer:
+        return integer_hyper_decoder(codec).indexes(z_hat)
     return codec.gaussian_conditional.build_indexes(codec.h_s(z_hat))
 
 
