@@ -185,7 +185,8 @@ class SemTarget:
 
         sem = fmt.unpack(data)
         method = get_method(sem.method)
-        return method.decode(data, {name: self.models[name] for name in method.models if name in self.models})
+        return method.decode(data, {name: self.models[name] for name in method.models if name in self.models},
+                             max_pixels=FUZZ_MAX_PIXELS)
 
     def __call__(self, data: bytes) -> None:
         for candidate in dict.fromkeys((data, repair_checksums(data))):

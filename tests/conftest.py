@@ -40,20 +40,28 @@ def seed() -> int:
 def bound(request):
     """``bound(name, value, op, limit)`` asserts ``value op limit`` and records the figure.
 
-    With SEMLIC_MARGINS_OUT set, every check (passed or not) appends one JSON line (test, name,
-    value, op, limit) to that file: benchmarks/numeric_margins.py reads them.
+    With SEMLIC_MARGINS_OUT set, every check appends one JSON line (test, name, value, op, limit)
+    to that file (benchmarks/numeric_margins.py reads them) and a failed check fails the test at
+    its end, so that the test's later figures are recorded too.
     """
     out = os.environ.get("SEMLIC_MARGINS_OUT")
+    failed: list[str] = []
 
     def check(name: str, value: float, op: str, limit: float) -> None:
         value = float(value)
-        if out:
-            with open(out, "a") as handle:
-                handle.write(json.dumps({"test": request.node.nodeid, "name": name, "value": value, "op": op,
-                                         "limit": float(limit)}) + "\n")
-        assert _OPS[op](value, limit), f"{name}: {value:.6g} is not {op} {limit:.6g}"
+        message = f"{name}: {value:.6g} is not {op} {limit:.6g}"
+        if not out:
+            assert _OPS[op](value, limit), message
+            return
+        with open(out, "a") as handle:
+            handle.write(json.dumps({"test": request.node.nodeid, "name": name, "value": value, "op": op,
+                                     "limit": float(limit)}) + "\n")
+        if not _OPS[op](value, limit):
+            failed.append(message)
 
-    return check
+    yield check
+    if failed:
+        pytest.fail("; ".join(failed))
 
 
 @pytest.fixture(scope="session")

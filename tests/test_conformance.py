@@ -1,7 +1,7 @@
 """A file moving between machines: encoded in one process configuration, decoded in others.
 
-semlic.conformance encodes real images (two Kodak images where ../shared/data has them, else the
-synthetic set) with every registered method (tiny random models, every model the registry names)
+semlic.conformance encodes real images (crops of two Kodak images where ../shared/data has them,
+else the synthetic set) with every registered method (tiny random models, every model the registry names)
 in one process, then decodes the files in processes started with 2 threads, oneDNN's SSE4.1
 kernels, ATen's generic kernels and oneDNN off. For every file: the decoder's entropy parameters
 are bit-identical to the encoder's (a float hyper-decoder's are not: its scales differ in the last
@@ -26,9 +26,19 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 
 def _images(tmp_path) -> list[str]:
+    """Two real pictures: 256x384 crops of Kodak's kodim02 and kodim08 (files of those two desynchronised
+    under SSE4.1 kernels with the float hyper-decoder), or of the synthetic set offline."""
     kodak = [SHARED_DATA / "kodak" / f"kodim{i:02d}.png" for i in (2, 8)]
     if all(p.is_file() for p in kodak):
-        return [str(p) for p in kodak]
+        from semlic.imageio import load_image
+
+        paths = []
+        for source in kodak:
+            image = load_image(source)
+            top, left = (image.shape[0] - 256) // 2, (image.shape[1] - 384) // 2
+            save_png(tmp_path / source.name, image[top:top + 256, left:left + 384])
+            paths.append(str(tmp_path / source.name))
+        return paths
     from semlic.data.synthetic import make_sample   # the builtin set: machines without ../shared/data
 
     paths = []

@@ -77,6 +77,25 @@ def test_a_10_bit_residual_layer_without_an_image_is_a_layer_error():
     run((FOUND / "sem-hevc10-no-image-indexerror.bin").read_bytes())   # no exception but a SemlicError escapes
 
 
+def test_a_file_declaring_more_pixels_than_the_limit_is_refused_before_decoding(models):
+    """The fuzzer found a DSSLIC-RD file declaring 15177x13873 pixels whose compact layer (9.9 million
+    symbols) was entropy-decoded before its map layer's size was found wrong: 720 MiB for a 177-byte
+    input. A file above the pixel limit (SEMLIC_MAX_PIXELS, 100 million) is refused when it is opened."""
+    from semlic.errors import DeclaredSizeError
+    from semlic.methods import get_method
+
+    data = fuzz.repair_checksums((FOUND / "sem-dsslic-rd-210-megapixels-oom.bin").read_bytes())
+    method = get_method(fmt.unpack(data).method)
+    with pytest.raises(DeclaredSizeError, match="above the limit"):   # from the header: nothing decoded
+        method.decode(data, {name: models[name] for name in method.models})
+    small = fuzz.sem_seeds(models)[0]
+    small_method = get_method(fmt.unpack(small).method)
+    needed = {name: models[name] for name in small_method.models}
+    assert small_method.decode(small, needed).ndim == 3
+    with pytest.raises(DeclaredSizeError, match="SEMLIC_MAX_PIXELS"):
+        small_method.decode(small, needed, max_pixels=100)
+
+
 def test_a_damaged_entropy_coded_string_no_longer_crashes_the_process():
     """CompressAI's rANS decoder read past the end of a damaged hyperprior string (a segfault under the
     fuzzer): the string is now bounded and padded, and the hyper-latent's declared size is checked."""

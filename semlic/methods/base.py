@@ -170,11 +170,21 @@ class Method(ABC):
     def decode_file(self, sem: fmt.SemFile, models: ModelSet) -> np.ndarray:
         """Rebuild the (H, W, 3) uint8 image from a parsed file whose fingerprint was checked."""
 
-    def open(self, data: bytes | fmt.SemFile, models: ModelSet) -> fmt.SemFile:
-        """Parse ``data``, check it is this method's file and that ``models`` are the ones it names."""
+    def open(self, data: bytes | fmt.SemFile, models: ModelSet, max_pixels: int | None = None) -> fmt.SemFile:
+        """Parse ``data``, check it is this method's file and that ``models`` are the ones it names.
+
+        A file declaring more pixels than ``max_pixels`` (default: the limit of
+        :func:`semlic.imageio.pixel_limit`, SEMLIC_MAX_PIXELS or 100 million) is refused before any
+        layer is decoded: decoding it would cost memory in proportion (a decompression bomb).
+        """
+        from ..image_codecs import check_declared_size
+        from ..imageio import pixel_limit
+
         sem = data if isinstance(data, fmt.SemFile) else fmt.unpack(data)
         if sem.method != self.name:
             raise LayerError(f"this is a {sem.method} file, not a {self.name} file")
+        check_declared_size(sem.width, sem.height, f"the {sem.method} file", max_pixels=pixel_limit(max_pixels),
+                            hint=" (a larger limit: SEMLIC_MAX_PIXELS=<pixels>)")
         self.check_models(models)
         found = self.fingerprint(models)
         if found != sem.fingerprint:
@@ -184,9 +194,9 @@ class Method(ABC):
                 "load the model file(s) it was made with")
         return sem
 
-    def decode(self, data: bytes | fmt.SemFile, models: ModelSet) -> np.ndarray:
-        """Decode a file of this method from its bytes and the models alone."""
-        return self.decode_file(self.open(data, models), models)
+    def decode(self, data: bytes | fmt.SemFile, models: ModelSet, max_pixels: int | None = None) -> np.ndarray:
+        """Decode a file of this method from its bytes and the models alone (``max_pixels``: :meth:`open`)."""
+        return self.decode_file(self.open(data, models, max_pixels), models)
 
     def entropy_parameters(self, data: bytes | fmt.SemFile, models: ModelSet) -> dict[str, np.ndarray]:
         """What the decoder computes from the file to choose or shape its probability models.
