@@ -47,10 +47,12 @@ def test_tiny_pspnet_learns_the_synthetic_set(synthetic_dir, tmp_path, seed, bou
           f"inference {after['images_per_s']:.1f} images/s")
     assert result["completed"] and result["step"] == 120
     assert list(log["iteration"]) == [20, 40, 60, 80, 100, 120]
-    bound("loss, last / first", log["loss"].iloc[-1] / log["loss"].iloc[0], "<", 0.6)
-    bound("val mIoU", after["miou"], ">", 0.35)
-    bound("val mIoU gain", after["miou"] - before["miou"], ">", 0.25)
-    bound("val pixel accuracy", after["pixel_accuracy"], ">", 0.6)
+    # thresholds from reports/numeric_margins.md: seed 0 gives mIoU 0.62-0.67 across CPU kernels, seeds 1
+    # and 2 give 0.33 and 0.48 (untrained: ~0.02)
+    bound("loss, last / first", log["loss"].iloc[-1] / log["loss"].iloc[0], "<", 0.65)
+    bound("val mIoU", after["miou"], ">", 0.25)
+    bound("val mIoU gain", after["miou"] - before["miou"], ">", 0.2)
+    bound("val pixel accuracy", after["pixel_accuracy"], ">", 0.45)
     assert result["model_path"] == str(tmp_path / "segnet.safetensors")
     reloaded = evaluate_segnet(load_model(tmp_path / "segnet.safetensors", expect="pspnet"), synthetic_dir, "val")
     assert reloaded["miou"] == pytest.approx(after["miou"])
