@@ -73,6 +73,30 @@ def test_every_layer_round_trips_from_the_file_alone(models, name, depth):
     assert method.describe(fmt.unpack(results[0].data))["level"] == 0
 
 
+def test_the_derived_map_is_guarded_by_a_correction_layer(models, monkeypatch):
+    """dsslic_rd_derived: a decoder whose PSPNet scores differ in the last bits (another CPU) derives the
+    encoder's map where the encoder sent its class (top-2 margin below agreement_tau), so it decodes
+    the encoder's reconstruction; without the layer, the same score noise changes the image."""
+    from semlic.methods.dsslic_rd import codec as rd_codec
+
+    method = get_method("dsslic_rd_derived")
+    image, _ = make_image(40, 56, seed=3)
+    guarded = method.encode(image, models, (0, 30), agreement_tau=0.5)
+    plain = method.encode(image, models, (0, 30), agreement_tau=0)
+    assert "correction" in guarded.layer_bits and "correction" not in plain.layer_bits
+    assert np.array_equal(method.decode(guarded.data, models), guarded.reconstruction)
+    exact = rd_codec.derive_scores
+
+    def noisy(generator, segnet, compact):   # another machine: every score off by less than tau / 2
+        scores = exact(generator, segnet, compact)
+        noise = torch.rand(scores.shape, generator=torch.Generator().manual_seed(1)) * 0.48 - 0.24
+        return scores + noise
+
+    monkeypatch.setattr(rd_codec, "derive_scores", noisy)
+    assert np.array_equal(method.decode(guarded.data, models), guarded.reconstruction)
+    assert not np.array_equal(method.decode(plain.data, models), plain.reconstruction)
+
+
 def test_the_compact_layer_is_the_entropy_coders_string_and_its_bits_are_in_the_file(models):
     method, bank = get_method("dsslic_rd"), models["dsslic_rd"]
     image, seg = make_image(32, 48, seed=2)

@@ -34,6 +34,8 @@ import numpy as np
 import torch
 
 from ... import format as fmt
+from ...agreement import AGREEMENT_TAU, apply_correction, correction_map
+from ...image_codecs import get_codec
 from ...errors import ConfigError, LayerError, MissingModelError, ModelMismatchError
 from ...layers import (
     array_to_tensor,
@@ -45,8 +47,9 @@ from ...layers import (
     pad_to_multiple,
     tensor_to_uint8,
 )
-from .. import EncodeResult, ModelSet, register_method
-from ..dsslic.codec import _SECTION, ROLE_COMPACT, ROLE_RESIDUAL, ROLE_SEGMENTATION, LayeredCodec, Section, _parse_qp
+from .. import EncodeResult, ModelSet, Option, register_method
+from ..dsslic.codec import (_SECTION, ROLE_COMPACT, ROLE_CORRECTION, ROLE_RESIDUAL, ROLE_SEGMENTATION, LayeredCodec,
+                            Section, _parse_qp)
 from ..latent_seg.hyperprior import bounded_string
 from .model import SCALE, RDBank
 
@@ -84,6 +87,17 @@ def parse_quality(value: Any) -> tuple[int, int | None]:
         return level, _parse_qp(pair[1])
     except ValueError:
         raise ConfigError(f"a dsslic_rd residual QP is 0..51 or none, got {pair[1]!r}") from None
+
+
+def derive_scores(generator: torch.nn.Module, segnet: torch.nn.Module, compact: torch.Tensor) -> torch.Tensor:
+    """PSPNet's class scores (N, K, H, W) of up(c^) rounded to 8 bits, in float32 with no autocast: what
+    both ends of ``dsslic_rd_derived`` compute from the decoded compact image (their argmax is the map;
+    their top-2 margins decide the correction layer, semlic.agreement)."""
+    up = generator.upsample(compact.float()).clamp(-1, 1)
+    image = torch.round((up + 1) * 127.5) / 255.0
+    segnet.eval()
+    with torch.inference_mode():
+        return segnet(image.to(module_device(segnet)).float()).float()
 
 
 def derive_map(generator: torch.nn.Module, segnet: torch.nn.Module, compact: torch.Tensor) -> torch.Tensor:
@@ -257,7 +271,9 @@ class LossyMapCodec(RDCodec):
 
 
 class DerivedMapCodec(RDCodec):
-    """No map in the file: both ends run PSPNet on up(c^)."""
+    """No map in the file: both ends run PSPNet on up(c^); the encoder sends its class where PSPNet's
+    top-2 margin is below ``agreement_tau`` (semlic.agreement's correction layer), so that a decoder
+    whose float scores differ in the last bits (another CPU or thread count) derives the same map."""
 
     name = "dsslic_rd_derived"
     format_id = 10
@@ -267,28 +283,44 @@ class DerivedMapCodec(RDCodec):
     models = ("dsslic_rd_derived", "pspnet")
     encoder_models = ("pspnet",)
     map_description = "derived at both ends (PSPNet on up(c^))"
+    options = {**RDCodec.options,
+               "agreement_tau": Option(AGREEMENT_TAU, float,
+                                       "send the encoder's class where PSPNet's top-2 margin is below this (0: never)")}
 
-    def _derived(self, compact: Compact, models: ModelSet) -> np.ndarray:
+    def _scores(self, compact: Compact, models: ModelSet) -> torch.Tensor:
         bank = self.bank(models)
-        segnet = models["pspnet"]
         c = array_to_tensor(compact.values).to(module_device(bank)).permute(2, 0, 1)[None]
-        labels = derive_map(bank.level(compact.level).generator, segnet, c)[0].cpu().numpy()
-        if labels.size and int(labels.max()) >= bank.config.label_nc:
-            raise ModelMismatchError(f"PSPNet's label {int(labels.max())} >= the model's label_nc "
+        scores = derive_scores(bank.level(compact.level).generator, models["pspnet"], c)
+        if scores.shape[1] > bank.config.label_nc:
+            raise ModelMismatchError(f"PSPNet has {scores.shape[1]} classes, more than the model's label_nc "
                                      f"{bank.config.label_nc}: the PSPNet of the model's training is needed")
-        return labels
+        return scores
 
     def map_layers(self, segmentation, seg_padded, compact, models, options, timings):
+        tau = float(options["agreement_tau"])
+        if tau < 0:
+            raise ConfigError(f"agreement_tau must be >= 0, got {tau}")
         start = time.perf_counter()
-        used = self._derived(compact, models)
+        scores = self._scores(compact, models)
+        used = scores[0].argmax(0).to(torch.uint8).cpu().numpy()
+        after = []
+        if tau > 0:
+            correction = correction_map(scores, tau)
+            if correction.any():
+                sparse = get_codec("sparse_labels")
+                after.append(fmt.Layer(ROLE_CORRECTION, sparse.codec_id, sparse.encode(correction)))
         timings["segmentation_s"] = time.perf_counter() - start
-        return used, [], [], {"derived_segmentation": used}
+        return used, [], after, {"derived_segmentation": used}
 
     def decoder_map(self, sem, compact, models):
-        return self._derived(compact, models)
+        used = self._scores(compact, models)[0].argmax(0).to(torch.uint8).cpu().numpy()
+        correction = sem.layer(ROLE_CORRECTION)
+        if correction is None:
+            return used
+        return apply_correction(used, decode_layer(correction, 1, used.shape, "correction"))
 
     def required_roles(self):
-        return (ROLE_COMPACT,), (ROLE_COMPACT, ROLE_RESIDUAL)
+        return (ROLE_COMPACT,), (ROLE_COMPACT, ROLE_CORRECTION, ROLE_RESIDUAL)
 
 
 register_method(RDCodec)

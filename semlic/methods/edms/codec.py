@@ -21,11 +21,8 @@ from ...image_codecs import get_codec
 from ...layers import decode_layer, padded_side
 from .. import ModelSet, Option, PaperPoint, register_method
 from ..dsslic.codec import ROLE_COMPACT, ROLE_CORRECTION, ROLE_RESIDUAL, LayeredCodec
-from .matched import apply_correction, correction_map, matched_scores
-
-# Decision margin below which the encoder sends its class (reports/edms_agreement.md: class
-# scores differed by at most 7.3e-5 between 1 and 2 CPU threads).
-AGREEMENT_TAU = 2e-4
+from ...agreement import AGREEMENT_TAU, apply_correction, correction_map
+from .matched import matched_scores
 
 
 class MatchedMapCodec(LayeredCodec):

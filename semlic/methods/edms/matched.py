@@ -16,8 +16,8 @@ CUDA with deterministic cuDNN kernels, no autotuning and no TF32 (:func:`determi
 That makes s^ bit-identical on one device and thread setting; across devices the logits may
 differ in their last bits, and a pixel flips only where the top-2 margin is that small
 (:func:`top2_margin`; measured in reports/edms_agreement.md: 2 of 524,288 pixels between 2 and
-1 CPU threads). The guard against it, :func:`correction_map` / :func:`apply_correction`, sends
-the encoder's class of every pixel whose margin is below tau, in a correction layer of the file.
+1 CPU threads). The guard against it, semlic.agreement's correction layer, sends the encoder's
+class of every pixel whose margin is below tau.
 
 Fingerprints. An EDMS decoder needs three sets of weights; the header's 8-byte fingerprint
 is SHA-256 over the method name and the three weight fingerprints
@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from ...agreement import apply_correction, correction_map, top2_margin  # noqa: F401  (EDMS's guard, shared)
 from ...errors import ConfigError
 from ...layers import image_to_tensor, module_device
 from ..dsslic.model import DSSLIC
@@ -83,12 +84,6 @@ def matched_segmentation(compact: np.ndarray, model: DSSLIC, segnet, smapnet: SM
     return matched_scores(compact, model, segnet, smapnet)[0].argmax(0).to(torch.uint8).cpu().numpy()
 
 
-def top2_margin(scores: torch.Tensor) -> torch.Tensor:
-    """(N, K, H, W) scores -> (N, H, W) best minus second-best score: how far a pixel is from flipping."""
-    top2 = scores.float().topk(2, dim=1).values
-    return top2[:, 0] - top2[:, 1]
-
-
 def segnet_lowres_logits(segnet, images: torch.Tensor) -> torch.Tensor:
     """PSPNet's logits before its final bilinear upsampling: (N, K, H/s, W/s), s its output stride.
 
@@ -103,24 +98,3 @@ def segnet_lowres_logits(segnet, images: torch.Tensor) -> torch.Tensor:
 def upsample_logits(logits: torch.Tensor, size: tuple[int, int], align_corners: bool) -> torch.Tensor:
     """Bilinear upsampling of low-resolution logits to ``size`` = (H, W), as PSPNet does."""
     return F.interpolate(logits.float(), size=tuple(size), mode="bilinear", align_corners=align_corners)
-
-
-# --- a guard against cross-device disagreement (reports/edms_agreement.md) ------------------------
-def correction_map(scores: torch.Tensor, tau: float) -> np.ndarray:
-    """Encoder side: (1, K, H, W) scores -> (H, W) uint8, 0 where the top-2 margin is >= ``tau``
-    (a pixel no score error below tau / 2 can flip), else 1 + the encoder's class (K <= 254).
-
-    Sent losslessly, it makes the decoder's s^ equal the encoder's whenever every score differs
-    by less than tau / 2 between the two machines (:func:`apply_correction`); its cost is the
-    coded size of a map that is almost all zeros (measured in reports/edms_agreement.md).
-    """
-    margin = top2_margin(scores)[0]
-    labels = scores[0].argmax(0)
-    return torch.where(margin < tau, labels + 1, torch.zeros_like(labels)).to(torch.uint8).cpu().numpy()
-
-
-def apply_correction(labels: np.ndarray, correction: np.ndarray) -> np.ndarray:
-    """Decoder side: the decoder's own s^ with the encoder's classes at the guarded pixels."""
-    if correction.shape != labels.shape:
-        raise ConfigError(f"correction map {correction.shape} does not match the label map {labels.shape}")
-    return np.where(correction > 0, correction.astype(np.int16) - 1, labels).astype(np.uint8)
