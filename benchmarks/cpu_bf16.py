@@ -31,6 +31,13 @@ FOUND = ("Found by this benchmark: DSSLIC's SSIM loss computed under bf16 autoca
          "inside autocast (tests/test_dsslic_ablation.py checks it), and the curves above are after that fix.")
 
 
+def cpu_name() -> str:
+    try:
+        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return "unknown"
+
+
 def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     for _ in range(2):
@@ -114,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = ["# bf16 autocast against float32 for training on this CPU", "",
              f"Command: `OMP_NUM_THREADS={torch.get_num_threads()} .venv/bin/python benchmarks/cpu_bf16.py "
              f"--camvid {args.camvid} --iterations {args.iterations} --images {args.images}` (torch {torch.__version__}, "
-             f"{torch.get_num_threads()} threads; CPU reports native bf16: {native})", "",
+             f"{torch.get_num_threads()} threads; CPU: {cpu_name()}, native bf16: {native}). The answer is this CPU's: "
+             "another one may decide the other way (the probe runs on each machine).", "",
              "## The probe that decides (semlic.train_loop.cpu_bf16)",
              f"- one 3x3 convolution forward + backward (64 channels, batch 8, 64x64): float32 "
              f"{probe['float32'] * 1e3:.1f} ms, bf16 autocast {probe['bfloat16'] * 1e3:.1f} ms: bf16 runs at "
