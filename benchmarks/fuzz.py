@@ -88,7 +88,15 @@ def main(argv=None) -> int:
               "their symbol count and zero-padded, and the declared hyper-latent size must match the image "
               "(without that check the same input asked for 2.1 GB) "
               "(`tests/fixtures/fuzz/sem-hyperprior-rans-overread.bin`, replayed under libFuzzer). Checksums are "
-              "repaired on each input so that mutations reach the methods' sections and layers."]
+              "repaired on each input so that mutations reach the methods' sections and layers.",
+              "- `sem`, seeded with every method registered after DSSLIC-RD (its three map modes, the 10-bit "
+              "residual layers): a HEIF container with no image in an `hevc10` layer made pillow-heif raise "
+              "`IndexError` from its size: now a `LayerError` "
+              "(`tests/fixtures/fuzz/sem-hevc10-no-image-indexerror.bin`); a 177-byte DSSLIC-RD file declaring "
+              "15177x13873 pixels had its compact layer (9.9 million symbols) entropy-decoded before its map "
+              "layer's size was found wrong, 720 MiB for one input (libFuzzer's `oom-`): a method now refuses a "
+              "file declaring more pixels than the limit (SEMLIC_MAX_PIXELS, 100 million; 4 million in the "
+              "harness) when it opens it (`tests/fixtures/fuzz/sem-dsslic-rd-210-megapixels-oom.bin`)."]
     for r in rows:
         if r["tail"]:
             lines += ["", f"### {r['target']}: the fuzzer's last lines", "", "```", r["tail"], "```"]
