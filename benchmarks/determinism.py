@@ -68,25 +68,30 @@ def offline_plan(params_file: Path, models_dir: Path) -> tuple[list[str], dict, 
 
 
 def measure(label: str, models: Path, images: list[str], work: Path, methods: list[str], qualities: dict,
-            options: dict, parallel: int) -> pd.DataFrame:
+            options: dict, parallel: int, others_limit: int | None = None) -> pd.DataFrame:
+    """``others_limit``: the methods other than the hyperprior on the first N images only (their decoders
+    compute no entropy parameters; they cost minutes per image over five configurations)."""
     frames = []
-    for variant, extra in (("after", {}), ("before", {"hyperprior": {"hyper_decoder": "float"}})):
-        chosen = methods if variant == "after" else [m for m in methods if m == "hyperprior"]
-        if not chosen:
+    groups = [("after", "hyperprior", {}, images), ("before", "hyperprior", {"hyper_decoder": "float"}, images),
+              ("after", "others", {}, images[:others_limit])]
+    for variant, group, extra, group_images in groups:
+        chosen = [m for m in methods if (m == "hyperprior") == (group == "hyperprior")]
+        if not chosen or not group_images:
             continue
-        files = work / label / variant
+        files = work / label / f"{variant}-{group}"
         opts = []
         for method in chosen:
-            for key, value in {**options.get(method, {}), **extra.get(method, {})}.items():
+            for key, value in {**options.get(method, {}), **(extra if method == "hyperprior" else {})}.items():
                 opts += ["-o", f"{method}:{key}={value}"]
         started = time.perf_counter()
-        run(["encode", *images, "--models", str(models), "--out", str(files), "--methods", ",".join(chosen),
+        run(["encode", *group_images, "--models", str(models), "--out", str(files), "--methods", ",".join(chosen),
              "--qualities", json.dumps({m: qualities[m] for m in chosen}), *opts], {"OMP_NUM_THREADS": "1"})
-        print(f"{label}/{variant}: encoded in {time.perf_counter() - started:.0f} s", flush=True)
+        print(f"{label}/{variant}/{group}: {len(group_images)} images encoded in {time.perf_counter() - started:.0f} s",
+              flush=True)
 
         def decode(item):
             name, (env, no_mkldnn) = item
-            out = work / label / f"{variant}-{name}.json"
+            out = work / label / f"{variant}-{group}-{name}.json"
             run(["decode", "--models", str(models), "--files", str(files), "--out", str(out)]
                 + (["--no-mkldnn"] if no_mkldnn else []), env)
             return name, json.loads(out.read_text())
@@ -95,7 +100,7 @@ def measure(label: str, models: Path, images: list[str], work: Path, methods: li
             for name, records in pool.map(decode, CONFIGURATIONS.items()):
                 frame = pd.DataFrame(records).assign(models=label, variant=variant, configuration=name)
                 frames.append(frame)
-                print(f"{label}/{variant}/{name}: {len(frame)} files", flush=True)
+                print(f"{label}/{variant}/{group}/{name}: {len(frame)} files", flush=True)
     return pd.concat(frames, ignore_index=True)
 
 
@@ -150,6 +155,7 @@ def main(argv=None) -> int:
     parser.add_argument("--hyperprior", action="append", default=[], metavar="LABEL=DIR")
     parser.add_argument("--images", default=str(REPO.parent / "shared" / "data" / "kodak"))
     parser.add_argument("--limit", type=int, help="the first N images only")
+    parser.add_argument("--others-limit", type=int, help="the methods other than the hyperprior on the first N images")
     parser.add_argument("--work", default="runs/determinism")
     parser.add_argument("--parallel", type=int, default=2, help="decoding processes at once")
     parser.add_argument("--out", default=str(REPO / "reports" / "determinism"))
@@ -162,7 +168,7 @@ def main(argv=None) -> int:
     if args.models:
         methods, qualities, options = offline_plan(Path(args.params), Path(args.models))
         frames.append(measure("offline_default", Path(args.models), images, work, methods, qualities, options,
-                              args.parallel))
+                              args.parallel, args.others_limit))
     for item in args.hyperprior:
         label, _, folder = item.partition("=")
         from semlic.model_files import load_model
@@ -178,9 +184,11 @@ def main(argv=None) -> int:
     cost = rate_and_time(rows)
     command = "`.venv/bin/python benchmarks/determinism.py " + " ".join(argv if argv is not None else sys.argv[1:]) + "`"
     desync = table[table.variant == "before"]
+    per_method = rows.groupby("method")["image"].nunique().to_dict()
     lines = [
         "# Decoding that holds on every machine", "", command, "",
-        f"{len(images)} images ({Path(args.images).name}); every file encoded in one process (default kernels, one "
+        f"{len(images)} images ({Path(args.images).name}; images per method: "
+        + ", ".join(f"{m} {n}" for m, n in sorted(per_method.items())) + f"); every file encoded in one process (default kernels, one "
         "thread), decoded in fresh processes under: " + ", ".join(
             f"`{n}` ({' '.join(f'{k}={v}' for k, v in env.items())}{', oneDNN off' if off else ''})"
             for n, (env, off) in CONFIGURATIONS.items()) + ". `before`: the hyperprior's files as written until now "
