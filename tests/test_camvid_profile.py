@@ -174,7 +174,7 @@ def test_the_camvid_profile_runs_end_to_end_with_tiny_budgets(tmp_path):
     baselines = {"jpeg", "jpeg2000", "webp", "avif", "jxl", "hevc"}
     assert methods == {"camvid": semantic | baselines, "kodak": semantic | baselines}
     ablation = query.query("select method, bpp from rd where quality = -1", rd)
-    assert set(ablation.method) == {"dsslic", "dsslic_noseg", "dsslic_upcomp"}
+    assert set(ablation.method) == {"dsslic", "dsslic_noseg", "dsslic_upcomp", "edms", "edms_noenh"}   # base alone
     layers = query.query("select method, layer_bits from rd where quality = -1 and dataset = 'camvid'", rd)
     roles = {m: {k for k, v in dict(bits).items() if v} for m, bits in zip(layers.method, layers.layer_bits)}
     assert "segmentation" in roles["dsslic"] and "segmentation" not in roles["dsslic_noseg"] | roles["dsslic_upcomp"]
