@@ -47,3 +47,29 @@ def apply_correction(labels: np.ndarray, correction: np.ndarray) -> np.ndarray:
     if correction.shape != labels.shape:
         raise ConfigError(f"correction map {correction.shape} does not match the label map {labels.shape}")
     return np.where(correction > 0, correction.astype(np.int16) - 1, labels).astype(np.uint8)
+
+
+def correction_layers(scores: torch.Tensor, tau: float, role: int) -> list:
+    """The file's correction layer for the encoder's ``scores`` (none when ``tau`` is 0 or no pixel is
+    within ``tau`` of a tie): :func:`correction_map` coded as a sparse label layer of role ``role``."""
+    from .format import Layer
+    from .image_codecs import get_codec
+
+    if tau < 0:
+        raise ConfigError(f"agreement_tau must be >= 0, got {tau}")
+    if tau == 0:
+        return []
+    correction = correction_map(scores, tau)
+    if not correction.any():
+        return []
+    sparse = get_codec("sparse_labels")
+    return [Layer(role, sparse.codec_id, sparse.encode(correction))]
+
+
+def corrected(labels: np.ndarray, layer) -> np.ndarray:
+    """The decoder's ``labels`` with the encoder's classes of a correction ``layer`` (None: as they are)."""
+    if layer is None:
+        return labels
+    from .layers import decode_layer
+
+    return apply_correction(labels, decode_layer(layer, 1, labels.shape, "correction"))

@@ -34,8 +34,7 @@ import numpy as np
 import torch
 
 from ... import format as fmt
-from ...agreement import AGREEMENT_TAU, apply_correction, correction_map
-from ...image_codecs import get_codec
+from ...agreement import AGREEMENT_TAU, corrected, correction_layers
 from ...errors import ConfigError, LayerError, MissingModelError, ModelMismatchError
 from ...layers import (
     array_to_tensor,
@@ -297,27 +296,16 @@ class DerivedMapCodec(RDCodec):
         return scores
 
     def map_layers(self, segmentation, seg_padded, compact, models, options, timings):
-        tau = float(options["agreement_tau"])
-        if tau < 0:
-            raise ConfigError(f"agreement_tau must be >= 0, got {tau}")
         start = time.perf_counter()
         scores = self._scores(compact, models)
         used = scores[0].argmax(0).to(torch.uint8).cpu().numpy()
-        after = []
-        if tau > 0:
-            correction = correction_map(scores, tau)
-            if correction.any():
-                sparse = get_codec("sparse_labels")
-                after.append(fmt.Layer(ROLE_CORRECTION, sparse.codec_id, sparse.encode(correction)))
+        after = correction_layers(scores, float(options["agreement_tau"]), ROLE_CORRECTION)
         timings["segmentation_s"] = time.perf_counter() - start
         return used, [], after, {"derived_segmentation": used}
 
     def decoder_map(self, sem, compact, models):
         used = self._scores(compact, models)[0].argmax(0).to(torch.uint8).cpu().numpy()
-        correction = sem.layer(ROLE_CORRECTION)
-        if correction is None:
-            return used
-        return apply_correction(used, decode_layer(correction, 1, used.shape, "correction"))
+        return corrected(used, sem.layer(ROLE_CORRECTION))
 
     def required_roles(self):
         return (ROLE_COMPACT,), (ROLE_COMPACT, ROLE_CORRECTION, ROLE_RESIDUAL)

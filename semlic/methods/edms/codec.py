@@ -16,12 +16,10 @@ import numpy as np
 import torch
 
 from ... import format as fmt
-from ...errors import ConfigError, ModelMismatchError
-from ...image_codecs import get_codec
-from ...layers import decode_layer, padded_side
+from ...agreement import AGREEMENT_TAU, corrected, correction_layers
+from ...errors import ModelMismatchError
 from .. import ModelSet, Option, PaperPoint, register_method
 from ..dsslic.codec import ROLE_COMPACT, ROLE_CORRECTION, ROLE_RESIDUAL, LayeredCodec
-from ...agreement import AGREEMENT_TAU, apply_correction, correction_map
 from .matched import matched_scores
 
 
@@ -52,29 +50,16 @@ class MatchedMapCodec(LayeredCodec):
         return matched_scores(compact, models["dsslic"], models["pspnet"], models["smapnet"] if self.enhanced else None)
 
     def map_layers(self, segmentation, seg_padded, compact, models, options, timings):
-        tau = float(options["agreement_tau"])
-        if tau < 0:
-            raise ConfigError(f"agreement_tau must be >= 0, got {tau}")
         start = time.perf_counter()
         scores = self.matched_scores(compact, models)
         matched = scores[0].argmax(0).to(torch.uint8).cpu().numpy()
-        after = []
-        if tau > 0:
-            correction = correction_map(scores, tau)
-            if correction.any():
-                sparse = get_codec("sparse_labels")
-                after.append(fmt.Layer(ROLE_CORRECTION, sparse.codec_id, sparse.encode(correction)))
+        after = correction_layers(scores, float(options["agreement_tau"]), ROLE_CORRECTION)
         timings["segmentation_s"] = time.perf_counter() - start
         return matched, [], after, {"matched_segmentation": matched}
 
     def decoder_map(self, sem: fmt.SemFile, compact: np.ndarray, models: ModelSet) -> np.ndarray:
         matched = self.matched_scores(compact, models)[0].argmax(0).to(torch.uint8).cpu().numpy()
-        correction = sem.layer(ROLE_CORRECTION)
-        if correction is None:
-            return matched
-        multiple = self.read_section(sem).multiple
-        shape = (padded_side(sem.height, multiple), padded_side(sem.width, multiple))
-        return apply_correction(matched, decode_layer(correction, 1, shape, "correction"))
+        return corrected(matched, sem.layer(ROLE_CORRECTION))   # at the padded size, as the map
 
     def required_roles(self):
         return (ROLE_COMPACT,), (ROLE_COMPACT, ROLE_CORRECTION, ROLE_RESIDUAL)
