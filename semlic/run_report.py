@@ -244,7 +244,8 @@ def run_report(out_dir: str | os.PathLike, *, rows: str | os.PathLike | None = N
     text = _markdown(table, bd, shares, ablation, chroma, timing, _read_csv(out_dir, "training", training),
                      _read_csv(out_dir, "segmentation", segmentation), figures, command, wall_s, note, shared)
     atomic_write_bytes(out_dir / "report.md", text.encode())
-    return {"rows": len(table), "answer": study.answer(bd), "files": sorted(p.name for p in out_dir.iterdir())}
+    return {"rows": len(measured), "shared_rows": len(table) - len(measured), "answer": study.answer(bd),
+            "files": sorted(p.name for p in out_dir.iterdir())}
 
 
 def _read_csv(out_dir: Path, name: str, frame: pd.DataFrame) -> pd.DataFrame:
@@ -334,7 +335,8 @@ def _cli(args) -> int:
                          command=command, wall_s=args.wall_s, note=note)
     for line in summary["answer"]:
         print(line)
-    print(f"{summary['rows']} rows -> {args.out}: {', '.join(summary['files'])}")
+    shared = f" (+{summary['shared_rows']} shared base-alone rows)" if summary["shared_rows"] else ""
+    print(f"{summary['rows']} rows{shared} -> {args.out}: {', '.join(summary['files'])}")
     return 0
 
 

@@ -194,6 +194,9 @@ def test_the_camvid_profile_runs_end_to_end_with_tiny_budgets(tmp_path):
 
     summary = run_report(tmp_path / "report", data_dir=project / "data", command="make repro-camvid", wall_s=60.0)
     assert summary["rows"] == len(query.query("select * from rd", rd)) and summary["answer"]
+    # dsslic_444 codes no base-alone point of its own: it shares dsslic's (same compact image and map)
+    shared = query.query("select count(*) as n from rd where method = 'dsslic' and quality = -1", rd)
+    assert summary["shared_rows"] == int(shared.n[0]) > 0
     report = tmp_path / "report"
     text = (report / "report.md").read_text()
     assert "make repro-camvid" in text and "DSSLIC's ablation" in text and "4:4:4 against 4:2:0" in text
