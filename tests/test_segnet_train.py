@@ -161,3 +161,38 @@ def test_train_config_validation_and_files(tmp_path):
     (tmp_path / "broken.yaml").write_text("model: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_train_config(tmp_path / "broken.yaml")
+
+
+def test_median_frequency_class_weights(tmp_path, synthetic_dir):
+    """weight(c) = median(f) / f(c), f(c) counted over the images holding c; the weighted loss is a weighted mean."""
+    from semlic.imageio import save_png
+    from semlic.segnet.prepared import PreparedSample
+    from semlic.segnet.pspnet import pspnet_loss
+    from semlic.segnet.train import median_frequency_weights
+
+    a = np.zeros((4, 4), np.uint8)                  # class 0 everywhere
+    b = np.full((4, 4), 1, np.uint8)
+    b[0, :2] = 2                                    # class 1 on 14 pixels, class 2 on 2, class 3 nowhere
+    b[3, 3] = 255                                   # unlabelled
+    samples = []
+    for name, label in (("a", a), ("b", b)):
+        save_png(tmp_path / f"{name}.png", label)
+        samples.append(PreparedSample(id=name, image_path=tmp_path / f"{name}.png",
+                                      label_path=tmp_path / f"{name}.png"))
+    weights = median_frequency_weights(samples, 4)
+    frequency = np.array([16 / 16, 13 / 15, 2 / 15])          # over the labelled pixels of the images holding it
+    assert weights.tolist() == pytest.approx([*(np.median(frequency) / frequency), 0.0])
+    logits = torch.randn(1, 4, 4, 4)
+    labels = torch.from_numpy(b.astype(np.int64))[None]
+    config = PSPNetConfig(num_classes=4, aux_weight=0)
+    main, _, _ = pspnet_loss(logits, labels, config, weights)
+    per_pixel = torch.nn.functional.cross_entropy(logits, labels, ignore_index=255, reduction="none")
+    valid = labels != 255
+    w = weights[labels[valid]]
+    assert float(main) == pytest.approx(float((per_pixel[valid] * w).sum() / w.sum()), rel=1e-5)
+    assert float(pspnet_loss(logits, labels, config)[0]) == pytest.approx(float(per_pixel[valid].mean()), rel=1e-5)
+    result = train_segnet(tiny_train_config(iterations=2, class_weights="median_frequency"), synthetic_dir,
+                          tmp_path / "run", progress=False)
+    assert result["completed"]
+    with pytest.raises(ConfigError, match="class_weights"):
+        SegnetTrainConfig.from_dict(tiny_train_config(class_weights="inverse"))

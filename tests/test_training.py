@@ -98,6 +98,63 @@ def test_vgg_without_weights_is_off_with_a_warning(caplog):
     assert "switched off" in caplog.text
 
 
+def lpips_file(path, net="vgg"):
+    """A converted-LPIPS-layout file (random weights, non-negative linear layers) as semlic weights writes."""
+    from safetensors.torch import save_file
+
+    from semlic import lpips
+
+    torch.manual_seed(0)
+    model = lpips.LPIPS(net)
+    for lin in model.lins:
+        lin.weight.data.abs_()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path),
+              metadata={"format": lpips.FORMAT, "lpips_version": lpips.VERSION, "net": net})
+    return model
+
+
+def test_vgg16_of_the_lpips_weights_at_the_counterpart_layers(tmp_path, monkeypatch, caplog):
+    from torchvision.models import vgg19
+
+    from semlic.nn import losses
+
+    assert losses.resolve_vgg_layers(losses.VGG_LAYERS, vgg19().features) == (1, 6, 11, 20, 29)
+    assert losses.resolve_vgg_layers(("relu5_4",), vgg19().features) == (35,)
+    path = tmp_path / "lpips_vgg.safetensors"
+    reference = lpips_file(path)
+    loss = load_vgg_loss(path)
+    assert loss.arch == "vgg16" and loss.layers == (1, 6, 11, 18, 25)     # relu1_1 .. relu5_1 of VGG16
+    for name, tensor in loss.features.state_dict().items():
+        assert torch.equal(tensor, reference.features.state_dict()[name])
+    smic = load_vgg_loss(path, layers=("relu5_4",), layer_weights=(1.0,), distance="mse")
+    assert smic.layers == (29,)                                             # VGG16 has no relu5_4: relu5_3
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    assert float(loss(x, x)) == 0.0 and float(loss(x, -x)) > 0 and float(smic(x, -x)) > 0
+    lpips_file(tmp_path / "lpips_alex.safetensors", "alex")
+    with pytest.raises(errors.CheckpointError, match="VGG16"):
+        load_vgg_loss(tmp_path / "lpips_alex.safetensors")
+    # auto: the file when it is there, else off with a warning that says how to get it
+    with caplog.at_level(logging.WARNING):
+        assert load_vgg_loss("auto") is None
+    assert "semlic weights lpips_vgg" in caplog.text
+    monkeypatch.setattr(losses, "DEFAULT_VGG_WEIGHTS", path)
+    assert load_vgg_loss("auto").layers == loss.layers
+
+
+def test_dsslic_trains_with_the_vgg16_term(train_dirs, tmp_path, monkeypatch):
+    from semlic.nn import losses
+
+    monkeypatch.setattr(losses, "DEFAULT_VGG_WEIGHTS", lpips_file(tmp_path / "vgg.safetensors") and
+                        tmp_path / "vgg.safetensors")
+    train_dsslic({**CFG, "iterations": 2, "gan": False, "perceptual_off_fraction": 0}, *train_dirs, tmp_path / "on",
+                 progress=False)
+    log = pd.read_parquet(tmp_path / "on" / "train_log.parquet")
+    assert (log["vgg"] > 0).all()
+    train_dsslic({**CFG, "iterations": 2, "gan": False, "vgg_weights": None}, *train_dirs, tmp_path / "off",
+                 progress=False)
+    assert "vgg" not in pd.read_parquet(tmp_path / "off" / "train_log.parquet").columns
+
+
 def test_vgg_from_a_local_file(tmp_path):
     from torchvision.models import vgg19
 

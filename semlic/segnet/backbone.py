@@ -123,6 +123,7 @@ class ResNetBackbone(nn.Module):
             if dilation > 1:
                 dilate_stage(stage, dilation, uniform_dilation)
         self.layer3_channels = 4 * base_channels * block.expansion
+        self.low_channels = base_channels * block.expansion
         self.out_channels = channels
         self.output_stride = output_stride
         for module in self.modules():
@@ -142,6 +143,10 @@ class ResNetBackbone(nn.Module):
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """Return ``(layer3, layer4)`` feature maps (shapes: module docstring)."""
-        x = self.layer2(self.layer1(self.stem(images)))
-        layer3 = self.layer3(x)
-        return layer3, self.layer4(layer3)
+        return self.forward_with_low(images)[1:]
+
+    def forward_with_low(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(layer1, layer3, layer4)``: the 1/4 features (``low_channels``) too, for a decoder's skip."""
+        low = self.layer1(self.stem(images))
+        layer3 = self.layer3(self.layer2(low))
+        return low, layer3, self.layer4(layer3)

@@ -93,7 +93,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--num-workers", type=int, help="override: data loader workers")
     train.add_argument("--seed", type=int, help="override: random seed")
     train.add_argument("--eval-split", help="override: split to evaluate at the end")
-    train.add_argument("--backbone-weights", help="override: torchvision ResNet weights file")
+    train.add_argument("--backbone-weights", help="override: ImageNet backbone weights (torchvision ResNet, or weights/efficientnet_lite0.safetensors)")
     train.add_argument("--minutes", type=float, help="train for at most this long in this call (rerun to continue)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(func=run_train)

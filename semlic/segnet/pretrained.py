@@ -31,6 +31,8 @@ from torch import Tensor
 
 from ..errors import CheckpointError
 from ..model_files import assign_state
+from .efficientnet import NAME as EFFICIENTNET
+from .efficientnet import load_efficientnet_backbone
 from .pspnet import PSPNet, PSPNetConfig
 
 # CSAILVision encoder name -> (backbone, fc_dim = channels of layer4)
@@ -64,8 +66,19 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     return {key.removeprefix("module."): value for key, value in state.items()}
 
 
+def load_backbone_weights(model: PSPNet, path: str | os.PathLike) -> None:
+    """Load ImageNet weights into ``model.backbone``, in place: the converted EfficientNet-Lite0 file
+    (``semlic weights efficientnet_lite0``) for that backbone, a torchvision ResNet state dict otherwise."""
+    if model.config.backbone == EFFICIENTNET:
+        load_efficientnet_backbone(model.backbone, path)
+    else:
+        load_torchvision_backbone(model, path)
+
+
 def load_torchvision_backbone(model: PSPNet, path: str | os.PathLike) -> None:
     """Load a torchvision ResNet state dict (ImageNet weights) into ``model.backbone``, in place."""
+    if model.config.backbone == EFFICIENTNET:
+        raise CheckpointError(f"{path}: torchvision ResNet weights do not fit the {EFFICIENTNET} backbone")
     if model.config.deep_stem:
         raise CheckpointError(f"{path}: torchvision weights have a 7x7 stem; this model has deep_stem=True")
     state = {k: v for k, v in read_state_dict(path).items() if not k.startswith("fc.")}

@@ -28,7 +28,7 @@ from ..train_loop import TrainingTask, autocast, channels_last, fit
 from .evaluate import evaluate_segnet
 from .inference import resolve_device
 from .prepared import AugmentedTrainingSet, list_prepared
-from .pretrained import load_torchvision_backbone
+from .pretrained import load_backbone_weights
 from .pspnet import PSPNet, pspnet_loss
 from .schedule import PlannedBatches, make_sgd, poly_lr, set_learning_rate, steps_per_epoch
 from .train_config import SegnetTrainConfig
@@ -36,6 +36,29 @@ from .train_config import SegnetTrainConfig
 MODEL_FILE = "segnet.safetensors"
 #: Keys that may differ between a run and its resumption: they do not change the result.
 RESUME_FREE_KEYS = frozenset({"num_workers", "checkpoint_every", "log_every", "eval_split", "minutes"})
+
+
+def median_frequency_weights(samples: list, num_classes: int) -> torch.Tensor:
+    """Median-frequency balancing (Eigen & Fergus 2015; SegNet on CamVid): weight(c) = median(f) / f(c), with
+    f(c) = pixels of class c / labelled pixels of the images where c is present; a class absent from every
+    image gets 0."""
+    import numpy as np
+
+    from ..imageio import load_label_map
+
+    pixels = np.zeros(num_classes, np.int64)
+    image_pixels = np.zeros(num_classes, np.int64)
+    for sample in samples:
+        label = load_label_map(sample.label_path)
+        counts = np.bincount(label[label < num_classes].ravel(), minlength=num_classes)[:num_classes]
+        pixels += counts
+        image_pixels += np.where(counts > 0, counts.sum(), 0)
+    present = pixels > 0
+    if not present.any():
+        raise DatasetError("no labelled pixel to weigh the classes by")
+    frequency = np.where(present, pixels / np.maximum(image_pixels, 1), np.nan)
+    weights = np.where(present, np.nanmedian(frequency) / frequency, 0.0)
+    return torch.tensor(weights, dtype=torch.float32)
 
 
 class SegnetTraining(TrainingTask):
@@ -50,13 +73,16 @@ class SegnetTraining(TrainingTask):
         torch.manual_seed(config.seed)
         model = PSPNet(config.model)
         if config.backbone_weights:
-            load_torchvision_backbone(model, config.backbone_weights)
+            load_backbone_weights(model, config.backbone_weights)
         self.memory_format = channels_last(device)
         self.model = model.to(device, memory_format=self.memory_format)
         self.optimizer = make_sgd(self.model, config.base_lr, config.head_lr_multiplier, config.momentum,
                                   config.weight_decay)
         self.dataset = AugmentedTrainingSet(samples, config.crop_size, config.scale_range, config.horizontal_flip,
                                             config.model.num_classes, config.model.ignore_index, config.seed)
+        self.class_weights = None
+        if config.class_weights == "median_frequency":
+            self.class_weights = median_frequency_weights(samples, config.model.num_classes).to(device)
         self.batches = None
 
     def modules(self):
@@ -87,7 +113,7 @@ class SegnetTraining(TrainingTask):
         set_learning_rate(self.optimizer, lr)
         with autocast(self.device, self.config.amp):
             outputs = self.model(images)
-        loss, main_loss, _ = pspnet_loss(outputs, labels, self.config.model)
+        loss, main_loss, _ = pspnet_loss(outputs, labels, self.config.model, self.class_weights)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

@@ -25,10 +25,16 @@ checkpoint_every        200        steps between resumable checkpoints (also at 
 log_every               10         steps between rows of the training log
 train_split             "train"    prepared split to train on
 eval_split              None       prepared split scored at the end (e.g. "val"), none if null
-backbone_weights        None       torchvision ImageNet ResNet state dict (.pth/.safetensors)
+backbone_weights        None       ImageNet weights of the backbone: a torchvision ResNet state dict
+                                   (.pth/.safetensors), or weights/efficientnet_lite0.safetensors
+                                   (``semlic weights efficientnet_lite0``) for that backbone
 minutes                 None       a training budget: when it runs out the model is written as it is
                                    (the log and the summary say how far it got)
 amp                     true       bf16 autocast on CUDA and on CPUs with native bf16
+class_weights           None       "median_frequency": cross-entropy weights median(f) / f(c), f(c) =
+                                   pixels of class c / labelled pixels of the images holding c, on
+                                   the train split (Eigen & Fergus 2015, SegNet's CamVid recipe:
+                                   small classes such as poles and signs weigh more)
 ======================  =========  ===============================================================
 """
 
@@ -71,6 +77,7 @@ class SegnetTrainConfig:
     backbone_weights: str | None = None
     minutes: float | None = None
     amp: bool = True
+    class_weights: str | None = None
 
     def __post_init__(self) -> None:
         crop = self.crop_size
@@ -92,6 +99,8 @@ class SegnetTrainConfig:
             problems.append("base_lr and head_lr_multiplier must be > 0")
         if self.minutes is not None and not self.minutes > 0:
             problems.append(f"minutes must be > 0 or null, found {self.minutes}")
+        if self.class_weights not in (None, "median_frequency"):
+            problems.append(f"class_weights must be null or median_frequency, found {self.class_weights!r}")
         if self.checkpoint_every < 1 or self.log_every < 1 or self.num_workers < 0:
             problems.append("checkpoint_every and log_every must be >= 1, num_workers >= 0")
         if problems:

@@ -70,7 +70,8 @@ class DSSLICTrainConfig:
     ndf: int = 64
     n_layers_d: int = 3
     num_d: int = 2
-    vgg_weights: str | None = None        # path, "download", or None (VGG term off, with a warning)
+    vgg_weights: str | None = "auto"      # auto (weights/lpips_vgg.safetensors if present), a path, "download",
+                                          # or None (VGG term off, with a warning)
     crop: int | None = None               # random square crop (multiple of the model's input multiple)
     flip: bool = True
     quantize_compact: bool = True

@@ -85,14 +85,14 @@ def matched_segmentation(compact: np.ndarray, model: DSSLIC, segnet, smapnet: SM
 
 
 def segnet_lowres_logits(segnet, images: torch.Tensor) -> torch.Tensor:
-    """PSPNet's logits before its final bilinear upsampling: (N, K, H/s, W/s), s its output stride.
+    """PSPNet's logits before its final bilinear upsampling: (N, K, H/s, W/s), s its output stride (4 with
+    its skip decoder).
 
     ``upsample_logits(segnet_lowres_logits(net, x), x.shape[-2:], net.config.align_corners)``
     equals ``net(x)`` in eval mode (tests/test_edms_pairs.py checks it): storing these is 64x
     smaller than the full-size logits at output stride 8.
     """
-    _, layer4 = segnet.features(images)
-    return segnet.head(segnet.ppm(layer4))
+    return segnet.lowres_logits(images)[0]
 
 
 def upsample_logits(logits: torch.Tensor, size: tuple[int, int], align_corners: bool) -> torch.Tensor:

@@ -52,7 +52,7 @@ SORT = ["dataset", "method", "quality", "image_id"]
 def teacher_labels(teacher: DeepLabV3, image: np.ndarray) -> np.ndarray:
     """DeepLabv3's (H, W) labels for an (H, W, 3) uint8 image (padded to 64 like the codec's input)."""
     h, w = image.shape[:2]
-    logits = teacher(normalise(pad(image_tensor(image))))
+    logits = teacher(normalise(pad(image_tensor(image)), *teacher.pixel_stats))
     return logits[0, :, :h, :w].argmax(0).to(torch.uint8).numpy()
 
 

@@ -3,9 +3,12 @@
 * Model ``deeplabv3``: torchvision's DeepLabv3 head (its ``ASPP``, rates 12/24/36 at output
   stride 8, then 3x3 conv + BN + ReLU + 1x1 conv, as ``DeepLabHead``) on a dilated ResNet
   (semlic.segnet.backbone, torchvision's blocks; ``base_channels`` 64 is the paper's width,
-  smaller values make CPU-sized models). No downloaded weights. Its "first two layers" (the
-  paper's knowledge-distillation path) are the stem and ``layer1``: features F_gt of C
-  channels at 1/4 of the input size.
+  smaller values make CPU-sized models), or on EfficientNet-Lite0 (preset ``lite0``, output
+  stride 16, :mod:`semlic.segnet.efficientnet`) whose ImageNet weights the teacher's training
+  loads (``backbone_weights``). Its "first two layers" (the paper's knowledge-distillation path)
+  are the stem and ``layer1`` (EfficientNet-Lite0: its stem and stages 1-2): features F_gt of C
+  channels at 1/4 of the input size (C = 24 for EfficientNet-Lite0). Inputs are normalised by
+  :func:`normalise` with the backbone's statistics (:meth:`DeepLabV3.pixel_stats`).
 * Model ``latent_seg``: the student. y^ (M channels at 1/16) -> channel selection -> transform
   module -> F (C channels at 1/4) -> the teacher's layers 2-4 and head (initialised from the
   teacher, then trained). Selection: ``none`` (every channel), ``dynamic`` (the gate: global
@@ -32,11 +35,13 @@ from torchvision.models.segmentation.deeplabv3 import ASPP
 from ...config_files import dataclass_from_dict
 from ...errors import ConfigError
 from ...model_files import register_model
+from ...segnet import efficientnet
 from ...segnet.backbone import ResNetBackbone
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 SELECTIONS = ("none", "dynamic", "static")
+RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
 TRANSFORMS = ("deconv", "res")
 
 
@@ -55,6 +60,8 @@ class DeepLabConfig:
         if not 2 <= self.num_classes <= 255 or self.output_stride not in (8, 16):
             raise ConfigError(f"deeplabv3: num_classes 2..255 and output_stride 8 or 16; got {self.num_classes}, "
                               f"{self.output_stride}")
+        if self.backbone not in (*RESNETS, efficientnet.NAME):
+            raise ConfigError(f"deeplabv3: backbone resnet18/34/50/101 or {efficientnet.NAME}, got {self.backbone!r}")
 
     @classmethod
     def from_dict(cls, data: dict) -> "DeepLabConfig":
@@ -68,6 +75,8 @@ DEEPLAB_PRESETS = {
     "paper": {"backbone": "resnet50", "base_channels": 64, "aspp_channels": 256},
     "small": {"backbone": "resnet18", "base_channels": 32, "aspp_channels": 128},
     "tiny": {"backbone": "resnet18", "base_channels": 8, "aspp_channels": 16},
+    # EfficientNet-Lite0 with its ImageNet weights (the teacher's backbone_weights), output stride 16
+    "lite0": {"backbone": efficientnet.NAME, "output_stride": 16, "aspp_channels": 128},
 }
 
 
@@ -77,27 +86,72 @@ def deeplab_config(preset: str = "small", num_classes: int = 11, **overrides) ->
     return DeepLabConfig(**{**DEEPLAB_PRESETS[preset], "num_classes": num_classes, **overrides})
 
 
-def normalise(images: Tensor) -> Tensor:
-    """(N, 3, H, W) uint8 or [0, 1] float -> ImageNet-normalised float."""
+def normalise(images: Tensor, mean: tuple = MEAN, std: tuple = STD) -> Tensor:
+    """(N, 3, H, W) uint8 or [0, 1] float -> normalised float (ImageNet statistics unless given)."""
     x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-    mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
+    mean = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
     return (x - mean) / std
 
 
-class DeepLabBack(nn.Module):
-    """DeepLabv3 after its first two layers: ResNet layers 2-4 and torchvision's ASPP head."""
+def make_backbone(config: DeepLabConfig) -> ResNetBackbone | efficientnet.EfficientNetLite:
+    if config.backbone == efficientnet.NAME:
+        return efficientnet.EfficientNetLite(config.output_stride)
+    return ResNetBackbone(config.backbone, config.base_channels, output_stride=config.output_stride)
 
-    def __init__(self, config: DeepLabConfig, backbone: ResNetBackbone):
+
+def feature_channels(config: DeepLabConfig) -> int:
+    """Channels of F (the first two layers' output, 1/4 of the input)."""
+    if config.backbone == efficientnet.NAME:
+        return efficientnet.LITE0_STAGES[efficientnet.FRONT_STAGES - 1][4]
+    return config.base_channels * (4 if config.backbone in ("resnet50", "resnet101") else 1)
+
+
+class LiteStem(nn.Module):
+    """EfficientNet-Lite's stem (its published names ``_conv_stem``, ``_bn0``)."""
+
+    def __init__(self, net: efficientnet.EfficientNetLite):
         super().__init__()
-        self.layer2, self.layer3, self.layer4 = backbone.layer2, backbone.layer3, backbone.layer4
+        self._conv_stem, self._bn0 = net._conv_stem, net._bn0
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu6(self._bn0(self._conv_stem(x)))
+
+
+class LiteTail(nn.Module):
+    """EfficientNet-Lite after its front: stages 3-7 and the 1280-channel head."""
+
+    def __init__(self, net: efficientnet.EfficientNetLite):
+        super().__init__()
+        self.blocks = nn.ModuleList(net._blocks[efficientnet.FRONT_BLOCKS:])
+        self._conv_head, self._bn1 = net._conv_head, net._bn1
+
+    def forward(self, x: Tensor) -> Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return F.relu6(self._bn1(self._conv_head(x)))
+
+
+class DeepLabBack(nn.Module):
+    """DeepLabv3 after its first two layers: ResNet layers 2-4 (or EfficientNet-Lite's tail), torchvision's ASPP head."""
+
+    def __init__(self, config: DeepLabConfig, backbone: ResNetBackbone | efficientnet.EfficientNetLite):
+        super().__init__()
+        if isinstance(backbone, efficientnet.EfficientNetLite):
+            self.tail = LiteTail(backbone)
+        else:
+            self.layer2, self.layer3, self.layer4 = backbone.layer2, backbone.layer3, backbone.layer4
         c = config.aspp_channels
         self.head = nn.Sequential(ASPP(backbone.out_channels, config.atrous_rates, c),
                                   nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(),
                                   nn.Conv2d(c, config.num_classes, 1))
 
     def forward(self, features: Tensor, size: tuple[int, int]) -> Tensor:
-        logits = self.head(self.layer4(self.layer3(self.layer2(features))))
+        if hasattr(self, "tail"):
+            features = self.tail(features)
+        else:
+            features = self.layer4(self.layer3(self.layer2(features)))
+        logits = self.head(features)
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
 
@@ -108,11 +162,33 @@ class DeepLabV3(nn.Module):
     def __init__(self, config: DeepLabConfig):
         super().__init__()
         self.config = config
-        backbone = ResNetBackbone(config.backbone, config.base_channels, output_stride=config.output_stride)
-        self.stem = nn.Sequential(backbone.conv1, backbone.bn1, backbone.relu, backbone.maxpool)
-        self.layer1 = backbone.layer1
+        backbone = make_backbone(config)
+        if isinstance(backbone, efficientnet.EfficientNetLite):
+            self.stem = LiteStem(backbone)
+            self.layer1 = nn.Sequential(*backbone._blocks[:efficientnet.FRONT_BLOCKS])
+        else:
+            self.stem = nn.Sequential(backbone.conv1, backbone.bn1, backbone.relu, backbone.maxpool)
+            self.layer1 = backbone.layer1
         self.back = DeepLabBack(config, backbone)
-        self.feature_channels = config.base_channels * (4 if config.backbone in ("resnet50", "resnet101") else 1)
+        self.feature_channels = feature_channels(config)
+
+    @property
+    def pixel_stats(self) -> tuple[tuple, tuple]:
+        """(mean, std) on [0, 1] that :func:`normalise` applies for this backbone."""
+        if self.config.backbone == efficientnet.NAME:
+            return efficientnet.PIXEL_MEAN, efficientnet.PIXEL_STD
+        return MEAN, STD
+
+    def load_backbone_weights(self, path) -> None:
+        """EfficientNet-Lite0's ImageNet weights (``semlic weights efficientnet_lite0``) into the backbone, in place."""
+        if self.config.backbone != efficientnet.NAME:
+            raise ConfigError(f"deeplabv3: ImageNet weights are read for the {efficientnet.NAME} backbone only, "
+                              f"this one is {self.config.backbone}")
+        view = efficientnet.EfficientNetLite(self.config.output_stride)   # the published layout over our modules
+        view._conv_stem, view._bn0 = self.stem._conv_stem, self.stem._bn0
+        view._blocks = nn.ModuleList([*self.layer1, *self.back.tail.blocks])
+        view._conv_head, view._bn1 = self.back.tail._conv_head, self.back.tail._bn1
+        efficientnet.load_efficientnet_backbone(view, path)
 
     def front(self, images: Tensor) -> Tensor:
         """The first two layers (stem, layer1): normalised images -> F_gt at 1/4."""
@@ -226,14 +302,13 @@ class LatentSegNet(nn.Module):
         super().__init__()
         self.config = config
         teacher_cfg = DeepLabConfig.from_dict(config.deeplab)
-        backbone = ResNetBackbone(teacher_cfg.backbone, teacher_cfg.base_channels,
-                                  output_stride=teacher_cfg.output_stride)
-        feature_channels = teacher_cfg.base_channels * (4 if teacher_cfg.backbone in ("resnet50", "resnet101") else 1)
+        backbone = make_backbone(teacher_cfg)
         self.gate = Gate(config.latent_channels, config.gate_hidden, config.tau, config.gate_bias) \
             if config.selection == "dynamic" else None
         self.register_buffer("static_channels", torch.tensor(config.channels, dtype=torch.long), persistent=False)
         inputs = len(config.channels) if config.selection == "static" else config.latent_channels
-        self.transform = transform_module(config.transform, inputs, config.transform_width, feature_channels)
+        self.transform = transform_module(config.transform, inputs, config.transform_width,
+                                          feature_channels(teacher_cfg))
         self.back = DeepLabBack(teacher_cfg, backbone)
         self.num_classes = teacher_cfg.num_classes
 

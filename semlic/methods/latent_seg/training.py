@@ -196,6 +196,7 @@ class TeacherTrainConfig:
     seed: int = 0
     checkpoint_every: int = 200
     log_every: int = 10
+    backbone_weights: str | None = None         # preset lite0: weights/efficientnet_lite0.safetensors (ImageNet)
 
     @classmethod
     def from_dict(cls, data: dict) -> "TeacherTrainConfig":
@@ -229,8 +230,10 @@ class TeacherTraining(TrainingTask):
         torch.manual_seed(cfg.seed)
         self.cfg, self.device = cfg, torch.device(device)
         self.memory_format = channels_last(self.device)
-        self.model = DeepLabV3(deeplab_config(cfg.preset, cfg.num_classes, **cfg.model)).to(
-            self.device, memory_format=self.memory_format)
+        model = DeepLabV3(deeplab_config(cfg.preset, cfg.num_classes, **cfg.model))
+        if cfg.backbone_weights:
+            model.load_backbone_weights(cfg.backbone_weights)
+        self.model = model.to(self.device, memory_format=self.memory_format)
         self.optimizer = adam(self.model.parameters(), lr=cfg.lr)
         self.images, self.labels = images, labels.long()
         self.per_epoch = max(1, math.ceil(len(images) / cfg.batch_size))
@@ -249,7 +252,7 @@ class TeacherTraining(TrainingTask):
         cfg = self.cfg
         idx = seeded_permutation_batch(cfg.seed, len(self.images), cfg.batch_size, iteration, self.per_epoch)
         x, y = _crop_pairs(self.images[idx], self.labels[idx], cfg.seed, iteration, cfg.crop, cfg.flip)
-        x = normalise(x.to(self.device)).contiguous(memory_format=self.memory_format)
+        x = normalise(x.to(self.device), *self.model.pixel_stats).contiguous(memory_format=self.memory_format)
         lr = step_lr(cfg.lr, iteration, self.total_iterations)
         _set_lr(self.optimizer, lr)
         self.model.train()
@@ -287,7 +290,7 @@ def latent_inputs(codec, teacher: DeepLabV3, images: torch.Tensor, labels: torch
         image = images[i:i + 1]
         x = pad(to_unit(image))
         ys.append(torch.round(codec.g_a(x)))
-        features.append(teacher.front(normalise(pad(image))))
+        features.append(teacher.front(normalise(pad(image), *teacher.pixel_stats)))
         if labels is not None:
             label = labels[i:i + 1].long()
             padded_labels.append(F.pad(label, (0, x.shape[-1] - label.shape[-1], 0, x.shape[-2] - label.shape[-2]),

@@ -14,8 +14,10 @@ says how far it got).
   needed and the two trainings are independent). Each sample takes a QP, each batch a factor
   of ``factors``, both seeded by the iteration; small images are downsampled exactly as the
   codec does. Loss -log D2(in, G(in)) + ``lambda_l1`` (100) * L1 + ``lambda_vgg`` (100) * VGG
-  (relu5_4 of VGG19, mean squared feature difference as in SRGAN's VGG5,4; local weights only:
-  without them the term is off with a warning).
+  (relu5_4 of VGG19, mean squared feature difference as in SRGAN's VGG5,4; with the VGG16 weights
+  the package index ships, ``semlic weights lpips_vgg``, its relu5_3; local weights only: by
+  default (``vgg_weights: auto``) weights/lpips_vgg.safetensors when it exists, else the term is
+  off with a warning).
 * Adam, lr 2e-4 (the paper's fixed rate), beta1 0.9 (the paper's "momentum 0.9"); images
   256x256 in [-1, 1]; batches, crops, flips, QPs and factors are functions of (seed, iteration).
 """
@@ -43,7 +45,7 @@ from .networks import RecNet, SSNet, d1, d2, gan_loss, recnet_config, ssnet_conf
 
 SSNET_FILE, RECNET_FILE = "smic_ssnet.safetensors", "smic_recnet.safetensors"
 RESUME_FREE = ("checkpoint_every", "log_every", "minutes")
-RELU5_4 = 35   # torchvision VGG19 ``features`` index of relu5_4
+RELU5_4 = "relu5_4"   # SRGAN's VGG5,4 (VGG16 weights: its counterpart relu5_3)
 
 
 @dataclass
@@ -83,7 +85,7 @@ class RecNetTrainConfig:
     beta1: float = 0.9
     lambda_l1: float = 100.0
     lambda_vgg: float = 100.0
-    vgg_weights: str | None = None   # local VGG19 weights; None: the VGG term is off (warning)
+    vgg_weights: str | None = "auto"  # auto: weights/lpips_vgg.safetensors if present; a file; None: off
     gan: bool = True
     d_width: float = 1.0
     factors: tuple = FACTORS         # the downsampling factors one Rec-Net serves
