@@ -91,14 +91,17 @@ def run(name: str, args) -> dict:
            "s_per_step": round(wall / max(summary["step"], 1), 3),
            "params_m": round(sum(p.numel() for p in net.parameters()) / 1e6, 3)}
     for split in ("val", "test"):
-        scores = evaluate_segnet(net, args.prepared, split, torch.device("cpu"))
-        row[f"{split}_miou"] = round(scores["miou"], 4)
-        row[f"{split}_pixel_accuracy"] = round(scores["pixel_accuracy"], 4)
-        if split == "test":
-            row.update({f"iou_{c}": None if v is None else round(v, 4)
-                        for c, v in zip(CLASSES, scores["per_class_iou"])})
+        add_scores(row, split, evaluate_segnet(net, args.prepared, split, torch.device("cpu")))
     print(row, flush=True)
     return row
+
+
+def add_scores(row: dict, split: str, scores: dict) -> None:
+    """mIoU and pixel accuracy of ``split`` into ``row`` (and the per-class IoU of test)."""
+    row[f"{split}_miou"] = round(scores["miou"], 4)
+    row[f"{split}_pixel_accuracy"] = round(scores["pixel_accuracy"], 4)
+    if split == "test":
+        row.update({f"iou_{c}": None if v is None else round(v, 4) for c, v in zip(CLASSES, scores["per_class_iou"])})
 
 
 def run_deeplab(name: str, args) -> dict:
@@ -138,12 +141,7 @@ def run_deeplab(name: str, args) -> dict:
             labels = torch.from_numpy(load_label_map(sample.label_path).astype(np.int64))
             predicted = torch.from_numpy(teacher_labels(teacher, load_image(sample.image_path)).astype(np.int64))
             confusion += confusion_matrix(predicted[None], labels[None], 11, 255)
-        scores = scores_from_confusion(confusion).to_dict()
-        row[f"{split}_miou"] = round(scores["miou"], 4)
-        row[f"{split}_pixel_accuracy"] = round(scores["pixel_accuracy"], 4)
-        if split == "test":
-            row.update({f"iou_{c}": None if v is None else round(v, 4)
-                        for c, v in zip(CLASSES, scores["per_class_iou"])})
+        add_scores(row, split, scores_from_confusion(confusion).to_dict())
     print(row, flush=True)
     return row
 
