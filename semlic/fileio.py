@@ -10,6 +10,7 @@ stay stable) and writes them with it.
 from __future__ import annotations
 
 import io
+import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -56,3 +57,12 @@ def parquet_bytes(data: "pd.DataFrame | pa.Table", schema: "pa.Schema | None" = 
 def write_parquet(data: "pd.DataFrame | pa.Table", path: str | os.PathLike, schema: "pa.Schema | None" = None) -> Path:
     """Write a DataFrame or table as Parquet, atomically, the same data giving the same bytes."""
     return atomic_write_bytes(path, parquet_bytes(data, schema))
+
+
+def canonical_safetensors(blob: bytes) -> bytes:
+    """The same safetensors file with its JSON header's keys sorted: the same weights give the same bytes
+    (safetensors writes the metadata in hash order, which changes from one process to the next)."""
+    length = int.from_bytes(blob[:8], "little")
+    header = json.dumps(json.loads(blob[8: 8 + length]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)
+    return len(header).to_bytes(8, "little") + header + blob[8 + length:]

