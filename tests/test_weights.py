@@ -42,6 +42,27 @@ def test_missing_files_are_converted_then_kept(fake, tmp_path):
     assert staged == manifest and fake["convert"] == 1 and (tmp_path / "staging" / "fake.bin").is_file()
 
 
+def test_a_registered_file_not_asked_for_is_kept_when_it_loads(fake, monkeypatch, tmp_path):
+    """The stage lists fewer files than `make weights` fetched: the others stay (never converted)."""
+    weights.fetch_weights(["fake"], tmp_path / "w")
+
+    def check(path):
+        if path.read_bytes() != b"ok":
+            raise errors.CheckpointError(f"{path} is not the other weights")
+
+    other = weights.Weights(name="other", filename="other.bin", description="other", convert=None, check=check,
+                            how="semlic convert-other")
+    monkeypatch.setitem(weights.WEIGHTS, "other", lambda: other)
+    (tmp_path / "w" / "other.bin").write_bytes(b"ok")
+    for name in set(weights.WEIGHTS) - {"fake", "other"}:
+        monkeypatch.delitem(weights.WEIGHTS, name)
+    staged = weights.fetch_weights(["fake"], tmp_path / "staging", keep_from=tmp_path / "w")
+    assert staged["other"]["listed"] is False and (tmp_path / "staging" / "other.bin").read_bytes() == b"ok"
+    (tmp_path / "w" / "other.bin").write_bytes(b"truncated")                  # one that does not load: left out
+    staged = weights.fetch_weights(["fake"], tmp_path / "again", keep_from=tmp_path / "w")
+    assert "other" not in staged and not (tmp_path / "again" / "other.bin").exists() and fake["convert"] == 1
+
+
 def test_a_file_that_does_not_load_is_converted_again(fake, tmp_path):
     (tmp_path / "fake.bin").write_bytes(b"truncated")
     weights.fetch_weights(["fake"], tmp_path)
