@@ -46,6 +46,45 @@ def test_ssnet_is_figure_2():
     np.testing.assert_array_equal(net.labels(net.draw(labels).float() / 127.5 - 1), [[[0, 3], [10, 11]]])
 
 
+def lite0_weights(path, seed: int = 0):
+    """A weights file in the converted EfficientNet-Lite0 layout (random values), as `semlic weights` writes it."""
+    from safetensors.torch import save_file
+
+    from semlic.segnet import efficientnet
+
+    torch.manual_seed(seed)
+    state = efficientnet.EfficientNetLite(num_classes=1000).state_dict()
+    save_file(state, str(path), metadata={"format": efficientnet.FORMAT, "model": efficientnet.NAME})
+    return state
+
+
+def test_ssnet_with_an_efficientnet_encoder(tmp_path, prepared):
+    """The paper's generator after EfficientNet-Lite0's stem and stages 1-2 (ImageNet weights loadable); the
+    paper's SS-Net keeps its layout (its files load as before)."""
+    paper = networks.SSNet(networks.ssnet_config("small", 11))
+    assert paper.encoder is None and paper.state_dict()["net.0.weight"].shape == (32, 3, 7, 7)
+    net = networks.SSNet(networks.ssnet_config("small", 11, encoder="efficientnet_lite0"))
+    x = torch.rand(2, 3, 64, 96) * 2 - 1
+    assert net(x).shape == x.shape and net.encoder(x).shape == (2, 24, 16, 24)
+    assert not any(isinstance(m, nn.Conv2d) and m.kernel_size == (7, 7) and m.in_channels == 3 for m in net.modules())
+    state = lite0_weights(tmp_path / "lite0.safetensors")
+    net.load_encoder_weights(tmp_path / "lite0.safetensors")
+    assert torch.equal(net.encoder._blocks[2]._depthwise_conv.weight, state["_blocks.2._depthwise_conv.weight"])
+    assert torch.equal(net.encoder._conv_stem.weight, state["_conv_stem.weight"])
+    with pytest.raises(errors.ConfigError, match="encoder"):
+        paper.load_encoder_weights(tmp_path / "lite0.safetensors")
+    with pytest.raises(errors.ConfigError, match="encoder must be one of"):
+        networks.ssnet_config("small", 11, encoder="vgg")
+    with pytest.raises(errors.CheckpointError, match="semlic weights efficientnet_lite0"):
+        net.load_encoder_weights(tmp_path / "missing.safetensors")
+    # trained from the weights: the model file names the encoder and loads as it was
+    result = train_ssnet({**SS, "iterations": 2, "model": {"encoder": "efficientnet_lite0"},
+                          "encoder_weights": str(tmp_path / "lite0.safetensors")}, prepared, tmp_path / "s",
+                         progress=False)
+    loaded = load_model(result.model_path)
+    assert loaded.config.encoder == "efficientnet_lite0" and loaded.encoder is not None
+
+
 @pytest.mark.parametrize("make, table, in_channels", [(networks.d1, networks.D1_LAYERS, 6),
                                                       (networks.d2, networks.D2_LAYERS, 10)])
 def test_discriminators_are_table_1(make, table, in_channels):

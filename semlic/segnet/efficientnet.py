@@ -201,6 +201,33 @@ class EfficientNetLite(nn.Module):
 
 
 # --- the published weights -----------------------------------------------------------------------
+class LiteFront(nn.Module):
+    """EfficientNet-Lite0's stem and stages 1-2 alone (24 channels at 1/4; :meth:`EfficientNetLite.front`),
+    under the published names, for a network that wants ImageNet features only at its input."""
+
+    def __init__(self):
+        super().__init__()
+        net = EfficientNetLite(head=False)
+        self._conv_stem, self._bn0 = net._conv_stem, net._bn0
+        self._blocks = nn.ModuleList(net._blocks[:FRONT_BLOCKS])
+        self.out_channels = net.front_channels
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Normalised N x 3 x H x W -> N x 24 x H/4 x W/4."""
+        x = F.relu6(self._bn0(self._conv_stem(images)))
+        for block in self._blocks:
+            x = block(x)
+        return x
+
+    def load_weights(self, path: str | os.PathLike | None = None) -> None:
+        """The ImageNet weights of these layers (the rest of the file is not used), in place."""
+        from ..model_files import assign_state
+
+        own = tuple(self.state_dict())
+        state = {k: v for k, v in load_efficientnet_state(path).items() if k in own}
+        assign_state(self, state, str(path or DEFAULT_WEIGHTS))
+
+
 def _canonical(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return {key: value.contiguous() for key, value in sorted(state.items())}
 

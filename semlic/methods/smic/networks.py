@@ -8,7 +8,10 @@ Generative Adversarial Network", PRCV 2020): SS-Net, Rec-Net and their discrimin
   pix2pixHD generators it follows. The class palette (K classes and, last, the void colour)
   is a buffer of the network, so the model file carries it and its fingerprint covers it;
   :meth:`SSNet.snap` turns a drawn map into the nearest palette colour per pixel, :meth:`labels`
-  into class indices.
+  into class indices. ``encoder: efficientnet_lite0`` (not the paper's) replaces the first three
+  convolutions with EfficientNet-Lite0's stem and stages 1-2 (24 channels at 1/4, the same
+  resolution, ImageNet weights loadable: :meth:`SSNet.load_encoder_weights`) and a 1x1 convolution
+  to the residual blocks' 4 x ``ngf`` channels; the rest is the paper's generator.
 * **Rec-Net** (Fig. 3), model ``smic_recnet``: U-Net on cat(up(small image), decoded map,
   factor plane) (N, 7, H, W) -> image (N, 3, H, W). 3x3 convs, a residual block at every level,
   BatchNorm + LeakyReLU 0.2 except on the first and the last convolution, skips concatenated,
@@ -34,8 +37,10 @@ from ...config_files import dataclass_from_dict
 from ...errors import ConfigError
 from ...model_files import register_model
 from ...nn.blocks import init_weights, norm_layer
+from ...segnet import efficientnet
 
 VOID_COLOUR = (0, 0, 0)
+ENCODERS = ("paper", efficientnet.NAME)
 # Table 1: (output channels, stride) of each 4x4 convolution before the last (1 channel, stride 1).
 D1_LAYERS = ((64, 2), (128, 2), (256, 2), (256, 1))
 D2_LAYERS = ((64, 2), (128, 2), (256, 2), (512, 2), (512, 2), (512, 1))
@@ -56,6 +61,7 @@ class SSNetConfig:
     palette: tuple = ()            # K RGB triplets; empty: default_palette(K)
     ngf: int = 60                  # the paper's 60-channel first layer
     n_blocks: int = 6
+    encoder: str = "paper"         # paper | efficientnet_lite0 (module docstring)
 
     def __post_init__(self) -> None:
         palette = tuple(tuple(int(v) for v in c) for c in (self.palette or default_palette(self.num_classes)))
@@ -64,6 +70,8 @@ class SSNetConfig:
             raise ConfigError(f"SS-Net config: num_classes 2..254 with one palette colour each, ngf >= 1, "
                               f"n_blocks >= 0; found {self.num_classes}, {len(palette)} colours, {self.ngf}, "
                               f"{self.n_blocks}")
+        if self.encoder not in ENCODERS:
+            raise ConfigError(f"SS-Net config: encoder must be one of {', '.join(ENCODERS)}, found {self.encoder!r}")
         if len(set(palette) | {VOID_COLOUR}) != self.num_classes + 1 or any(not 0 <= v <= 255 for c in palette for v in c):
             raise ConfigError("SS-Net config: palette colours must be distinct RGB triplets in 0..255, none black "
                               "(black is the void colour)")
@@ -148,9 +156,15 @@ class SSNet(nn.Module):
         self.config = config
         c = config.ngf
         act = nn.ReLU(True)
-        layers: list[nn.Module] = [nn.Conv2d(3, c, 7, padding=3, padding_mode="reflect"), norm_layer(c, "instance"), act,
-                                   nn.Conv2d(c, 2 * c, 3, 2, 1), norm_layer(2 * c, "instance"), act,
-                                   nn.Conv2d(2 * c, 4 * c, 3, 2, 1), norm_layer(4 * c, "instance"), act]
+        layers: list[nn.Module] = []
+        self.encoder = None
+        if config.encoder == "paper":
+            layers += [nn.Conv2d(3, c, 7, padding=3, padding_mode="reflect"), norm_layer(c, "instance"), act,
+                       nn.Conv2d(c, 2 * c, 3, 2, 1), norm_layer(2 * c, "instance"), act,
+                       nn.Conv2d(2 * c, 4 * c, 3, 2, 1), norm_layer(4 * c, "instance"), act]
+        else:
+            self.encoder = efficientnet.LiteFront()
+            layers += [nn.Conv2d(self.encoder.out_channels, 4 * c, 1), norm_layer(4 * c, "instance"), act]
         layers += [ResidualBlock(4 * c, "instance", act) for _ in range(config.n_blocks)]
         layers += [nn.ConvTranspose2d(4 * c, 2 * c, 3, 2, 1, output_padding=1), norm_layer(2 * c, "instance"), act,
                    nn.ConvTranspose2d(2 * c, c, 3, 2, 1, output_padding=1), norm_layer(c, "instance"), act,
@@ -158,10 +172,19 @@ class SSNet(nn.Module):
         self.net = nn.Sequential(*layers)
         palette = torch.tensor(list(config.palette) + [list(VOID_COLOUR)], dtype=torch.uint8)
         self.register_buffer("palette", palette)      # (K + 1, 3): the classes, then void
-        init_weights(self)
+        init_weights(self.net)   # pix2pixHD's; the encoder keeps EfficientNet's (or loads ImageNet's)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if self.encoder is not None:   # [-1, 1] -> EfficientNet's (x - 127) / 128 on 0..255
+            image = self.encoder((image + 1) * (127.5 / 128) - 127 / 128)
         return self.net(image)
+
+    def load_encoder_weights(self, path=None) -> None:
+        """EfficientNet-Lite0's ImageNet weights (``semlic weights efficientnet_lite0``) into the encoder, in place."""
+        if self.encoder is None:
+            raise ConfigError(f"SS-Net: ImageNet weights are read for encoder {efficientnet.NAME} only, this one is "
+                              f"{self.config.encoder!r}")
+        self.encoder.load_weights(path)
 
     def _distances(self, drawn: torch.Tensor) -> torch.Tensor:
         """(N, K + 1, H, W) squared distances of each pixel's colour (0..255) to each palette colour."""

@@ -67,6 +67,7 @@ class SSNetTrainConfig:
     checkpoint_every: int = 200
     log_every: int = 10
     amp: bool = True                 # bf16 autocast on CUDA and on CPUs with native bf16
+    encoder_weights: str | None = None   # model.encoder efficientnet_lite0: its ImageNet weights (weights/...)
 
     @classmethod
     def from_dict(cls, data: dict) -> "SSNetTrainConfig":
@@ -190,6 +191,8 @@ class SSNetTraining(_GANTask):
     def __init__(self, cfg: SSNetTrainConfig, images: torch.Tensor, labels: torch.Tensor, device: str):
         torch.manual_seed(cfg.seed)
         generator = SSNet(ssnet_config(cfg.preset, cfg.num_classes, **cfg.model))
+        if cfg.encoder_weights:
+            generator.load_encoder_weights(cfg.encoder_weights)
         self._setup(cfg, generator, d1(cfg.d_width) if cfg.gan else None, device, len(images))
         if cfg.crop is not None and (cfg.crop % SSNet.multiple or cfg.crop > min(images.shape[-2:])):
             raise ConfigError(f"SS-Net crop {cfg.crop} must be a multiple of 4 and at most {min(images.shape[-2:])}")
