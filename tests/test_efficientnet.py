@@ -70,6 +70,14 @@ def test_pspnet_with_the_lite0_preset():
     logits, aux = model(torch.rand(2, 3, 96, 128))
     assert tuple(logits.shape) == tuple(aux.shape) == (2, 11, 96, 128)
     assert model.config.pixel_mean == eff.PIXEL_MEAN and model.config.pixel_std == eff.PIXEL_STD
+    # a config that names the backbone alone (a params file) gets the backbone's input scaling; files keep theirs
+    from semlic.segnet.pspnet import IMAGENET_MEAN, IMAGENET_STD, PSPNetConfig
+
+    named = PSPNetConfig.from_dict({"num_classes": 11, "backbone": "efficientnet_lite0", "output_stride": 16})
+    assert (named.pixel_mean, named.pixel_std) == (eff.PIXEL_MEAN, eff.PIXEL_STD)
+    resnet = PSPNetConfig.from_dict({"num_classes": 11, "backbone": "resnet18"})
+    assert (resnet.pixel_mean, resnet.pixel_std) == (IMAGENET_MEAN, IMAGENET_STD)
+    assert PSPNetConfig.from_dict(resnet.to_dict()).to_dict() == resnet.to_dict()
     with pytest.raises(errors.ConfigError, match="deep_stem"):
         pspnet_config("lite0", 11, deep_stem=True)
 

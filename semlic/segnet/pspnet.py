@@ -32,7 +32,7 @@ block of layer3/layer4 too (``uniform_dilation``).
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -75,10 +75,15 @@ class PSPNetConfig:
     skip_channels: int = 0
     ignore_index: int = 255
     align_corners: bool = False
-    pixel_mean: tuple[float, float, float] = field(default=IMAGENET_MEAN)
-    pixel_std: tuple[float, float, float] = field(default=IMAGENET_STD)
+    pixel_mean: tuple[float, float, float] | None = None   # None: the backbone's (ImageNet's; EfficientNet's
+    pixel_std: tuple[float, float, float] | None = None    # (x - 127) / 128 on 0..255)
 
     def __post_init__(self) -> None:
+        lite = self.backbone == EFFICIENTNET
+        if self.pixel_mean is None:
+            object.__setattr__(self, "pixel_mean", LITE_MEAN if lite else IMAGENET_MEAN)
+        if self.pixel_std is None:
+            object.__setattr__(self, "pixel_std", LITE_STD if lite else IMAGENET_STD)
         for name in ("ppm_bins", "pixel_mean", "pixel_std"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         problems = []
@@ -166,8 +171,7 @@ PRESETS = {
     "tiny": dict(backbone="resnet18", base_channels=8, head_channels=32, aux_channels=16, ppm_channels=8),
     # EfficientNet-Lite0 (ImageNet weights: train with backbone_weights = weights/efficientnet_lite0.safetensors)
     # output stride 16 as DeepLabv3's MobileNet variants: at 8 its dilated depthwise stages cost 3-5x more on a CPU
-    "lite0": dict(backbone=EFFICIENTNET, output_stride=16, head_channels=128, aux_channels=64, ppm_channels=64,
-                  pixel_mean=LITE_MEAN, pixel_std=LITE_STD),
+    "lite0": dict(backbone=EFFICIENTNET, output_stride=16, head_channels=128, aux_channels=64, ppm_channels=64),
 }
 
 
