@@ -17,9 +17,17 @@ CPU; then each is scored on CamVid val and test at native size (mIoU from the su
 * ``lite0_imagenet``: the same, its backbone from weights/efficientnet_lite0.safetensors;
 * ``lite0_imagenet_balanced``: the same with median-frequency class weights (``class_weights``);
 * ``lite0_imagenet_skip``: ``lite0_imagenet`` with the 1/4-resolution skip decoder (``skip_channels`` 32);
+* ``lite0_imagenet_skip_balanced``: both (the skip decoder and the class weights);
 * ``deeplab_small_scratch``: the compressed-domain system's DeepLabv3 teacher today (preset ``small``,
   dilated ResNet-18 at half width, output stride 8, random init; its own recipe, Adam);
-* ``deeplab_lite0_imagenet``: the teacher's preset ``lite0`` (EfficientNet-Lite0, output stride 16), ImageNet.
+* ``deeplab_lite0_imagenet``: the teacher's preset ``lite0`` (EfficientNet-Lite0, output stride 16), ImageNet;
+* ``ssnet_paper``: SMIC's SS-Net (preset ``small``, the paper's generator; reports/smic/train_smic.yaml's
+  recipe), scored on the map it draws (a pixel painted void counts as wrong);
+* ``ssnet_lite0_imagenet``: the same generator with EfficientNet-Lite0's stem and stages 1-2 as its
+  encoder (``model.encoder``), ImageNet weights (``encoder_weights``).
+
+``--threads N`` sets torch's threads: two settings may run side by side as two processes with
+``--threads 1`` and their own ``--out`` (the report says how each ran).
 
 Trains into ``WORK/<setting>/`` (resumable: a rerun continues); writes ``OUT/results.csv`` (one row per
 setting: steps, s/step, val/test mIoU and pixel accuracy,
@@ -46,9 +54,15 @@ SETTINGS = {
                             "iterations_per_minute": 75, "weights": True},
     "lite0_imagenet_balanced": {"preset": "lite0", "model": dict(output_stride=16), "iterations_per_minute": 85,
                                 "weights": True, "class_weights": "median_frequency"},
+    "lite0_imagenet_skip_balanced": {"preset": "lite0", "model": dict(output_stride=16, skip_channels=32),
+                                     "iterations_per_minute": 75, "weights": True,
+                                     "class_weights": "median_frequency"},
     # the compressed-domain system's teacher (DeepLabv3, Adam 1e-3 -> 1e-4 for the last quarter, its own recipe)
     "deeplab_small_scratch": {"kind": "deeplabv3", "preset": "small", "iterations_per_minute": 100},
     "deeplab_lite0_imagenet": {"kind": "deeplabv3", "preset": "lite0", "iterations_per_minute": 85, "weights": True},
+    # SMIC's SS-Net (preset small, reports/smic's recipe: Adam 2e-4, L1 x100 + its GAN, batch 4, crops of 128)
+    "ssnet_paper": {"kind": "ssnet", "model": {}},
+    "ssnet_lite0_imagenet": {"kind": "ssnet", "model": {"encoder": "efficientnet_lite0"}, "weights": True},
 }
 CLASSES = ("sky", "building", "pole", "road", "sidewalk", "tree", "sign", "fence", "car", "pedestrian", "bicyclist")
 
@@ -63,6 +77,8 @@ def cpu_name() -> str:
 def run(name: str, args) -> dict:
     if SETTINGS[name].get("kind") == "deeplabv3":
         return run_deeplab(name, args)
+    if SETTINGS[name].get("kind") == "ssnet":
+        return run_ssnet(name, args)
     import torch
 
     from semlic.segnet.evaluate import evaluate_segnet
@@ -84,7 +100,7 @@ def run(name: str, args) -> dict:
     summary = train_segnet(config, args.prepared, out, progress=False)
     wall = time.perf_counter() - started
     net = load_model(summary["model_path"], "cpu", expect="pspnet")
-    row = {"setting": name, "backbone": model["backbone"], "output_stride": model["output_stride"],
+    row = {"setting": name, "threads": torch.get_num_threads(), "backbone": model["backbone"], "output_stride": model["output_stride"],
            "imagenet": bool(setting.get("weights")), "class_weights": setting.get("class_weights") or "-",
            "minutes": args.minutes, "steps": summary["step"],
            "planned_steps": summary["total_steps"], "train_s": round(wall, 1),
@@ -129,7 +145,7 @@ def run_deeplab(name: str, args) -> dict:
     wall = time.perf_counter() - started
     teacher = load_model(out / TEACHER_FILE, "cpu", expect="deeplabv3").eval()
     model = deeplab_config(setting["preset"], 11)
-    row = {"setting": name, "backbone": model.backbone, "output_stride": model.output_stride,
+    row = {"setting": name, "threads": torch.get_num_threads(), "backbone": model.backbone, "output_stride": model.output_stride,
            "imagenet": bool(setting.get("weights")), "class_weights": "-", "minutes": args.minutes,
            "steps": summary["iteration"],
            "planned_steps": summary["total_iterations"], "train_s": round(wall, 1),
@@ -146,23 +162,73 @@ def run_deeplab(name: str, args) -> dict:
     return row
 
 
+def run_ssnet(name: str, args) -> dict:
+    import numpy as np
+    import torch
+
+    from semlic.imageio import load_image, load_label_map
+    from semlic.methods.smic.codec import draw_map
+    from semlic.methods.smic.training import SSNET_FILE, train_ssnet
+    from semlic.model_files import load_model
+    from semlic.segnet.prepared import list_prepared
+
+    setting = SETTINGS[name]
+    config = {"preset": "small", "model": setting["model"], "num_classes": 11, "iterations": 100000,
+              "minutes": args.minutes, "batch_size": 4, "crop": 128, "seed": args.seed, "checkpoint_every": 500,
+              "log_every": 10}
+    if setting.get("weights"):
+        config["encoder_weights"] = str(Path(args.weights) / "efficientnet_lite0.safetensors")
+    out = Path(args.work) / name
+    started = time.perf_counter()
+    summary = train_ssnet(config, args.prepared, out, progress=False)
+    wall = time.perf_counter() - started
+    ssnet = load_model(out / SSNET_FILE, "cpu", expect="smic_ssnet").eval()
+    row = {"setting": name, "threads": torch.get_num_threads(), "backbone": f"ssnet_small/{ssnet.config.encoder}", "output_stride": 4,
+           "imagenet": bool(setting.get("weights")), "class_weights": "-", "minutes": args.minutes,
+           "steps": summary.iteration, "planned_steps": summary.total_iterations, "train_s": round(wall, 1),
+           "s_per_step": round(wall / max(summary.iteration, 1), 3),
+           "params_m": round(sum(p.numel() for p in ssnet.parameters()) / 1e6, 3)}
+    k = 11
+    for split in ("val", "test"):
+        # rows: true class (void ignored); columns: the class SS-Net paints, k = void (always wrong)
+        confusion = np.zeros((k, k + 1), np.int64)
+        for sample in list_prepared(args.prepared, split)[: args.eval_limit]:
+            drawn = draw_map(ssnet, load_image(sample.image_path))
+            predicted = ssnet.labels(torch.from_numpy(drawn).permute(2, 0, 1)[None].float() / 127.5 - 1)[0].numpy()
+            truth = load_label_map(sample.label_path)
+            valid = truth < k
+            confusion += np.bincount(truth[valid].astype(np.int64) * (k + 1) + predicted[valid],
+                                     minlength=k * (k + 1)).reshape(k, k + 1)
+        tp = np.diag(confusion[:, :k]).astype(float)
+        union = confusion.sum(1) + confusion[:, :k].sum(0) - tp
+        present = confusion.sum(1) > 0
+        iou = [float(t / u) if p else None for t, u, p in zip(tp, union, present)]
+        add_scores(row, split, {"miou": float(np.mean(tp[present] / union[present])),
+                                "pixel_accuracy": float(tp.sum() / confusion.sum()), "per_class_iou": iou})
+    print(row, flush=True)
+    return row
+
+
 def report(rows: pd.DataFrame, args) -> str:
     lines = [
         "# Segmenters on CamVid within one CPU budget: ImageNet EfficientNet-Lite0 against training from scratch", "",
         "Commands (in order; each adds the settings it names):", "",
         *[f"    {line}" for line in (Path(args.out) / "commands.txt").read_text().splitlines()], "",
-        f"Machine: {cpu_name()}, {os.cpu_count()} cores; every setting trained alone for at most its budget of "
-        "wall time (the model written when the budget ran out) on CamVid train at 240x320, batch 8, crops of 192, "
-        f"seed {args.seed}: PSPNet with its recipe (SGD 0.01, head x10, poly, scale 0.75-1.75), the DeepLabv3 "
-        "teacher with its own (Adam 1e-3, x0.1 for the last quarter, no rescaling); scored at native size "
-        "(480x360; mIoU from the summed confusion matrix, 11 classes).", "",
-        "| setting | backbone | OS | ImageNet | class weights | minutes | steps (planned) | s/step | params (M) "
-        "| val mIoU | test mIoU | test pixel acc. |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"Machine: {cpu_name()}, {os.cpu_count()} cores; each setting trained for at most its budget of wall time "
+        "(the model written when the budget ran out) on CamVid train at 240x320, alone on the machine with the "
+        "torch threads of its `threads` column (two 1-thread settings ran side by side, one core each), "
+        f"seed {args.seed}: PSPNet with its recipe (SGD 0.01, head x10, poly, batch 8, crops of 192, scale "
+        "0.75-1.75), the DeepLabv3 teacher with its own (Adam 1e-3, x0.1 for the last quarter, batch 8, crops of "
+        "192, no rescaling), SS-Net with SMIC's (Adam 2e-4, L1 x100 + its GAN, batch 4, crops of 128); scored at "
+        "native size (480x360; mIoU from the summed confusion matrix, 11 classes).", "",
+        "| setting | backbone | OS | ImageNet | class weights | minutes | threads | steps (planned) | s/step "
+        "| params (M) | val mIoU | test mIoU | test pixel acc. |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows.itertuples():
         lines.append(f"| {r.setting} | {r.backbone} | {r.output_stride} | {'yes' if r.imagenet else 'no'} | "
-                     f"{r.class_weights} | {r.minutes:g} | {r.steps} ({r.planned_steps}) | {r.s_per_step:.3f} | "
+                     f"{r.class_weights} | {r.minutes:g} | {r.threads:g} | {r.steps} ({r.planned_steps}) | "
+                     f"{r.s_per_step:.3f} | "
                      f"{r.params_m:.2f} | {r.val_miou:.3f} | {r.test_miou:.3f} | {r.test_pixel_accuracy:.3f} |")
     lines += ["", "Test IoU per class:", "", "| setting | " + " | ".join(CLASSES) + " |",
               "|---|" + "---|" * len(CLASSES)]
@@ -182,13 +248,20 @@ def main(argv=None) -> int:
     parser.add_argument("--only", nargs="*", choices=sorted(SETTINGS), help="settings to run (default: all)")
     parser.add_argument("--out", default="reports/segnet_pretrained", help="results.csv and report.md")
     parser.add_argument("--work", default="data/segnet_pretrained", help="training folders (models, logs)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's, every core)")
     args = parser.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table = out / "results.csv"
     rows = pd.read_csv(table) if table.is_file() else pd.DataFrame()
     if len(rows):
         rows["class_weights"] = rows["class_weights"].fillna("-") if "class_weights" in rows else "-"
+        # rows from before the column ran with torch's default threads: every core of the 2-core machine
+        rows["threads"] = rows["threads"].fillna(2) if "threads" in rows else 2
     for name in args.only or list(SETTINGS):
         if len(rows) and name in set(rows["setting"]):
             continue
