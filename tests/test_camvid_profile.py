@@ -148,7 +148,10 @@ def test_the_camvid_profile_runs_end_to_end_with_tiny_budgets(tmp_path):
         shutil.copytree(REPO / name, project / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("params.yaml", "dvc.yaml", ".dvcignore"):
         shutil.copy(REPO / name, project / name)
-    # no weights/ and no package index (the profile codes without LPIPS): the weights stage must not need one
+    # no package index and no LPIPS (the profile codes without it): the weights stage must not need one.
+    # The lite0 presets need ImageNet weights: a stand-in file in the published layout (random values) is
+    # what `make weights` would have put there, and the stage keeps it offline
+    stand_in_efficientnet(project / "weights" / "efficientnet_lite0.safetensors")
     env = stage_env(project, PYTHONPATH=str(project), GIT_AUTHOR_NAME="semlic", GIT_AUTHOR_EMAIL="semlic@localhost",
                     GIT_COMMITTER_NAME="semlic", GIT_COMMITTER_EMAIL="semlic@localhost", PIP_NO_INDEX="1")
     dvc = str(Path(PYTHON).parent / "dvc")
@@ -183,7 +186,10 @@ def test_the_camvid_profile_runs_end_to_end_with_tiny_budgets(tmp_path):
     for name, lambdas in (("dsslic_rd", [0.0005, 0.002, 0.008]), ("dsslic_rd_lossy", [0.002]),
                           ("dsslic_rd_derived", [0.002])):   # a bank per map, its lambdas merged
         assert json_value(read_metadata(models / "dsslic_rd" / f"{name}.safetensors")["lambdas"]) == lambdas
-    assert json_value(read_metadata(models / "segnet" / "segnet.safetensors")["iterations"]) == 3
+    segnet = read_metadata(models / "segnet" / "segnet.safetensors")
+    assert json_value(segnet["iterations"]) == 3 and json_value(segnet["config"])["backbone"] == "efficientnet_lite0"
+    manifest = json_value((project / "weights" / "manifest.json").read_text())
+    assert "sha256" in manifest["efficientnet_lite0"] and "missing" in manifest["lpips_alex"]   # kept; none offline
     params = yaml.safe_load((project / "params.yaml").read_text())
     assert params["base"]["dataset"] == "camvid" and params["train_dsslic"]["minutes"] == 12   # the experiment's
     listed = subprocess.run([dvc, "exp", "list", "--all-commits"], cwd=project, env=env, capture_output=True, text=True)
@@ -214,6 +220,18 @@ def test_the_camvid_profile_runs_end_to_end_with_tiny_budgets(tmp_path):
     again = run_report(tmp_path / "again", rows=report / "rows.parquet")
     assert again["answer"] == summary["answer"]
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "again" / "bd.csv"), pd.read_csv(report / "bd.csv"))
+
+
+def stand_in_efficientnet(path: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    from semlic.segnet import efficientnet
+
+    torch.manual_seed(0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(efficientnet.EfficientNetLite(num_classes=1000).state_dict(), str(path),
+              metadata={"format": efficientnet.FORMAT, "model": efficientnet.NAME})
 
 
 def json_value(text: str):
