@@ -100,16 +100,25 @@ def run(name: str, args) -> dict:
     summary = train_segnet(config, args.prepared, out, progress=False)
     wall = time.perf_counter() - started
     net = load_model(summary["model_path"], "cpu", expect="pspnet")
-    row = {"setting": name, "threads": torch.get_num_threads(), "backbone": model["backbone"], "output_stride": model["output_stride"],
-           "imagenet": bool(setting.get("weights")), "class_weights": setting.get("class_weights") or "-",
-           "minutes": args.minutes, "steps": summary["step"],
-           "planned_steps": summary["total_steps"], "train_s": round(wall, 1),
-           "s_per_step": round(wall / max(summary["step"], 1), 3),
-           "params_m": round(sum(p.numel() for p in net.parameters()) / 1e6, 3)}
+    row = training_row(name, args, model["backbone"], model["output_stride"], net, summary["step"],
+                       summary["total_steps"], wall)
     for split in ("val", "test"):
         add_scores(row, split, evaluate_segnet(net, args.prepared, split, torch.device("cpu")))
     print(row, flush=True)
     return row
+
+
+def training_row(name: str, args, backbone: str, output_stride: int, net, steps: int, planned: int,
+                 wall: float) -> dict:
+    """The columns every setting has: how it trained (threads, steps, seconds per step, parameters)."""
+    import torch
+
+    setting = SETTINGS[name]
+    return {"setting": name, "threads": torch.get_num_threads(), "backbone": backbone, "output_stride": output_stride,
+            "imagenet": bool(setting.get("weights")), "class_weights": setting.get("class_weights") or "-",
+            "minutes": args.minutes, "steps": steps, "planned_steps": planned, "train_s": round(wall, 1),
+            "s_per_step": round(wall / max(steps, 1), 3),
+            "params_m": round(sum(p.numel() for p in net.parameters()) / 1e6, 3)}
 
 
 def add_scores(row: dict, split: str, scores: dict) -> None:
@@ -145,12 +154,8 @@ def run_deeplab(name: str, args) -> dict:
     wall = time.perf_counter() - started
     teacher = load_model(out / TEACHER_FILE, "cpu", expect="deeplabv3").eval()
     model = deeplab_config(setting["preset"], 11)
-    row = {"setting": name, "threads": torch.get_num_threads(), "backbone": model.backbone, "output_stride": model.output_stride,
-           "imagenet": bool(setting.get("weights")), "class_weights": "-", "minutes": args.minutes,
-           "steps": summary["iteration"],
-           "planned_steps": summary["total_iterations"], "train_s": round(wall, 1),
-           "s_per_step": round(wall / max(summary["iteration"], 1), 3),
-           "params_m": round(sum(p.numel() for p in teacher.parameters()) / 1e6, 3)}
+    row = training_row(name, args, model.backbone, model.output_stride, teacher, summary["iteration"],
+                       summary["total_iterations"], wall)
     for split in ("val", "test"):
         confusion = torch.zeros(11, 11, dtype=torch.int64)
         for sample in list_prepared(args.prepared, split)[: args.eval_limit]:
@@ -183,11 +188,8 @@ def run_ssnet(name: str, args) -> dict:
     summary = train_ssnet(config, args.prepared, out, progress=False)
     wall = time.perf_counter() - started
     ssnet = load_model(out / SSNET_FILE, "cpu", expect="smic_ssnet").eval()
-    row = {"setting": name, "threads": torch.get_num_threads(), "backbone": f"ssnet_small/{ssnet.config.encoder}", "output_stride": 4,
-           "imagenet": bool(setting.get("weights")), "class_weights": "-", "minutes": args.minutes,
-           "steps": summary.iteration, "planned_steps": summary.total_iterations, "train_s": round(wall, 1),
-           "s_per_step": round(wall / max(summary.iteration, 1), 3),
-           "params_m": round(sum(p.numel() for p in ssnet.parameters()) / 1e6, 3)}
+    row = training_row(name, args, f"ssnet_small/{ssnet.config.encoder}", 4, ssnet, summary.iteration,
+                       summary.total_iterations, wall)
     k = 11
     for split in ("val", "test"):
         # rows: true class (void ignored); columns: the class SS-Net paints, k = void (always wrong)

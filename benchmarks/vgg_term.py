@@ -126,7 +126,8 @@ def train(name: str, args) -> dict:
     steps = pd.read_parquet(log)
     last = int(steps["iteration"].max()) if len(steps) else 0
     seconds = float(steps["seconds"].max()) if len(steps) else float("nan")
-    return {"setting": name, "steps": last, "train_s": round(seconds, 1), "s_per_step": round(seconds / max(last, 1), 3)}
+    return {"setting": name, "steps": last, "train_s": round(seconds, 1),
+            "s_per_step": round(seconds / max(last, 1), 3)}
 
 
 def code(names: list[str], args) -> pd.DataFrame:
@@ -160,7 +161,8 @@ def report(rows: pd.DataFrame, trained: pd.DataFrame, args, seconds: float) -> N
     out.mkdir(parents=True, exist_ok=True)
     rows.to_parquet(out / "rows.parquet", index=False)
     # quality: DSSLIC's residual QP (-1: the base layer alone), SMIC's factor * 100 + map QP
-    rows = rows.assign(quality=rows["quality"].map(lambda q: "base" if q == -1 else str(int(q))), bpp=8 * rows["bytes_total"] / (rows["height"] * rows["width"]))
+    rows = rows.assign(quality=rows["quality"].map(lambda q: "base" if q == -1 else str(int(q))),
+                       bpp=8 * rows["bytes_total"] / (rows["height"] * rows["width"]))
     means = (rows.groupby(["setting", "quality"], sort=False)
              .agg(images=("image_id", "nunique"), bpp=("bpp", "mean"), psnr_rgb=("psnr_rgb", "mean"),
                   ms_ssim=("ms_ssim", "mean"), lpips=("lpips", "mean")).reset_index())
@@ -172,7 +174,8 @@ def report(rows: pd.DataFrame, trained: pd.DataFrame, args, seconds: float) -> N
              f"{rows['image_id'].nunique()} CamVid test images (480x360), every file decoded from its bytes; "
              f"coding took {seconds / 60:.1f} min. Each setting trained with profiles/camvid_cpu.yaml's recipe "
              "and budget; only `vgg_weights` differs.", "",
-             "| setting | quality | steps | s/step | bpp | PSNR-RGB | MS-SSIM | LPIPS |", "|---|---|---|---|---|---|---|---|"]
+             "| setting | quality | steps | s/step | bpp | PSNR-RGB | MS-SSIM | LPIPS |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in means.itertuples():
         lines.append(f"| {r.setting} | {r.quality} | {r.steps} | {r.s_per_step:.2f} | {r.bpp:.4f} | {r.psnr_rgb:.2f} | "
                      f"{r.ms_ssim:.4f} | {r.lpips:.4f} |")
@@ -200,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     commands = Path(args.out) / "commands.txt"        # every invocation, in order (the report lists them)
     previous = commands.read_text().splitlines() if commands.is_file() else []
     env = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if "OMP_NUM_THREADS" in os.environ else ""
-    commands.write_text("\n".join(previous + [env + "python " + " ".join(map(shlex.quote, sys.argv if argv is None else [sys.argv[0], *argv]))]) + "\n")
+    invoked = sys.argv if argv is None else [sys.argv[0], *argv]
+    commands.write_text("\n".join(previous + [env + "python " + " ".join(map(shlex.quote, invoked))]) + "\n")
     global DRY_RUN
     DRY_RUN = args.dry_run
     import torch
