@@ -131,25 +131,18 @@ def train(name: str, args) -> dict:
 
 
 def code(names: list[str], args) -> pd.DataFrame:
-    from semlic.code_stage import CodingSample, MethodPlan, code_method
-    from semlic.model_files import load_model
+    from semlic.code_stage import CodingSample, MethodPlan, code_method, sample_images
+    from semlic.model_files import ModelStore
     from semlic.segnet.prepared import list_prepared
-
-    from semlic.code_stage import sample_images
 
     test = {s.image_path: s for s in list_prepared(args.prepared, "test")}
     samples = [CodingSample(test[p].id, p) for p in sample_images(list(test), args.limit, None)]
     rows = []
     for name in names:
         method = SETTINGS[name]["method"]
-        out = Path(args.work) / name
-        if method == "dsslic":
-            models = {"dsslic": load_model(out / "dsslic.safetensors", "cpu"),
-                      "pspnet": load_model(args.segnet, "cpu", expect="pspnet")}
-        else:
-            models = {"smic_recnet": load_model(out / "recnet" / "smic_recnet.safetensors", "cpu"),
-                      "smic_ssnet": load_model(out / "ssnet" / "smic_ssnet.safetensors", "cpu")}
         plan = MethodPlan.from_section(method, {"qualities": QUALITIES[method]})
+        store = ModelStore(files=[args.segnet], dirs=[Path(args.work) / name])   # the setting's models + PSPNet
+        models = store.models(plan.method.models + plan.method.encoder_models)
         coded = pd.DataFrame(code_method(samples, plan, models, dataset="camvid", progress=False))
         rows.append(coded.assign(setting=name))
         print(f"{name}: {len(coded)} files", flush=True)

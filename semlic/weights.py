@@ -126,6 +126,14 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _copy(previous: Path, target: Path) -> None:
+    """A kept file into the folder being written (nothing to do when it is the same file)."""
+    if previous.resolve() != target.resolve():
+        from .fileio import atomic_write_bytes
+
+        atomic_write_bytes(target, previous.read_bytes())
+
+
 def fetch_weights(names: Sequence[str], out_dir: str | os.PathLike, keep_from: str | os.PathLike | None = None,
                   ) -> dict:
     """Make ``out_dir`` hold the weights ``names`` as far as possible; returns the manifest.
@@ -147,10 +155,7 @@ def fetch_weights(names: Sequence[str], out_dir: str | os.PathLike, keep_from: s
             if previous.is_file():
                 try:
                     spec.check(previous)
-                    if previous.resolve() != target.resolve():
-                        from .fileio import atomic_write_bytes
-
-                        atomic_write_bytes(target, previous.read_bytes())
+                    _copy(previous, target)
                     print(f"weights: {spec.filename}: kept", flush=True)
                 except (SemlicError, OSError, ValueError, RuntimeError) as exc:
                     print(f"weights: {previous} does not load ({exc}): converting it again", file=sys.stderr)
@@ -177,10 +182,7 @@ def fetch_weights(names: Sequence[str], out_dir: str | os.PathLike, keep_from: s
             spec.check(previous)
         except (SemlicError, OSError, ValueError, RuntimeError):
             continue
-        if previous.resolve() != target.resolve():
-            from .fileio import atomic_write_bytes
-
-            atomic_write_bytes(target, previous.read_bytes())
+        _copy(previous, target)
         manifest[name] = {"file": spec.filename, "description": spec.description, "sha256": _sha256(target),
                           "listed": False}
         print(f"weights: {spec.filename}: kept (not asked for)", flush=True)

@@ -200,7 +200,6 @@ class EfficientNetLite(nn.Module):
         return self._fc(out.mean(dim=(2, 3)))
 
 
-# --- the published weights -----------------------------------------------------------------------
 class LiteFront(nn.Module):
     """EfficientNet-Lite0's stem and stages 1-2 alone (24 channels at 1/4; :meth:`EfficientNetLite.front`),
     under the published names, for a network that wants ImageNet features only at its input."""
@@ -228,6 +227,7 @@ class LiteFront(nn.Module):
         assign_state(self, state, str(path or DEFAULT_WEIGHTS))
 
 
+# --- the published weights -----------------------------------------------------------------------
 def _canonical(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return {key: value.contiguous() for key, value in sorted(state.items())}
 
