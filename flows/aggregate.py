@@ -1,7 +1,8 @@
 """Stage ``aggregate``: coded rows -> ``<paths.results>`` (rd.parquet, bd.parquet, metrics.json,
 comparisons.csv, plots/*.csv for ``dvc plots``, figures/*.png, report/index.html). Two tasks:
 semlic.aggregate.aggregate, then semlic.html_report.build_report (the offline HTML page: its viewer
-decodes ``aggregate.report_images`` images of each data set from the code stage's files)."""
+decodes ``aggregate.report_images`` images of each data set from the code stage's files; where the
+machines stage wrote a data set's task tables, the page shows its rate-mIoU figure and table)."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ def aggregate(params: dict | None = None) -> dict:
                             cfg.get("bd_method", "pchip")).result()
         page = report.submit(str(staging), str(staging / "report"), str(paths["coded"]), str(paths["prepared"]),
                              str(paths["models"]), str(paths["segments"]), int(cfg.get("report_images", REPORT_IMAGES)),
-                             ).result()
+                             machines_dir=str(paths["machines"]) if "machines" in paths else None).result()
     print(f"aggregate: {paths['results'] / 'report' / 'index.html'}: viewer {page['viewer_images']} images, "
           f"{page['viewer_files']} decoded files" + (f"; left out: {page['notes']}" if page["notes"] else ""),
           file=sys.stderr)

@@ -101,6 +101,31 @@ def _svg(curves: pd.DataFrame, dataset: str, anchor: str) -> str:
     return text[text.index("<svg"):]    # drop the XML declaration and doctype: inline in HTML
 
 
+def machines_section(machines_dir: str | os.PathLike | None, dataset: str) -> list[str]:
+    """The rate-mIoU figure and table of one data set from the machines stage's folder (none there: [])."""
+    from . import machines
+
+    if machines_dir is None or not (Path(machines_dir) / "summary.csv").is_file():
+        return []
+    summary = pd.read_csv(Path(machines_dir) / "summary.csv", dtype={"quality": str})
+    table = pd.read_csv(Path(machines_dir) / "machines.csv")
+    summary, table = summary[summary["dataset"] == dataset], table[table["dataset"] == dataset]
+    if summary.empty:
+        return []
+    svg = machines.plot_rate_miou(summary, dataset, fmt="svg").decode()
+    columns = ["method", "output", "points", "bpp_min", "miou_best", "bd_rate_miou_pct", "bd_note", "bpp_90pct",
+               "bpp_95pct"]
+    shown = table[columns].rename(columns={"bd_rate_miou_pct": "BD-rate on mIoU (%)", "bpp_90pct": "bpp to 90 %",
+                                           "bpp_95pct": "bpp to 95 %"})
+    ceiling = table["original_miou"].iloc[0] if len(table) else float("nan")
+    return [f"<h3>Segmentation at the receiver (coding for machines): mIoU against the bits it reads; PSPNet on the "
+            f"uncompressed images {ceiling:.3f}</h3>", f'<div class="plot">{svg[svg.index("<svg"):]}</div>',
+            "<p>BD-rate on mIoU against HEVC 4:4:4 + PSPNet (negative: fewer bits for the same mIoU); bpp to "
+            "reach 90 % and 95 % of the uncompressed mIoU.</p>",
+            html_table(shown, {"BD-rate on mIoU (%)": 1, "bpp to 90 %": 4, "bpp to 95 %": 4, "bpp_min": 4},
+                       ("BD-rate on mIoU (%)",))]
+
+
 # --- the viewer's pictures ------------------------------------------------------------------------
 def find_original(prepared_dir: Path | None, dataset: str, image_id: str) -> Path | None:
     """The image ``image_id`` of ``dataset`` under a prepared tree (``<dataset>/<split>/images/``) or
@@ -327,10 +352,13 @@ image's pixels), decoded from its bytes. Zoomed, scrolling one picture scrolls t
 def build_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
                  coded_dir: str | os.PathLike | None = None,
                  prepared_dir: str | os.PathLike | None = None, models_dir: str | os.PathLike | None = None,
-                 segments_dir: str | os.PathLike | None = None, viewer_images: int = 3, anchor: str = "hevc",
-                 device: str = "cpu", title: str = "semlic: rate-distortion results", progress: bool = True) -> dict:
+                 segments_dir: str | os.PathLike | None = None, machines_dir: str | os.PathLike | None = None,
+                 viewer_images: int = 3, anchor: str = "hevc", device: str = "cpu",
+                 title: str = "semlic: rate-distortion results", progress: bool = True) -> dict:
     """Write ``out_dir/index.html`` and the viewer's pictures (module docstring); return a summary
-    {page, datasets, methods, viewer_images, viewer_files, notes}."""
+    {page, datasets, methods, viewer_images, viewer_files, notes}. ``machines_dir``: the machines
+    stage's folder; where it holds a data set's task summary, the page shows its rate-mIoU figure
+    and table (semlic.machines)."""
     results_dir, out_dir = Path(results_dir), Path(out_dir)
     rd_path = results_dir / "rd.parquet"
     if not rd_path.is_file():
@@ -367,6 +395,7 @@ def build_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
         if dataset in segmentation:
             seg = pd.DataFrame([{"split": s, **v} for s, v in sorted(segmentation[dataset].items())])
             part.append("<h3>Segmentation (PSPNet, mean per-image)</h3>" + html_table(seg))
+        part.extend(machines_section(machines_dir, dataset))
         sections.append("".join(part) + "</section>")
     viewer, notes = viewer_data(rows, out_dir, coded_dir=Path(coded_dir) if coded_dir else None,
                                 prepared_dir=Path(prepared_dir) if prepared_dir else None,

@@ -10,6 +10,8 @@ Views (each one only where its file exists):
 * ``latent_seg``: the rate-mIoU rows of segmentation in the pixel and compressed domains
   (``../latent_seg/rows.parquet`` from the results folder, i.e. ``data/latent_seg``: what the
   eval_latent_seg stage writes).
+* ``task``: coding for machines, the segmentation every coded file delivers at the receiver and
+  the bytes it reads (``../machines/rows.parquet``: the machines stage, semlic.machines).
 
 Examples::
 
@@ -32,7 +34,8 @@ from .errors import ConfigError, import_extra
 
 DEFAULT_SOURCE = Path("data/results/rd.parquet")
 SIDE_VIEWS = {"bd": "bd.parquet", "curves": "curves.parquet"}
-OTHER_VIEWS = {"latent_seg": Path("..") / "latent_seg" / "rows.parquet"}   # relative to the results folder
+OTHER_VIEWS = {"latent_seg": Path("..") / "latent_seg" / "rows.parquet",   # relative to the results folder
+               "task": Path("..") / "machines" / "rows.parquet"}
 FORMATS = ("table", "csv", "json", "markdown")
 
 

@@ -23,12 +23,12 @@ def aggregate(rows_root: str, out_dir: str, timings: str | None, segments_dir: s
 
 @task(name="report", **TASK_OPTIONS)
 def report(results_dir: str, out_dir: str, coded_dir: str, prepared_dir: str, models_dir: str, segments_dir: str,
-           viewer_images: int, device: str = "cpu") -> dict:
+           viewer_images: int, device: str = "cpu", machines_dir: str | None = None) -> dict:
     """semlic.html_report.build_report: the offline HTML page with its image viewer."""
     from semlic.html_report import build_report
 
     with timed({"out_dir": out_dir}) as record:
         record.update(build_report(results_dir, out_dir, coded_dir=coded_dir, prepared_dir=prepared_dir,
-                                   models_dir=models_dir, segments_dir=segments_dir, viewer_images=viewer_images,
-                                   device=device, progress=False))
+                                   models_dir=models_dir, segments_dir=segments_dir, machines_dir=machines_dir,
+                                   viewer_images=viewer_images, device=device, progress=False))
     return record

@@ -189,3 +189,18 @@ def test_compare_without_a_target_uses_the_first_methods_default_quality(tmp_pat
     assert "hyperprior at its default quality" in printed and (tmp_path / "c.png").is_file()
     assert main(["compare", str(src), "--methods", "jpeg,hyperprior", "--out", str(tmp_path / "d.png"),
                  "--models-dir", str(every_models_dir)]) == 2
+
+
+def test_compare_shows_the_decoder_side_maps(tmp_path, every_models_dir, capsys):
+    """--maps: after DSSLIC's and SMIC's images, the maps their decoders hold, captioned with the bits read."""
+    image, _ = make_image(48, 64, seed=5)
+    src = tmp_path / "in.png"
+    Image.fromarray(image).save(src)
+    out = tmp_path / "maps.png"
+    assert main(["compare", str(src), "--methods", "dsslic,smic,jpeg", "--bpp", "2", "--out", str(out), "--maps",
+                 "--models-dir", str(every_models_dir)]) == 0
+    printed = capsys.readouterr().out
+    assert "decoder-side map of dsslic map:" in printed and "decoder-side map of smic map:" in printed
+    assert "jpeg" not in printed.split("decoder-side")[-1]
+    sheet = np.asarray(Image.open(out))
+    assert sheet.shape[1] == 4 * 64 and sheet.shape[0] == 2 * (48 + 16)   # original, 3 images, 2 maps: 6 tiles

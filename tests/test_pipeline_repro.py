@@ -64,11 +64,20 @@ def test_dvc_repro_end_to_end_then_up_to_date(tmp_path):
     bd = query.query("select method from bd where anchor = 'hevc'", project / "data" / "results" / "rd.parquet")
     assert set(bd.method) == set(methods.index) - {"hevc"}
     assert (project / "data" / "results" / "metrics.json").is_file()
+    import pandas as pd
+
     latent = query.query("select method, count(*) as n, avg(bpp) as bpp from latent_seg group by method",
                          project / "data" / "results" / "rd.parquet").set_index("method")
     assert {"pixel", "no_gate", "dynamic", "static8"} <= set(latent.index) and (latent.bpp > 0).all()
-    import pandas as pd
-
+    task = query.query("select method, output, count(*) as n, avg(bpp) as bpp from task group by method, output",
+                       project / "data" / "results" / "rd.parquet").set_index(["method", "output"])
+    assert {(m, "decoded") for m in methods.index} | {("original", "decoded"), ("dsslic", "map"), ("edms", "derived"),
+                                                      ("edms_noenh", "derived"), ("smic", "map"), ("dsslic_rd", "map"),
+                                                      ("hyperprior", "decoded+teacher"),
+                                                      ("hyperprior", "student:static8")} <= set(task.index)
+    machines_table = pd.read_csv(project / "data" / "machines" / "machines.csv").set_index(["method", "output"])
+    assert machines_table.loc[("hevc", "decoded"), "bd_note"] == "anchor"
+    assert (project / "data" / "machines" / "figures" / "rate_miou_synthetic.png").is_file()
     edms = pd.read_csv(project / "data" / "results" / "comparisons.csv")
     assert edms[["dataset", "method", "anchor"]].values.tolist() == [["synthetic", "dsslic_rd", "dsslic"],
                                                                      ["synthetic", "edms", "dsslic"],
@@ -96,7 +105,7 @@ def test_dvc_repro_end_to_end_then_up_to_date(tmp_path):
     check = check_page(page, script="return {plots: document.querySelectorAll('.plot svg').length, "
                                     "figures: [...document.querySelectorAll('#v-grid figure img')]"
                                     ".filter(i => i.complete && i.naturalWidth > 0).length}")
-    assert check.errors == [] and check.result["plots"] == 1, check.errors
+    assert check.errors == [] and check.result["plots"] == 2, check.errors   # RD and rate-mIoU
     assert check.result["figures"] == len(methods) + 1   # the original and every method, decoded
 
     second = subprocess.run([DVC, "repro"], cwd=project, env=env, capture_output=True, text=True)
@@ -109,4 +118,5 @@ def test_dvc_repro_end_to_end_then_up_to_date(tmp_path):
     matched.write_text(matched.read_text() + "\n# an edit of EDMS's code\n")
     status = subprocess.run([DVC, "status", "--json"], cwd=project, env=env, capture_output=True, text=True,
                             check=True)
-    assert set(json.loads(status.stdout)) == {"smap_pairs", "train_smapnet", "code", "aggregate"}, status.stdout
+    assert set(json.loads(status.stdout)) == {"smap_pairs", "train_smapnet", "code", "machines", "aggregate"}, \
+        status.stdout

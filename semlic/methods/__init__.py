@@ -22,9 +22,9 @@ import threading
 from typing import Callable, TypeVar
 
 from ..errors import ConfigError, UnknownMethodError
-from .base import EncodeResult, Method, ModelSet, Option, PaperPoint
+from .base import DecoderMap, EncodeResult, Method, ModelSet, Option, PaperPoint
 
-__all__ = ["EncodeResult", "Method", "ModelSet", "Option", "PaperPoint", "register_method", "get_method",
+__all__ = ["DecoderMap", "EncodeResult", "Method", "ModelSet", "Option", "PaperPoint", "register_method", "get_method",
            "method_names", "method_by_format_id", "all_methods", "unregister_method", "method_packages"]
 
 _METHODS: dict[str, Method] = {}

@@ -44,6 +44,19 @@ class EncodeResult:
 
 
 @dataclass(frozen=True)
+class DecoderMap:
+    """A segmentation the receiver gets from a file without the image: the labels and the layers read.
+
+    ``labels``: (H, W) uint8 class indices at the image's size (the number of classes or 255 for
+    void). ``roles``: the layers the receiver reads for it; with the file header they are the bytes
+    it needs (:meth:`Method.bytes_read`).
+    """
+
+    labels: np.ndarray
+    roles: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class Option:
     """An encoder option of a method: its default, a parser and a help line."""
 
@@ -94,6 +107,7 @@ class Method(ABC):
     colour: ClassVar[str | None] = None          # plot colour
     paper_points: ClassVar[tuple[PaperPoint, ...]] = ()
     paper_seconds: ClassVar[dict[str, float]] = {}  # published timings: enc_gpu, dec_gpu, dec_cpu
+    task_models: ClassVar[tuple[str, ...]] = ()  # more models decoder_maps needs (e.g. a palette's owner)
 
     # --- qualities and options ---------------------------------------------------------------
     def parse_quality(self, value: Any) -> Any:
@@ -220,6 +234,19 @@ class Method(ABC):
             image = self.decode(data, models)
             out.append((image, time.perf_counter() - start))
         return out
+
+    # --- coding for machines ---------------------------------------------------------------------
+    def decoder_maps(self, sem: fmt.SemFile, models: ModelSet) -> dict[str, DecoderMap]:
+        """The segmentations the decoder holds from a parsed, checked file, by output name (e.g.
+        ``{"map": ...}``); empty (the default) for a method that delivers none (semlic.machines)."""
+        return {}
+
+    @staticmethod
+    def bytes_read(sem: fmt.SemFile, roles: Iterable[int]) -> int:
+        """Bytes a receiver reads for the layers ``roles``: the file header and those layers (their
+        layer headers included)."""
+        wanted = set(roles)
+        return sem.header_bytes + sum(layer.bits for layer in sem.layers if layer.role in wanted) // 8
 
     # --- the file ----------------------------------------------------------------------------
     def describe(self, sem: fmt.SemFile) -> dict[str, Any]:

@@ -42,7 +42,7 @@ from ...image_codecs import get_codec
 from ...layers import LOSSLESS_CHOICES, LOSSLESS_DEFAULT, add_residual, array_to_tensor, check_image, code_lossless
 from ...layers import decode_layer, image_to_tensor, module_device, offset_residual, pad_to_multiple, padded_side
 from ...layers import scaled_residual, tensor_to_uint8, unoffset_residual, unscaled_residual
-from .. import EncodeResult, Method, ModelSet, Option, PaperPoint, register_method
+from .. import DecoderMap, EncodeResult, Method, ModelSet, Option, PaperPoint, register_method
 from .model import DSSLIC
 
 # The residual QPs of the DSSLIC paper's evaluation script (docs/REFERENCE.md).
@@ -150,6 +150,7 @@ class LayeredCodec(Method):
     }
     layer_roles = {ROLE_SEGMENTATION: "segmentation", ROLE_COMPACT: "compact", ROLE_RESIDUAL: "residual",
                    ROLE_CORRECTION: "correction"}
+    map_output: str | None = "map"       # the decoder's map in decoder_maps (None: the file carries none)
 
     # --- qualities ----------------------------------------------------------------------------
     def parse_quality(self, value: Any) -> int | None:
@@ -178,6 +179,10 @@ class LayeredCodec(Method):
             raise LayerError(f"segmentation label {int(segmentation.max())} >= the model's label_nc "
                              f"{model.config.label_nc}")
         return pad_to_multiple(segmentation, self.read_section(sem).multiple)
+
+    def map_roles(self) -> tuple[int, ...]:
+        """The layers :meth:`decoder_map` reads (c^ is decoded only when the compact layer is one)."""
+        return (ROLE_SEGMENTATION,)
 
     def required_roles(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """(roles every file has, roles a file may have)."""
@@ -327,6 +332,22 @@ class LayeredCodec(Method):
         r8 = decode_layer(residual, 3, (sem.height, sem.width), "residual")
         return add_residual(prediction, unscaled_residual(r8, section.res_min, section.res_max))
 
+    def decoder_maps(self, sem: fmt.SemFile, models: ModelSet) -> dict[str, DecoderMap]:
+        """The map the decoder predicts with, cropped to the image, from the layers of :meth:`map_roles`."""
+        if self.map_output is None:
+            return {}
+        model = models[self.network]
+        section = self.read_section(sem)
+        self.check_roles(sem, *self.required_roles())
+        roles = self.map_roles()
+        compact = None
+        if ROLE_COMPACT in roles:
+            alpha = model.config.alpha
+            ph, pw = padded_side(sem.height, section.multiple), padded_side(sem.width, section.multiple)
+            compact = self.decoded_compact(sem, model, (ph // alpha, pw // alpha))
+        labels = self.decoder_map(sem, compact, models)[: sem.height, : sem.width]
+        return {self.map_output: DecoderMap(np.ascontiguousarray(labels, dtype=np.uint8), roles)}
+
     def decode_with_prediction(self, data: bytes | fmt.SemFile, models: ModelSet) -> tuple[np.ndarray, np.ndarray]:
         """(x~, x') of a file: the reconstruction and the prediction before the residual."""
         sem = self.open(data, models)
@@ -396,6 +417,7 @@ class NoSegCodec(LayeredCodec):
     models = ("dsslic_noseg",)
     encoder_models = ()
     uses_segmentation = False
+    map_output = None
     compare_to = "dsslic"
     paper_points = (PaperPoint("DSSLIC paper, Table 1 (noSeg, no residual, Kodak)", 0.080, 21.46, 0.887, quality=-1.0),)
 
@@ -422,6 +444,7 @@ class UpCompCodec(LayeredCodec):
     label = "DSSLIC upComp"
     paper = "DSSLIC ablation (Table 1): x' = up(c), no RecNet"
     colour = "goldenrod"
+    map_output = None
     compare_to = "dsslic"
     paper_points = (PaperPoint("DSSLIC paper, Table 1 (upComp, no residual, Kodak)", 0.087, 17.77, 0.738, quality=-1.0),)
 

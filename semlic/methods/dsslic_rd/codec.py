@@ -307,6 +307,11 @@ class DerivedMapCodec(RDCodec):
         used = self._scores(compact, models)[0].argmax(0).to(torch.uint8).cpu().numpy()
         return corrected(used, sem.layer(ROLE_CORRECTION))
 
+    map_output = "derived"
+
+    def map_roles(self):
+        return (ROLE_COMPACT, ROLE_CORRECTION)
+
     def required_roles(self):
         return (ROLE_COMPACT,), (ROLE_COMPACT, ROLE_CORRECTION, ROLE_RESIDUAL)
 

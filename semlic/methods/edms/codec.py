@@ -31,6 +31,7 @@ class MatchedMapCodec(LayeredCodec):
                "agreement_tau": Option(AGREEMENT_TAU, float,
                                        "send the encoder's class where the top-2 score margin is below this (0: never)")}
     compare_to = "dsslic"
+    map_output = "derived"     # the map both ends derive (after the correction layer)
 
     def check_models(self, models: ModelSet, needed=None) -> None:
         super().check_models(models, needed)
@@ -60,6 +61,9 @@ class MatchedMapCodec(LayeredCodec):
     def decoder_map(self, sem: fmt.SemFile, compact: np.ndarray, models: ModelSet) -> np.ndarray:
         matched = self.matched_scores(compact, models)[0].argmax(0).to(torch.uint8).cpu().numpy()
         return corrected(matched, sem.layer(ROLE_CORRECTION))   # at the padded size, as the map
+
+    def map_roles(self):
+        return (ROLE_COMPACT, ROLE_CORRECTION)
 
     def required_roles(self):
         return (ROLE_COMPACT,), (ROLE_COMPACT, ROLE_CORRECTION, ROLE_RESIDUAL)

@@ -16,7 +16,7 @@ DeepLabv3 or the student). Each row keeps the image's confusion matrix, so the d
 is computed from the summed matrices (:func:`summary`), as segmentation benchmarks do.
 
 Rows (one Parquet table of its own): dataset, image_id, method, quality, channels, bpp,
-bpp_image, psnr_rgb (pixel rows), miou, pixel_accuracy, enc_s, task_s, confusion, git_rev.
+bpp_image, psnr_rgb (pixel rows), miou, pixel_accuracy, enc_s, task_s, confusion, pixels, git_rev.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from .hyperprior import analyse, pad, synthesise
 from .networks import DeepLabV3, LatentSegNet, normalise
 
 COLUMNS = ["dataset", "image_id", "method", "quality", "channels", "bpp", "bpp_image", "psnr_rgb", "miou",
-           "pixel_accuracy", "enc_s", "task_s", "confusion", "git_rev"]
+           "pixel_accuracy", "enc_s", "task_s", "confusion", "pixels", "git_rev"]
 SORT = ["dataset", "method", "quality", "image_id"]
 
 
@@ -69,7 +69,7 @@ def _row(dataset, image_id, method, quality, channels, bits, bits_image, psnr, c
     return {"dataset": dataset, "image_id": image_id, "method": method, "quality": int(quality),
             "channels": int(channels), "bpp": bits / (h * w), "bpp_image": bits_image / (h * w), "psnr_rgb": psnr,
             "miou": scores.miou, "pixel_accuracy": scores.pixel_accuracy, "enc_s": enc_s, "task_s": task_s,
-            "confusion": confusion.reshape(-1).astype(np.int64).tolist(), "git_rev": git_rev}
+            "confusion": confusion.reshape(-1).astype(np.int64).tolist(), "pixels": h * w, "git_rev": git_rev}
 
 
 def evaluate(samples, bank, teacher: DeepLabV3, students: Iterable[LatentSegNet], *, dataset: str,
@@ -128,6 +128,25 @@ def evaluate(samples, bank, teacher: DeepLabV3, students: Iterable[LatentSegNet]
             bar.update()
     bar.close()
     return pd.DataFrame(rows, columns=COLUMNS).sort_values(SORT, kind="stable").reset_index(drop=True)
+
+
+def task_rows(rows: pd.DataFrame, method: str = HyperpriorCodec.name) -> pd.DataFrame:
+    """The rows as task rows of semlic.machines (coding for machines, beside every other method's):
+    ``pixel`` becomes output ``decoded+teacher`` (the whole file decoded, then DeepLabv3), each student
+    ``student:<label>`` (the hyper and task layers only); the confusion matrices gain the void row and
+    column (empty: these networks always name a class)."""
+    from ... import machines
+
+    out = []
+    for row in rows.itertuples(index=False):
+        matrix = np.asarray(row.confusion, dtype=np.int64)
+        k = int(round(len(matrix) ** 0.5))
+        padded = np.zeros((k + 1, k + 1), np.int64)
+        padded[:k, :k] = matrix.reshape(k, k)
+        output = "decoded+teacher" if row.method == "pixel" else f"student:{row.method}"
+        out.append(machines.make_row(row.dataset, row.image_id, method, str(int(row.quality)), output,
+                                 row.bpp * row.pixels / 8.0, padded, int(row.pixels), row.task_s))
+    return machines.frame(out)
 
 
 def summary(rows: pd.DataFrame) -> pd.DataFrame:
@@ -255,8 +274,8 @@ def plot_rate_miou(table: pd.DataFrame, path: Path, title: str = "") -> None:
 
 
 def write_outputs(rows: pd.DataFrame, out_dir, students: Iterable[LatentSegNet] = (), image_size=None) -> dict:
-    """rows.parquet, summary.csv, macs.csv (when students are given), rate_miou.png, metrics.json (mIoU per
-    method and quality); returns {<method>_q<quality>: {bpp, miou}}."""
+    """rows.parquet, task_rows.parquet (:func:`task_rows`), summary.csv, macs.csv (when students are given),
+    rate_miou.png, metrics.json (mIoU per method and quality); returns {<method>_q<quality>: {bpp, miou}}."""
     import json
 
     from ...fileio import atomic_write_text
@@ -264,6 +283,7 @@ def write_outputs(rows: pd.DataFrame, out_dir, students: Iterable[LatentSegNet] 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_parquet(rows, out_dir / "rows.parquet")
+    write_parquet(task_rows(rows), out_dir / "task_rows.parquet")
     table = summary(rows)
     table.to_csv(out_dir / "summary.csv", index=False, float_format="%.6g")
     students = list(students)

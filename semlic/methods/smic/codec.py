@@ -36,7 +36,7 @@ from ...errors import ConfigError, DeclaredSizeError, LayerError
 from ...image_codecs import get_codec
 from ...layers import (LOSSLESS_CHOICES, LOSSLESS_DEFAULT, array_to_tensor, check_image, code_lossless, decode_layer,
                        module_device, tensor_to_uint8)
-from .. import EncodeResult, Method, ModelSet, Option, register_method
+from .. import DecoderMap, EncodeResult, Method, ModelSet, Option, register_method
 from .networks import RecNet, SSNet
 
 ROLE_MAP, ROLE_SMALL = 1, 2
@@ -161,6 +161,7 @@ class SMICCodec(Method):
     }
     layer_roles = {ROLE_MAP: "map", ROLE_SMALL: "small_image"}
     colour = "tab:cyan"
+    task_models = ("smic_ssnet",)        # its palette turns the decoded map's colours into classes
 
     def parse_quality(self, value: Any) -> tuple[int, int]:
         return parse_quality(value)
@@ -224,6 +225,18 @@ class SMICCodec(Method):
         decoded_map = decode_layer(sem.layer(ROLE_MAP), 3, (sem.height, sem.width), "map")
         small = decode_layer(sem.layer(ROLE_SMALL), 3, small_size(sem.height, sem.width, section.factor), "small image")
         return reconstruct(models["smic_recnet"], small, decoded_map, section.factor)
+
+    @torch.inference_mode()
+    def decoder_maps(self, sem: fmt.SemFile, models: ModelSet) -> dict[str, DecoderMap]:
+        """The decoded map layer read as classes: each pixel's nearest palette colour (void: 255)."""
+        self.check_roles(sem, (ROLE_MAP, ROLE_SMALL), (ROLE_MAP, ROLE_SMALL))
+        self.check_models(models, self.task_models)
+        ssnet = models["smic_ssnet"]
+        decoded_map = decode_layer(sem.layer(ROLE_MAP), 3, (sem.height, sem.width), "map")
+        drawn = torch.from_numpy(np.ascontiguousarray(decoded_map)).permute(2, 0, 1)[None].float() / 127.5 - 1
+        labels = ssnet.labels(drawn)[0]
+        labels = torch.where(labels < ssnet.config.num_classes, labels, torch.full_like(labels, 255))
+        return {"map": DecoderMap(labels.to(torch.uint8).numpy(), (ROLE_MAP,))}
 
     def describe(self, sem: fmt.SemFile) -> dict:
         section = Section.unpack(sem.section)

@@ -1,0 +1,100 @@
+"""Stage ``machines``: the segmentation every coded file delivers at the receiver -> ``<paths.machines>``.
+
+Coding for machines (semlic.machines): for each labelled data set the code stage coded, every file
+under ``<paths.coded>/files/<dataset>`` is decoded from its bytes as a receiver would; the pipeline's
+PSPNet segments the decoded image (output ``decoded``, bytes = the file) and each method's decoder
+maps are read from the layers they need (output ``map``, ``derived``, ...; bytes = those layers and
+the header). Shards of ``machines.shard_size`` images are mapped over Ray, each task loading the
+models once. The task rows of ``machines.include`` (other stages' rows in the same schema: the
+compressed-domain students of eval_latent_seg) are added. Output: ``rows.parquet`` (DuckDB view
+``task`` of ``semlic results``), ``summary.csv`` (per method, output and quality: mIoU from the summed
+confusion matrices), ``machines.csv`` (BD-rate on mIoU against HEVC + PSPNet, bits to 90 % / 95 %
+of the uncompressed mIoU), ``figures/rate_miou_<dataset>.png`` and ``metrics.json`` (DVC metrics). Data
+sets without ground truth (Kodak) are left out. Finished shards of a killed run are kept.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+from prefect import flow
+from prefect_ray.context import remote_options
+
+from flows.params import PARAMS_FILE, load_params, shards, stage_paths
+from flows.ray_cluster import shard_options
+from flows.runner import ray_runner, wait_all
+from flows.stage import run_stage
+from flows.staging import code_signature, content_signature, staged_dir
+
+STAGE = "machines"
+SECTIONS = ("base", "paths", "code", "machines")
+
+
+def labelled_sets(coded: Path, prepared: Path, split: str) -> dict[str, list[str]]:
+    """{data set: ids of its labelled images with coded files}, for every data set under ``coded/files``."""
+    from semlic.segnet.prepared import list_prepared
+
+    found = {}
+    for files in sorted(p for p in (coded / "files").glob("*") if p.is_dir()):
+        if not (prepared / files.name / "manifest.parquet").is_file():
+            continue
+        names = {path.stem.rpartition("_")[0] for folder in files.iterdir() if folder.is_dir() for path in folder.iterdir()}
+        ids = [s.id for s in list_prepared(prepared / files.name, split) if s.label_path is not None and s.id in names]
+        if ids:
+            found[files.name] = ids
+    return found
+
+
+@flow(name=STAGE, task_runner=ray_runner())
+def machines(params: dict | None = None) -> dict:
+    import pandas as pd
+
+    from semlic import machines as task_rows
+    from semlic.errors import ConfigError
+    from tasks.machines import machines_shard
+
+    params = params or load_params(PARAMS_FILE, SECTIONS)
+    base, cfg, paths = params["base"], params[STAGE], stage_paths(params)
+    split = params["code"].get("split", "test")
+    sets = labelled_sets(paths["coded"], paths["prepared"], split)
+    if not sets:
+        raise ConfigError(f"machines: no labelled {split} images with coded files under {paths['coded']}/files")
+    include = [Path(p) for p in cfg.get("include") or []]
+    missing = [str(p) for p in include if not p.is_file()]
+    if missing:
+        raise ConfigError(f"machines.include: {', '.join(missing)} not found (run the stage that writes it)")
+    fingerprint = [sets, base["device"], cfg, code_signature(),
+                   content_signature(paths["coded"], paths["models"], *include,
+                                     *(paths["prepared"] / d / "manifest.parquet" for d in sets))]
+    with staged_dir(paths["machines"], fingerprint) as staging:
+        parts, futures, all_parts = staging / "parts", [], []
+        for dataset, ids in sets.items():
+            for index, shard in enumerate(shards(ids, cfg.get("shard_size", 4))):
+                part = parts / f"{dataset}-{index:04d}.parquet"
+                all_parts.append(part)
+                if not part.is_file():
+                    with remote_options(**shard_options(base)):
+                        futures.append(machines_shard.submit(
+                            str(paths["prepared"] / dataset), split, shard, str(paths["coded"] / "files" / dataset),
+                            str(paths["models"]), dataset, str(part), base["device"]))
+        records = wait_all(futures)
+        rows = task_rows.read_rows(all_parts + include)
+        headline = task_rows.write_outputs(rows, staging)
+        shutil.rmtree(parts, ignore_errors=True)
+    print(f"machines: {len(rows)} rows for {sum(map(len, sets.values()))} images ({len(records)} of {len(all_parts)} "
+          f"shard tasks run)", file=sys.stderr)
+    for dataset, values in sorted(headline["bd_rate_miou_pct"].items()):
+        for name, value in sorted(values.items()):
+            print(f"machines: {dataset} {name}: BD-rate on mIoU against HEVC + PSPNet {value:+.1f} %", file=sys.stderr)
+    return {"rows": len(rows), "metrics": headline}
+
+
+def main(argv: list[str] | None = None) -> int:
+    run_stage(machines, STAGE, SECTIONS, argv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

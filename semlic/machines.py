@@ -1,0 +1,356 @@
+"""Coding for machines: the segmentation each method delivers at the receiver, against the bits it reads.
+
+For every coded file of the code stage (``files/<dataset>/<method>/<image>_<quality>.<ext>``) and
+the ground truth of its image, :func:`task_rows` measures, from the file alone:
+
+* ``decoded``: the file decoded to pixels (a ``.sem`` by its method, a classical file by its
+  codec), then the pipeline's segmenter (PSPNet) on them; bytes = the whole file;
+* every segmentation the method's decoder holds without the image
+  (:meth:`~semlic.methods.base.Method.decoder_maps`: DSSLIC's map layer, the map EDMS derives,
+  SMIC's decoded map, ...), each with the bytes of the layers it reads, the file header included
+  (:meth:`~semlic.methods.base.Method.bytes_read`);
+* ``original``: the segmenter on the uncompressed image (method ``original``, no bytes), the
+  ceiling every row is measured against.
+
+A row keeps the image's confusion matrix ((K + 1) x (K + 1): K classes and, last, "void", what a
+receiver's map may hold where it names no class; ground-truth void pixels are left out), so a data
+set's mIoU is computed from the summed matrices, as segmentation benchmarks do (:func:`summary`).
+Rows of the same schema written elsewhere (the compressed-domain students, from real files:
+semlic.methods.latent_seg.evaluate) join them (:func:`read_rows`).
+
+Per (dataset, method, output): the rate-mIoU curve, the Bjontegaard rate difference on mIoU against
+the anchor (HEVC 4:4:4 + the segmenter, as MPEG VCM and JPEG AI evaluate codecs for machines:
+pchip on log-rate over the mIoU range both share, on each curve's operational points) and the rate
+needed to reach 90 % and 95 % of the segmenter's mIoU on the uncompressed images
+(:func:`machine_table`).
+
+Columns: dataset, image_id, method, quality (the file's quality label), output, bytes, pixels,
+bpp, miou, pixel_accuracy, dec_s (from the bytes to that output), confusion (flattened, row-major:
+ground truth x prediction).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .errors import ConfigError, LabelMapError, SemlicError
+
+COLUMNS = ["dataset", "image_id", "method", "quality", "output", "bytes", "pixels", "bpp", "miou", "pixel_accuracy",
+           "dec_s", "confusion"]
+SORT = ["dataset", "method", "output", "quality", "image_id"]
+DECODED = "decoded"          # the segmenter on the decoded image
+ORIGINAL = "original"        # the method name of the rows on the uncompressed images
+ANCHOR = ("hevc", DECODED)
+FRACTIONS = (0.90, 0.95)
+
+
+# --- confusion and scores -----------------------------------------------------------------------
+def confusion(prediction: np.ndarray, truth: np.ndarray, num_classes: int) -> np.ndarray:
+    """(K + 1) x (K + 1) int64 counts, rows: ground truth, columns: prediction; a predicted value
+    outside 0..K-1 counts as void (column K); ground-truth void (anything outside 0..K-1: 255) is
+    left out."""
+    prediction, truth = np.asarray(prediction), np.asarray(truth)
+    if prediction.shape != truth.shape:
+        raise LabelMapError(f"the map is {prediction.shape}, the ground truth {truth.shape}")
+    k = int(num_classes)
+    valid = truth < k
+    pred = np.where(prediction < k, prediction, k).astype(np.int64)[valid]
+    counts = np.bincount(truth[valid].astype(np.int64) * (k + 1) + pred, minlength=(k + 1) ** 2)
+    return counts.reshape(k + 1, k + 1)
+
+
+def scores(matrix: np.ndarray) -> tuple[float, float]:
+    """(mIoU over the classes present in the ground truth or predicted, pixel accuracy) of a
+    (K + 1) x (K + 1) matrix of :func:`confusion` (summed or not)."""
+    m = np.asarray(matrix, dtype=np.float64)
+    k = m.shape[0] - 1
+    tp = np.diag(m)[:k]
+    gt, predicted = m[:k].sum(1), m[:, :k].sum(0)
+    union = gt + predicted - tp
+    present = union > 0
+    miou = float((tp[present] / union[present]).mean()) if present.any() else math.nan
+    total = m[:k].sum()
+    return miou, float(tp.sum() / total) if total else math.nan
+
+
+def make_row(dataset: str, image_id: str, method: str, quality: str, output: str, n_bytes: float,
+             matrix: np.ndarray, pixels: int, dec_s: float) -> dict:
+    """One task row (module docstring); ``n_bytes`` NaN for the uncompressed image."""
+    miou, accuracy = scores(matrix)
+    return {"dataset": dataset, "image_id": image_id, "method": method, "quality": quality, "output": output,
+            "bytes": float(n_bytes), "pixels": int(pixels), "bpp": 8.0 * n_bytes / pixels if n_bytes == n_bytes
+            else math.nan, "miou": miou, "pixel_accuracy": accuracy, "dec_s": float(dec_s),
+            "confusion": matrix.reshape(-1).astype(np.int64).tolist()}
+
+
+def frame(rows: Iterable[Mapping]) -> pd.DataFrame:
+    """Rows as a DataFrame in the schema's column order, sorted by :data:`SORT`."""
+    table = pd.DataFrame(list(rows), columns=COLUMNS)
+    return table.sort_values(SORT, kind="stable").reset_index(drop=True)
+
+
+# --- the receiver --------------------------------------------------------------------------------
+def coded_files(files_dir: str | Path, image_id: str) -> dict[str, list[tuple[str, Path]]]:
+    """{method folder: [(quality label, file)]} of one image under ``files/<dataset>``."""
+    found: dict[str, list[tuple[str, Path]]] = {}
+    root = Path(files_dir)
+    for folder in sorted(p for p in root.glob("*") if p.is_dir()):
+        for path in sorted(folder.glob(f"{image_id}_*")):
+            stem, _, label = path.stem.rpartition("_")
+            if path.is_file() and stem == image_id and label:
+                found.setdefault(folder.name, []).append((label, path))
+    return found
+
+
+class Receiver:
+    """Decodes files and segments what they deliver, with the models found in ``models_dir`` (each
+    loaded once) and the segmenter (registered model ``segmenter``: the pipeline's PSPNet)."""
+
+    def __init__(self, models_dir: str | Path, device: str = "cpu", segmenter: str = "pspnet"):
+        from .model_files import ModelStore
+
+        self.store = ModelStore(dirs=[models_dir], device=device)
+        self.segmenter = self.store.models([segmenter])[segmenter]
+        self.num_classes = int(self.segmenter.config.num_classes)
+        self._models: dict[str, Mapping] = {}
+
+    def segment(self, image: np.ndarray) -> np.ndarray:
+        from .layers import module_device
+        from .segnet.inference import predict_labels
+        from .segnet.prepared import image_to_tensor
+
+        batch = image_to_tensor(image)[None].to(module_device(self.segmenter))
+        return predict_labels(self.segmenter, batch)[0].cpu().numpy()
+
+    def models_for(self, method) -> Mapping:
+        if method.name not in self._models:
+            self._models[method.name] = self.store.models(tuple(dict.fromkeys(method.models + method.task_models)))
+        return self._models[method.name]
+
+    def outputs(self, path: Path) -> list[tuple[str, np.ndarray, int, float]]:
+        """(output, labels, bytes read, seconds) of every segmentation one file delivers: a ``.sem``
+        by its method, anything else by Pillow (with the codec plugins semlic registers)."""
+        from . import format as fmt
+        from .imageio import load_image
+        from .methods import get_method
+
+        start = time.perf_counter()
+        if path.suffix != ".sem":
+            decoded = load_image(path)
+            labels = self.segment(decoded)
+            return [(DECODED, labels, path.stat().st_size, time.perf_counter() - start)]
+        data = path.read_bytes()
+        sem = fmt.unpack(data)
+        method = get_method(sem.method)
+        models = self.models_for(method)
+        decoded = method.decode(sem, models)
+        labels = self.segment(decoded)
+        out = [(DECODED, labels, len(data), time.perf_counter() - start)]
+        start = time.perf_counter()
+        maps = method.decoder_maps(method.open(sem, models), models)
+        seconds = (time.perf_counter() - start) / max(1, len(maps))
+        for name, found in sorted(maps.items()):
+            if found.labels.shape != (sem.height, sem.width):
+                raise LabelMapError(f"{method.name} output {name}: map {found.labels.shape}, the image is "
+                                    f"{sem.height}x{sem.width}")
+            out.append((name, found.labels, method.bytes_read(sem, found.roles), seconds))
+        return out
+
+
+def task_rows(samples: Sequence, files_dir: str | Path, receiver: Receiver, *, dataset: str,
+              methods: Iterable[str] | None = None, progress: bool = True) -> list[dict]:
+    """Rows (module docstring) of every coded file of ``samples`` (PreparedSample with labels) under
+    ``files_dir`` (``files/<dataset>``), and the ``original`` row of each image. ``methods``: only
+    these folders (default: all)."""
+    from tqdm.auto import tqdm
+
+    from .imageio import load_image, load_label_map
+
+    wanted = None if methods is None else set(methods)
+    k = receiver.num_classes
+    rows = []
+    for sample in tqdm(samples, desc="task rows", unit="image", disable=not progress):
+        if sample.label_path is None:
+            raise ConfigError(f"{sample.id}: no ground truth: task rows need labelled images")
+        image, truth = load_image(sample.image_path), load_label_map(sample.label_path)
+        pixels = truth.size
+        start = time.perf_counter()
+        labels = receiver.segment(image)
+        rows.append(make_row(dataset, sample.id, ORIGINAL, "-", DECODED, math.nan, confusion(labels, truth, k), pixels,
+                         time.perf_counter() - start))
+        for folder, versions in coded_files(files_dir, sample.id).items():
+            if wanted is not None and folder not in wanted:
+                continue
+            for label, path in versions:
+                try:
+                    delivered = receiver.outputs(path)
+                except SemlicError as exc:
+                    raise type(exc)(f"{path}: {exc}") from None
+                for output, prediction, n_bytes, seconds in delivered:
+                    rows.append(make_row(dataset, sample.id, folder, label, output, n_bytes,
+                                     confusion(prediction, truth, k), pixels, seconds))
+    return rows
+
+
+def read_rows(paths: Iterable[str | Path]) -> pd.DataFrame:
+    """Task rows of several Parquet files (this module's and others' of the same schema), one table."""
+    tables = []
+    for path in paths:
+        table = pd.read_parquet(path)
+        missing = sorted(set(COLUMNS) - set(table.columns))
+        if missing:
+            raise ConfigError(f"{path}: not task rows (missing {', '.join(missing)})")
+        tables.append(table[COLUMNS])
+    if not tables:
+        raise ConfigError("no task rows given")
+    return frame(pd.concat(tables, ignore_index=True).to_dict("records"))
+
+
+# --- tables --------------------------------------------------------------------------------------
+def summary(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per (dataset, method, output, quality): images, mean bytes and bpp, mIoU and pixel accuracy
+    from the summed confusion matrices, median dec_s."""
+    out = []
+    for key, group in rows.groupby(["dataset", "method", "output", "quality"], sort=True):
+        matrices = np.stack([np.asarray(c, dtype=np.int64) for c in group["confusion"]])
+        side = int(round(math.sqrt(matrices.shape[1])))
+        miou, accuracy = scores(matrices.sum(0).reshape(side, side))
+        out.append({**dict(zip(["dataset", "method", "output", "quality"], key)), "images": len(group),
+                    "bytes": group["bytes"].mean(), "bpp": group["bpp"].mean(), "miou": miou,
+                    "pixel_accuracy": accuracy, "dec_s": group["dec_s"].median()})
+    return pd.DataFrame(out)
+
+
+def operational(points: pd.DataFrame) -> pd.DataFrame:
+    """The points of one curve that no cheaper point matches in mIoU (sorted by rate; repeated rates
+    kept once): the curve a receiver can operate on."""
+    points = points.dropna(subset=["bpp", "miou"]).sort_values(["bpp", "miou"], ascending=[True, False])
+    keep, best = [], -math.inf
+    for index, row in points.iterrows():
+        if row["miou"] > best:
+            keep.append(index)
+            best = row["miou"]
+    return points.loc[keep]
+
+
+def rate_at(points: pd.DataFrame, target: float) -> tuple[float, str]:
+    """(bpp where the operational curve reaches mIoU ``target``, how): linear in log-rate between
+    the two points around it; ``"<="`` when the cheapest point already reaches it; NaN, "not reached"."""
+    curve = operational(points)
+    if curve.empty or curve["miou"].max() < target:
+        return math.nan, "not reached"
+    rates, mious = curve["bpp"].to_numpy(), curve["miou"].to_numpy()
+    if mious[0] >= target:
+        return float(rates[0]), "<="
+    i = int(np.argmax(mious >= target))
+    t = (target - mious[i - 1]) / (mious[i] - mious[i - 1])
+    return float(math.exp(math.log(rates[i - 1]) + t * (math.log(rates[i]) - math.log(rates[i - 1])))), "interpolated"
+
+
+def machine_table(table: pd.DataFrame, anchor: tuple[str, str] = ANCHOR,
+                  fractions: Sequence[float] = FRACTIONS) -> pd.DataFrame:
+    """Per (dataset, method, output) of a :func:`summary`: points, the rate range, best mIoU, BD-rate
+    on mIoU against ``anchor`` (NaN with the reason where it cannot be computed) and the bpp to reach
+    each fraction of the ``original`` mIoU."""
+    from . import bd
+
+    out = []
+    for dataset, rows in table.groupby("dataset", sort=True):
+        ceiling = rows.loc[rows["method"] == ORIGINAL, "miou"]
+        ceiling = float(ceiling.iloc[0]) if len(ceiling) else math.nan
+        anchor_curve = operational(rows[(rows["method"] == anchor[0]) & (rows["output"] == anchor[1])])
+        for (method, output), points in rows[rows["method"] != ORIGINAL].groupby(["method", "output"], sort=True):
+            curve = operational(points)
+            record = {"dataset": dataset, "method": method, "output": output, "images": int(points["images"].max()),
+                      "points": len(curve),
+                      "bpp_min": points["bpp"].min(), "bpp_max": points["bpp"].max(), "miou_best": points["miou"].max(),
+                      "original_miou": ceiling, "bd_rate_miou_pct": math.nan, "bd_note": ""}
+            if (method, output) == tuple(anchor):
+                record["bd_note"] = "anchor"
+            elif anchor_curve.empty:
+                record["bd_note"] = "no anchor rows"
+            else:
+                try:
+                    record["bd_rate_miou_pct"] = bd.bd_rate(anchor_curve["bpp"], anchor_curve["miou"], curve["bpp"],
+                                                            curve["miou"])
+                except ConfigError as exc:   # too few points, no shared mIoU range: said, not computed
+                    text = str(exc)
+                    record["bd_note"] = (f"{len(curve)} operational point(s): BD-rate needs {bd.MIN_POINTS}"
+                                         if "at least" in text else "no common mIoU range" if "overlap" in text
+                                         else text)
+            for fraction in fractions:
+                rate, how = rate_at(points, fraction * ceiling) if ceiling == ceiling else (math.nan, "no original")
+                record[f"bpp_{round(fraction * 100)}pct"] = rate
+                record[f"bpp_{round(fraction * 100)}pct_note"] = how
+            out.append(record)
+    return pd.DataFrame(out)
+
+
+def plot_rate_miou(table: pd.DataFrame, dataset: str, path: str | Path | None = None, fmt: str = "png") -> bytes:
+    """The rate-mIoU figure of one data set (every method and output; the original as a line)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = table[table["dataset"] == dataset]
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    ceiling = rows.loc[rows["method"] == ORIGINAL, "miou"]
+    if len(ceiling):
+        ax.axhline(float(ceiling.iloc[0]), color="black", lw=0.8, ls=":", label="uncompressed + segmenter")
+    for (method, output), points in rows[rows["method"] != ORIGINAL].groupby(["method", "output"], sort=True):
+        points = points.sort_values("bpp")
+        style = "-" if output == DECODED else "--"
+        ax.plot(points["bpp"], points["miou"], style, marker="o", ms=3,
+                label=method if output == DECODED else f"{method}: {output}")
+    ax.set_xscale("log")
+    ax.set_xlabel("bits per pixel (what the receiver reads)")
+    ax.set_ylabel("mIoU")
+    ax.set_title(f"{dataset}: segmentation at the receiver")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=fmt, dpi=110)
+    plt.close(fig)
+    data = buffer.getvalue()
+    if path is not None:
+        from .fileio import atomic_write_bytes
+
+        atomic_write_bytes(Path(path), data)
+    return data
+
+
+def write_outputs(rows: pd.DataFrame, out_dir: str | Path) -> dict:
+    """``rows.parquet``, ``summary.csv``, ``machines.csv``, ``figures/rate_miou_<dataset>.png`` and
+    ``metrics.json`` (per method and output: its BD-rate on mIoU; DVC metrics) under ``out_dir``."""
+    import json
+
+    from .fileio import atomic_write_text, write_parquet
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_parquet(rows, out / "rows.parquet")
+    table = summary(rows)
+    table.to_csv(out / "summary.csv", index=False, float_format="%.6g")
+    machines = machine_table(table)
+    machines.to_csv(out / "machines.csv", index=False, float_format="%.6g")
+    for dataset in sorted(table["dataset"].unique()):
+        plot_rate_miou(table, dataset, out / "figures" / f"rate_miou_{dataset}.png")
+    bd_rates: dict = {}
+    for r in machines.itertuples():
+        if r.bd_rate_miou_pct == r.bd_rate_miou_pct:
+            bd_rates.setdefault(r.dataset, {})[f"{r.method}:{r.output}"] = round(float(r.bd_rate_miou_pct), 2)
+    headline = {"bd_rate_miou_pct": bd_rates,
+                "original_miou": {d: round(float(v), 4) for d, v in
+                                  table[table["method"] == ORIGINAL].set_index("dataset")["miou"].items()}}
+    atomic_write_text(out / "metrics.json", json.dumps(headline, indent=2, sort_keys=True) + "\n")
+    return headline
