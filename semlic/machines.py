@@ -133,33 +133,42 @@ class Receiver:
             self._models[method.name] = self.store.models(tuple(dict.fromkeys(method.models + method.task_models)))
         return self._models[method.name]
 
-    def outputs(self, path: Path) -> list[tuple[str, np.ndarray, int, float]]:
-        """(output, labels, bytes read, seconds) of every segmentation one file delivers: a ``.sem``
-        by its method, anything else by Pillow (with the codec plugins semlic registers)."""
+    def outputs(self, paths: Sequence[Path]) -> list[list[tuple[str, np.ndarray, int, float]]]:
+        """Per file, (output, labels, bytes read, seconds) of every segmentation it delivers: a ``.sem``
+        by its method (the files of one method decoded together: :meth:`Method.decode_many` computes
+        once what they share, each file's seconds still count what decoding it alone costs), anything
+        else by Pillow (with the codec plugins semlic registers)."""
         from . import format as fmt
         from .imageio import load_image
         from .methods import get_method
 
-        start = time.perf_counter()
-        if path.suffix != ".sem":
-            decoded = load_image(path)
-            labels = self.segment(decoded)
-            return [(DECODED, labels, path.stat().st_size, time.perf_counter() - start)]
-        data = path.read_bytes()
-        sem = fmt.unpack(data)
-        method = get_method(sem.method)
-        models = self.models_for(method)
-        decoded = method.decode(sem, models)
-        labels = self.segment(decoded)
-        out = [(DECODED, labels, len(data), time.perf_counter() - start)]
-        start = time.perf_counter()
-        maps = method.decoder_maps(method.open(sem, models), models)
-        seconds = (time.perf_counter() - start) / max(1, len(maps))
-        for name, found in sorted(maps.items()):
-            if found.labels.shape != (sem.height, sem.width):
-                raise LabelMapError(f"{method.name} output {name}: map {found.labels.shape}, the image is "
-                                    f"{sem.height}x{sem.width}")
-            out.append((name, found.labels, method.bytes_read(sem, found.roles), seconds))
+        out: list[list] = [[] for _ in paths]
+        sems: dict[str, list[tuple[int, bytes, fmt.SemFile]]] = {}
+        for index, path in enumerate(paths):
+            if path.suffix != ".sem":
+                start = time.perf_counter()
+                labels = self.segment(load_image(path))
+                out[index].append((DECODED, labels, path.stat().st_size, time.perf_counter() - start))
+                continue
+            data = path.read_bytes()
+            sem = fmt.unpack(data)
+            sems.setdefault(sem.method, []).append((index, data, sem))
+        for name, files in sems.items():
+            method = get_method(name)
+            models = self.models_for(method)
+            decoded = method.decode_many([data for _, data, _ in files], models)
+            for (index, data, sem), (image, dec_s) in zip(files, decoded):
+                start = time.perf_counter()
+                labels = self.segment(image)
+                out[index].append((DECODED, labels, len(data), dec_s + time.perf_counter() - start))
+                start = time.perf_counter()
+                maps = method.decoder_maps(method.open(sem, models), models)
+                seconds = (time.perf_counter() - start) / max(1, len(maps))
+                for output, found in sorted(maps.items()):
+                    if found.labels.shape != (sem.height, sem.width):
+                        raise LabelMapError(f"{name} output {output}: map {found.labels.shape}, the image is "
+                                            f"{sem.height}x{sem.width}")
+                    out[index].append((output, found.labels, method.bytes_read(sem, found.roles), seconds))
         return out
 
 
@@ -182,19 +191,19 @@ def task_rows(samples: Sequence, files_dir: str | Path, receiver: Receiver, *, d
         pixels = truth.size
         start = time.perf_counter()
         labels = receiver.segment(image)
-        rows.append(make_row(dataset, sample.id, ORIGINAL, "-", DECODED, math.nan, confusion(labels, truth, k), pixels,
-                         time.perf_counter() - start))
+        rows.append(make_row(dataset, sample.id, ORIGINAL, "-", DECODED, math.nan, confusion(labels, truth, k),
+                             pixels, time.perf_counter() - start))
         for folder, versions in coded_files(files_dir, sample.id).items():
             if wanted is not None and folder not in wanted:
                 continue
-            for label, path in versions:
-                try:
-                    delivered = receiver.outputs(path)
-                except SemlicError as exc:
-                    raise type(exc)(f"{path}: {exc}") from None
-                for output, prediction, n_bytes, seconds in delivered:
+            try:
+                delivered = receiver.outputs([path for _, path in versions])
+            except SemlicError as exc:
+                raise type(exc)(f"{files_dir}/{folder}, image {sample.id}: {exc}") from None
+            for (label, _), outputs in zip(versions, delivered):
+                for output, prediction, n_bytes, seconds in outputs:
                     rows.append(make_row(dataset, sample.id, folder, label, output, n_bytes,
-                                     confusion(prediction, truth, k), pixels, seconds))
+                                         confusion(prediction, truth, k), pixels, seconds))
     return rows
 
 

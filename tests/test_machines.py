@@ -161,3 +161,15 @@ def test_summary_tables_and_figure_from_the_rows(coded, tmp_path):
     assert machines_section(tmp_path, "other") == [] and machines_section(None, "d") == []
     again = machines.read_rows([tmp_path / "rows.parquet"])
     assert again.drop(columns="confusion").equals(rows.drop(columns="confusion"))
+
+
+def test_a_damaged_file_is_refused_with_its_place(coded, tmp_path):
+    from semlic.errors import SemlicError
+
+    made, _, receiver = coded
+    folder = tmp_path / "files" / "dsslic"
+    folder.mkdir(parents=True)
+    (folder / "img_40.sem").write_bytes(made["dsslic"].read_bytes()[:-20])
+    sample = PreparedSample("img", made["dsslic"].parents[2] / "image.png", made["dsslic"].parents[2] / "truth.png")
+    with pytest.raises(SemlicError, match=r"files/dsslic, image img"):
+        machines.task_rows([sample], tmp_path / "files", receiver, dataset="d", progress=False)
