@@ -176,6 +176,11 @@ def test_the_camvid_profile_runs_end_to_end_with_tiny_budgets(tmp_path):
                 "dsslic_rd"}
     baselines = {"jpeg", "jpeg2000", "webp", "avif", "jxl", "hevc"}
     assert methods == {"camvid": semantic | baselines, "kodak": semantic | baselines}
+    task = query.query("select dataset, method, output, count(*) as n from task group by all", rd)
+    assert set(task.dataset) == {"camvid"}                     # coding for machines: Kodak has no labels
+    assert {("dsslic", "map"), ("dsslic_444", "map"), ("edms", "derived"), ("smic", "map"), ("dsslic_rd", "map"),
+            ("hyperprior", "student:dynamic"), ("hevc", "decoded"), ("original", "decoded")} <= \
+        set(zip(task.method, task.output))
     ablation = query.query("select method, bpp from rd where quality = -1", rd)
     assert set(ablation.method) == {"dsslic", "dsslic_noseg", "dsslic_upcomp", "edms", "edms_noenh"}   # base alone
     layers = query.query("select method, layer_bits from rd where quality = -1 and dataset = 'camvid'", rd)
