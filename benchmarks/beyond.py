@@ -88,17 +88,6 @@ def stage(root: Path, params: Path, name: str, sets: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def pareto(curve: pd.DataFrame) -> pd.DataFrame:
-    """The points of a curve that no other point beats in both rate and PSNR, by rate."""
-    curve = curve.sort_values("bpp")
-    keep, best = [], -math.inf
-    for index, row in curve.iterrows():
-        if row["psnr_rgb"] > best:
-            keep.append(index)
-            best = row["psnr_rgb"]
-    return curve.loc[keep]
-
-
 def level_of(method: str, quality: float) -> int | None:
     return int(quality // 100) if method.startswith("dsslic_rd") else None
 
@@ -106,6 +95,7 @@ def level_of(method: str, quality: float) -> int | None:
 def curves_of(rows: pd.DataFrame) -> pd.DataFrame:
     """Mean points per (dataset, method, quality), with per-level and operational curves as methods of their own."""
     from semlic.aggregate import rd_curves
+    from semlic.bd import operational   # the points no other point beats in both rate and PSNR
 
     curves = rd_curves(rows)
     parts = [curves.assign(curve="all")]
@@ -115,7 +105,7 @@ def curves_of(rows: pd.DataFrame) -> pd.DataFrame:
             part = curve[(curve["quality"] // 100) == level]
             parts.append(part.assign(method=f"{method}@l{level}", curve=f"level {level}"))
         if levels:
-            parts.append(pareto(curve).assign(method=f"{method}@best", curve="operational"))
+            parts.append(operational(curve).assign(method=f"{method}@best", curve="operational"))
     return pd.concat(parts, ignore_index=True)
 
 

@@ -106,3 +106,12 @@ def bd_rate(anchor_rate: Sequence[float], anchor_psnr: Sequence[float],
     mean_log_ratio = (_interval_mean(test_psnr, test_log_rate, low, high, method, "test")
                       - _interval_mean(anchor_psnr, anchor_log_rate, low, high, method, "anchor"))
     return float(np.expm1(mean_log_ratio) * 100.0)
+
+
+def operational(points, rate: str = "bpp", quality: str = "psnr_rgb"):
+    """The rows of a DataFrame of RD points that no cheaper row matches in ``quality`` (sorted by
+    ``rate``; of equal rates the best): the curve one can operate on, e.g. a codec's points over
+    several knobs, or a segmentation curve that is not monotone in rate."""
+    points = points.dropna(subset=[rate, quality]).sort_values([rate, quality], ascending=[True, False])
+    best = points[quality].cummax().shift(fill_value=-np.inf)
+    return points[points[quality].to_numpy() > best.to_numpy()]

@@ -239,13 +239,9 @@ def summary(rows: pd.DataFrame) -> pd.DataFrame:
 def operational(points: pd.DataFrame) -> pd.DataFrame:
     """The points of one curve that no cheaper point matches in mIoU (sorted by rate; repeated rates
     kept once): the curve a receiver can operate on."""
-    points = points.dropna(subset=["bpp", "miou"]).sort_values(["bpp", "miou"], ascending=[True, False])
-    keep, best = [], -math.inf
-    for index, row in points.iterrows():
-        if row["miou"] > best:
-            keep.append(index)
-            best = row["miou"]
-    return points.loc[keep]
+    from .bd import operational as operational_points
+
+    return operational_points(points, quality="miou")
 
 
 def rate_at(points: pd.DataFrame, target: float) -> tuple[float, str]:

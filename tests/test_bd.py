@@ -81,3 +81,14 @@ def test_refuses_unknown_method_and_repeated_points():
         bd.bd_psnr(RATES, psnr, RATES, psnr, method="akima")
     with pytest.raises(ConfigError, match="repeated"):
         bd.bd_rate(RATES, np.r_[psnr[:5], psnr[4]], RATES, psnr)
+
+
+def test_operational_points_keep_what_no_cheaper_point_matches():
+    import pandas as pd
+
+    from semlic.bd import operational
+
+    points = pd.DataFrame({"bpp": [0.4, 0.1, 0.2, 0.2, 0.3, float("nan")], "psnr_rgb": [33, 28, 30, 29, 30, 40]})
+    kept = operational(points)
+    assert kept["bpp"].tolist() == [0.1, 0.2, 0.4] and kept["psnr_rgb"].tolist() == [28, 30, 33]
+    assert operational(points.rename(columns={"psnr_rgb": "miou"}), quality="miou")["bpp"].tolist() == [0.1, 0.2, 0.4]
