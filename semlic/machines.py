@@ -286,7 +286,9 @@ def machine_table(table: pd.DataFrame, anchor: tuple[str, str] = ANCHOR,
                                                             curve["miou"])
                 except ConfigError as exc:   # too few points, no shared mIoU range: said, not computed
                     text = str(exc)
-                    record["bd_note"] = (f"{len(curve)} operational point(s): BD-rate needs {bd.MIN_POINTS}"
+                    short = (f"the anchor has {len(anchor_curve)}" if text.startswith("anchor") else
+                             f"{len(curve)}")
+                    record["bd_note"] = (f"{short} operational point(s): BD-rate needs {bd.MIN_POINTS}"
                                          if "at least" in text else "no common mIoU range" if "overlap" in text
                                          else text)
             for fraction in fractions:

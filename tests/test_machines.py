@@ -60,6 +60,10 @@ def test_machine_table_bd_rate_on_miou_against_the_anchor():
     assert table.loc["once", "bpp_95pct_note"] == "not reached"
     # 95 % of 0.56 = 0.532: HEVC gets there between 0.8 and 1.6 bpp
     assert 0.8 < table.loc["hevc", "bpp_95pct"] < 1.6
+    flat = pd.DataFrame(rows)
+    flat.loc[flat["method"] == "hevc", "miou"] = 0.55                  # an anchor with one operational point
+    table = machines.machine_table(flat).set_index("method")
+    assert table.loc["half", "bd_note"] == "the anchor has 1 operational point(s): BD-rate needs 4"
 
 
 # --- from real files -------------------------------------------------------------------------------
