@@ -32,21 +32,6 @@ STAGE = "machines"
 SECTIONS = ("base", "paths", "code", "machines")
 
 
-def labelled_sets(coded: Path, prepared: Path, split: str) -> dict[str, list[str]]:
-    """{data set: ids of its labelled images with coded files}, for every data set under ``coded/files``."""
-    from semlic.segnet.prepared import list_prepared
-
-    found = {}
-    for files in sorted(p for p in (coded / "files").glob("*") if p.is_dir()):
-        if not (prepared / files.name / "manifest.parquet").is_file():
-            continue
-        names = {path.stem.rpartition("_")[0] for folder in files.iterdir() if folder.is_dir() for path in folder.iterdir()}
-        ids = [s.id for s in list_prepared(prepared / files.name, split) if s.label_path is not None and s.id in names]
-        if ids:
-            found[files.name] = ids
-    return found
-
-
 @flow(name=STAGE, task_runner=ray_runner())
 def machines(params: dict | None = None) -> dict:
     import pandas as pd
@@ -58,7 +43,7 @@ def machines(params: dict | None = None) -> dict:
     params = params or load_params(PARAMS_FILE, SECTIONS)
     base, cfg, paths = params["base"], params[STAGE], stage_paths(params)
     split = params["code"].get("split", "test")
-    sets = labelled_sets(paths["coded"], paths["prepared"], split)
+    sets = task_rows.labelled_sets(paths["coded"], paths["prepared"], split)
     if not sets:
         raise ConfigError(f"machines: no labelled {split} images with coded files under {paths['coded']}/files")
     include = [Path(p) for p in cfg.get("include") or []]

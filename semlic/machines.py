@@ -108,6 +108,23 @@ def coded_files(files_dir: str | Path, image_id: str) -> dict[str, list[tuple[st
     return found
 
 
+def labelled_sets(coded: str | Path, prepared: str | Path, split: str) -> dict[str, list[str]]:
+    """{data set: ids of its labelled ``split`` images with coded files}, for every data set under
+    ``coded/files`` that is prepared under ``prepared`` (a data set without labels, e.g. Kodak, is left out)."""
+    from .segnet.prepared import list_prepared
+
+    coded, prepared, found = Path(coded), Path(prepared), {}
+    for files in sorted(p for p in (coded / "files").glob("*") if p.is_dir()):
+        if not (prepared / files.name / "manifest.parquet").is_file():
+            continue
+        names = {path.stem.rpartition("_")[0] for folder in files.iterdir() if folder.is_dir()
+                 for path in folder.iterdir()}
+        ids = [s.id for s in list_prepared(prepared / files.name, split) if s.label_path is not None and s.id in names]
+        if ids:
+            found[files.name] = ids
+    return found
+
+
 class Receiver:
     """Decodes files and segments what they deliver, with the models found in ``models_dir`` (each
     loaded once) and the segmenter (registered model ``segmenter``: the pipeline's PSPNet)."""
@@ -310,13 +327,14 @@ def plot_rate_miou(table: pd.DataFrame, dataset: str, path: str | Path | None = 
 
     rows = table[table["dataset"] == dataset]
     fig, ax = plt.subplots(figsize=(8, 5.5))
+    palette = plt.get_cmap("tab20")   # more curves than tab10's ten colours
     ceiling = rows.loc[rows["method"] == ORIGINAL, "miou"]
     if len(ceiling):
         ax.axhline(float(ceiling.iloc[0]), color="black", lw=0.8, ls=":", label="uncompressed + segmenter")
     for (method, output), points in rows[rows["method"] != ORIGINAL].groupby(["method", "output"], sort=True):
         points = points.sort_values("bpp")
         style = "-" if output == DECODED else "--"
-        ax.plot(points["bpp"], points["miou"], style, marker="o", ms=3,
+        ax.plot(points["bpp"], points["miou"], style, marker="o", ms=3, color=palette(len(ax.lines) % 20),
                 label=method if output == DECODED else f"{method}: {output}")
     ax.set_xscale("log")
     ax.set_xlabel("bits per pixel (what the receiver reads)")

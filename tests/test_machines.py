@@ -177,3 +177,20 @@ def test_a_damaged_file_is_refused_with_its_place(coded, tmp_path):
     sample = PreparedSample("img", made["dsslic"].parents[2] / "image.png", made["dsslic"].parents[2] / "truth.png")
     with pytest.raises(SemlicError, match=r"files/dsslic, image img"):
         machines.task_rows([sample], tmp_path / "files", receiver, dataset="d", progress=False)
+
+
+def test_labelled_sets_keep_the_coded_images_with_ground_truth(tmp_path):
+    """Only the coded images of a prepared split that have labels; a data set without labels is left out."""
+    image, seg = seed_image()
+    for dataset, labelled in (("camvid", True), ("kodak", False)):
+        folder = tmp_path / "prepared" / dataset
+        for image_id in ("a", "b"):
+            save_png(folder / "test" / "images" / f"{image_id}.png", image)
+            if labelled:
+                save_png(folder / "test" / "labels" / f"{image_id}.png", seg)
+        pd.DataFrame({"id": ["a", "b"], "split": ["test", "test"]}).to_parquet(folder / "manifest.parquet")
+        coded = tmp_path / "coded" / "files" / dataset / "hevc"
+        coded.mkdir(parents=True)
+        (coded / "a_32.heic").write_bytes(b"x")                 # only image a was coded
+    assert machines.labelled_sets(tmp_path / "coded", tmp_path / "prepared", "test") == {"camvid": ["a"]}
+    assert machines.labelled_sets(tmp_path / "coded", tmp_path / "nowhere", "test") == {}
