@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO))
 
 from semlic.imageio import load_image, load_label_map  # noqa: E402
 from semlic.layers import pad_to_multiple  # noqa: E402
-from semlic.methods.dsslic.codec import compact_image, predict  # noqa: E402
+from semlic.layered_codec import compact_image, predict  # noqa: E402
 from semlic.methods.edms import matched as edms  # noqa: E402
 from semlic.model_files import ModelStore  # noqa: E402
 from semlic.segnet.metrics import confusion_matrix, scores_from_confusion  # noqa: E402

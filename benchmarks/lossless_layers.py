@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     rows = measure(labels, "segmentation (CamVid test labels)") + measure(small, "compact (Kodak / 8, box filter)")
     if args.model:
         from semlic.layers import pad_to_multiple
-        from semlic.methods.dsslic.codec import compact_image
+        from semlic.layered_codec import compact_image
         from semlic.model_files import load_model
 
         model = load_model(args.model, expect="dsslic")

@@ -111,13 +111,13 @@ def _check_sizes(width: int, height: int, n_layers: int) -> None:
 
 
 def _method_name(format_id: int) -> str:
-    from .methods import method_by_format_id
+    from .registry import method_by_format_id
 
     return method_by_format_id(format_id).name
 
 
 def _format_id(name: str) -> int:
-    from .methods import get_method
+    from .registry import get_method
 
     return get_method(name).format_id
 

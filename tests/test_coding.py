@@ -10,7 +10,7 @@ from semlic import results
 from semlic.code_stage import CodingSample, MethodPlan, code_method, code_shard
 from semlic.errors import ConfigError, MissingModelError
 from semlic.imageio import save_png
-from semlic.methods.dsslic.codec import Section
+from semlic.layered_codec import Section
 from tests.conftest import make_image
 
 

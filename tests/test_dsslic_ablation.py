@@ -12,7 +12,7 @@ from semlic.code_stage import CodingSample, MethodPlan, code_method
 from semlic.errors import ConfigError, FingerprintMismatchError, LayerError, MissingModelError
 from semlic.imageio import save_png
 from semlic.methods import get_method
-from semlic.methods.dsslic.codec import ROLE_COMPACT, ROLE_RESIDUAL, ROLE_SEGMENTATION
+from semlic.layered_codec import ROLE_COMPACT, ROLE_RESIDUAL, ROLE_SEGMENTATION
 from semlic.methods.dsslic.model import DSSLIC, DSSLICNoSeg, dsslic_config
 from semlic.model_files import ModelStore, load_model, read_metadata, save_model
 from tests.conftest import make_image

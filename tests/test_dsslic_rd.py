@@ -15,7 +15,7 @@ from semlic.cli import main
 from semlic.image_codecs import get_codec
 from semlic.imageio import save_png
 from semlic.methods import get_method
-from semlic.methods.dsslic.codec import ROLE_COMPACT, ROLE_RESIDUAL
+from semlic.layered_codec import ROLE_COMPACT, ROLE_RESIDUAL
 from semlic.methods.dsslic_rd import parse_quality
 from semlic.methods.dsslic_rd.model import RDConfig, bank_from_nets, rd_config
 from semlic.methods.dsslic_rd.training import RDTraining, merge_levels, subsampled_map, train_dsslic_rd

@@ -16,8 +16,8 @@ from semlic import format as fmt
 from semlic.cli import main
 from semlic.imageio import load_image, save_png
 from semlic.methods import get_method
-from semlic.methods.dsslic import compact_image
-from semlic.methods.dsslic.codec import ROLE_SEGMENTATION
+from semlic.layered_codec import compact_image
+from semlic.layered_codec import ROLE_SEGMENTATION
 from semlic.methods.edms import matched
 from semlic.model_files import load_model
 from tests.conftest import make_image

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from semlic import errors
 from semlic.methods.base import module_fingerprint
-from semlic.methods.dsslic import compact_image
+from semlic.layered_codec import compact_image
 from semlic.methods.edms import matched as edms_matched
 from semlic.methods.edms import pairs
 from semlic.cli import main

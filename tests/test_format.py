@@ -11,7 +11,7 @@ import pytest
 from semlic import errors
 from semlic import format as fmt
 from semlic.layers import padded_side
-from semlic.methods.dsslic.codec import ROLE_COMPACT, ROLE_RESIDUAL, ROLE_SEGMENTATION, Section
+from semlic.layered_codec import ROLE_COMPACT, ROLE_RESIDUAL, ROLE_SEGMENTATION, Section
 
 SECTION = Section(8, 27, -40, 61)
 

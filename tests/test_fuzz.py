@@ -107,7 +107,7 @@ def test_a_damaged_entropy_coded_string_no_longer_crashes_the_process():
 def test_hyperprior_strings_are_bounded_and_the_latent_size_checked(models):
     from semlic.errors import DeclaredSizeError, LayerError
     from semlic.methods.latent_seg.codec import Section
-    from semlic.methods.latent_seg.hyperprior import bounded_string
+    from semlic.entropy import bounded_string
 
     assert bounded_string(b"ab", 3) == b"ab" + bytes(16 * 2 + 8 * 3 + 64)
     with pytest.raises(LayerError, match="damaged"):

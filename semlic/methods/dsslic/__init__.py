@@ -2,12 +2,13 @@
 
 * :mod:`.compnet`, :mod:`.finenet`, :mod:`.model`: the networks (CompNet, FineNet, the
   generator registered as model ``dsslic``, its presets and discriminators);
-* :mod:`.codec`: the layered codec, registered as method ``dsslic`` (and the base of EDMS);
+* :mod:`.codec`: the methods ``dsslic``, ``dsslic_noseg`` and ``dsslic_upcomp`` on the core's layered
+  codec (:mod:`semlic.layered_codec`);
 * :mod:`.training`: joint training of CompNet + FineNet (+ discriminators);
 * :mod:`.commands`: ``semlic train-dsslic``.
 """
 
-from .codec import DSSLICCodec, LayeredCodec, compact_image, predict, segment_image
+from .codec import DSSLICCodec
 from .model import DSSLIC, PRESETS, DSSLICConfig, build_discriminator, dsslic_config
 
 
@@ -17,5 +18,5 @@ def register_cli(sub) -> None:
     register(sub)
 
 
-__all__ = ["DSSLIC", "DSSLICConfig", "DSSLICCodec", "LayeredCodec", "PRESETS", "build_discriminator",
-           "compact_image", "dsslic_config", "predict", "segment_image", "register_cli"]
+__all__ = ["DSSLIC", "DSSLICConfig", "DSSLICCodec", "PRESETS", "build_discriminator", "dsslic_config",
+           "register_cli"]

@@ -1,6 +1,6 @@
 """DSSLIC with a rate-aware base layer: the compact image entropy-coded with a learned prior.
 
-DSSLIC's layered codec (:class:`semlic.methods.dsslic.codec.LayeredCodec`) with one change in
+DSSLIC's layered codec (:class:`semlic.layered_codec.LayeredCodec`) with one change in
 the base layer: CompNet's output is not rounded to 8 bits and coded losslessly (about 17 bits
 per compact pixel on CamVid, reports/camvid_cpu) but range-coded with the EntropyBottleneck the
 network was trained with, end to end, under loss = lambda * 255^2 * MSE + bits (:mod:`.training`).
@@ -35,6 +35,7 @@ import torch
 
 from ... import format as fmt
 from ...agreement import AGREEMENT_TAU, corrected, correction_layers
+from ...entropy import bounded_string
 from ...errors import ConfigError, LayerError, MissingModelError, ModelMismatchError
 from ...layers import (
     array_to_tensor,
@@ -46,10 +47,9 @@ from ...layers import (
     pad_to_multiple,
     tensor_to_uint8,
 )
+from ...layered_codec import (ROLE_COMPACT, ROLE_CORRECTION, ROLE_RESIDUAL, ROLE_SEGMENTATION, SECTION, LayeredCodec,
+                              Section, parse_qp)
 from .. import EncodeResult, ModelSet, Option, register_method
-from ..dsslic.codec import (_SECTION, ROLE_COMPACT, ROLE_CORRECTION, ROLE_RESIDUAL, ROLE_SEGMENTATION, LayeredCodec,
-                            Section, _parse_qp)
-from ..latent_seg.hyperprior import bounded_string
 from .model import SCALE, RDBank
 
 MAX_LEVELS = 32
@@ -83,7 +83,7 @@ def parse_quality(value: Any) -> tuple[int, int | None]:
     if not 0 <= level < MAX_LEVELS:
         raise ConfigError(f"a dsslic_rd level is in 0..{MAX_LEVELS - 1}, got {level}")
     try:
-        return level, _parse_qp(pair[1])
+        return level, parse_qp(pair[1])
     except ValueError:
         raise ConfigError(f"a dsslic_rd residual QP is 0..51 or none, got {pair[1]!r}") from None
 
@@ -216,14 +216,14 @@ class RDCodec(LayeredCodec):
         return section.pack() + bytes([base.extras["level"]])
 
     def read_section(self, sem: fmt.SemFile) -> Section:
-        if len(sem.section) != _SECTION.size + 1:
+        if len(sem.section) != SECTION.size + 1:
             raise LayerError(f"the {self.name} method section has {len(sem.section)} bytes, "
-                             f"expected {_SECTION.size + 1}")
-        return Section.unpack(sem.section[:_SECTION.size])
+                             f"expected {SECTION.size + 1}")
+        return Section.unpack(sem.section[:SECTION.size])
 
     def level_of(self, sem: fmt.SemFile) -> int:
         self.read_section(sem)
-        return int(sem.section[_SECTION.size])
+        return int(sem.section[SECTION.size])
 
     def describe(self, sem: fmt.SemFile) -> dict:
         return {**super().describe(sem), "level": self.level_of(sem), "map": self.map_description}

@@ -27,7 +27,7 @@ from ...config_files import dataclass_from_dict
 from ...errors import ConfigError
 from ...model_files import register_model
 from ..dsslic.model import DSSLIC, DSSLICConfig, dsslic_config
-from ..latent_seg.hyperprior import compressai_models
+from ...entropy import compressai_models
 
 SCALE = 127.5          # y = SCALE * CompNet(x, s): integer steps of y are 8-bit steps of the compact image
 MAP_MODES = ("lossless", "lossy", "derived")

@@ -18,8 +18,8 @@ import torch
 from ... import format as fmt
 from ...agreement import AGREEMENT_TAU, corrected, correction_layers
 from ...errors import ModelMismatchError
+from ...layered_codec import ROLE_COMPACT, ROLE_CORRECTION, ROLE_RESIDUAL, LayeredCodec
 from .. import ModelSet, Option, PaperPoint, register_method
-from ..dsslic.codec import ROLE_COMPACT, ROLE_CORRECTION, ROLE_RESIDUAL, LayeredCodec
 from .matched import matched_scores
 
 
@@ -27,6 +27,7 @@ class MatchedMapCodec(LayeredCodec):
     """A layered codec whose map is derived at both ends from c^ (no segmentation layer)."""
 
     enhanced: bool = True   # SMapNet on PSPNet's probabilities
+    network = "dsslic"      # DSSLIC's generator (CompNet + RecNet)
     options = {**LayeredCodec.options,
                "agreement_tau": Option(AGREEMENT_TAU, float,
                                        "send the encoder's class where the top-2 score margin is below this (0: never)")}

@@ -35,7 +35,7 @@ from ...model_files import load_model, save_model
 from ...nn.losses import ssim
 from ...segnet.prepared import list_prepared
 from ...train_loop import adam
-from ..dsslic.codec import compact_image, predict
+from ...layered_codec import compact_image, predict
 from ..dsslic.model import DSSLIC
 from .matched import matched_segmentation
 from .smapnet import SMapNet

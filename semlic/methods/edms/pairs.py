@@ -17,7 +17,7 @@ from ...imageio import load_image, load_label_map, save_png
 from ...layers import pad_to_multiple
 from ...segnet.prepared import list_prepared
 from ..base import module_fingerprint
-from ..dsslic.codec import compact_image
+from ...layered_codec import compact_image
 from ..dsslic.model import DSSLIC
 from .matched import deterministic_float32, module_device, segnet_lowres_logits, upsample_logits, upsampled_for_segnet
 

@@ -22,8 +22,10 @@ from .networks import DeepLabV3, LatentSegNet
 
 def register_cli(sub) -> None:
     from .commands import register_cli as register
+    from .evaluate import register_cli as register_eval
 
     register(sub)
+    register_eval(sub)
 
 
 __all__ = ["DeepLabV3", "HyperpriorCodec", "LatentSegNet", "register_cli"]

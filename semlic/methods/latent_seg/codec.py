@@ -35,11 +35,12 @@ import numpy as np
 import torch
 
 from ... import format as fmt
+from ...entropy import bounded_string
 from ...errors import ConfigError, DeclaredSizeError, EntropyModelMismatchError, LayerError
 from ...layers import check_image
 from .. import EncodeResult, Method, ModelSet, Option, register_method
-from .hyperprior import (MULTIPLE, Latents, analyse, bounded_string, check_quality, compress_channels,
-                         decompress_channels, hyper_decode, integer_hyper_decoder, synthesise)
+from .hyperprior import (MULTIPLE, Latents, analyse, check_quality, compress_channels, decompress_channels, hyper_decode,
+                         integer_hyper_decoder, synthesise)
 
 ROLE_HYPER, ROLE_TASK, ROLE_REST = 1, 2, 3
 _SECTION = struct.Struct("<BHHH")

@@ -227,7 +227,3 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--restart", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_train_latent_seg)
-
-    from .evaluate import register_cli as register_eval
-
-    register_eval(sub)

@@ -28,7 +28,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from ...config_files import dataclass_from_dict
-from ...errors import CheckpointError, ConfigError, LayerError, MissingExtraError
+from ...errors import CheckpointError, ConfigError
+from ...entropy import bounded_string, compressai_models
 from ...model_files import load_model, register_model, save_model
 
 #: CompressAI zoo: MSE lambda and (N, M) per quality
@@ -52,17 +53,6 @@ def check_quality(quality: Any) -> int:
     if value not in LAMBDAS or value != quality:
         raise ConfigError(f"hyperprior: a quality is an integer 1..8 (CompressAI's zoo), got {quality!r}")
     return value
-
-
-def compressai_models():
-    """``compressai.models``, or a clear error saying how to install it."""
-    try:
-        import compressai.models as models
-    except ImportError as exc:
-        raise MissingExtraError(
-            f"the learned codec needs CompressAI ({exc}): `make install` installs it, or "
-            "`pip install --no-deps compressai==1.2.8 einops torch-geometric`") from exc
-    return models
 
 
 @dataclass
@@ -274,17 +264,6 @@ def integer_hyper_decoder(codec: nn.Module) -> IntegerHyperDecoder:
         cached = (state, IntegerHyperDecoder(codec))
         codec._semlic_integer_hyper = cached
     return cached[1]
-
-
-def bounded_string(string: bytes, symbols: int) -> bytes:
-    """A rANS string made safe to hand to CompressAI's decoder, which reads 32-bit words from it with
-    no bounds check (a damaged string made it read past the end and crash the process: found by
-    fuzzing, tests/test_fuzz.py). A string longer than ``symbols`` could need is refused; the rest is
-    padded with zeros, enough for every word the decoder can read: past the real bytes it reads
-    zeros, on which each symbol (and each escape of its bypass loop) stops after a bounded read."""
-    if len(string) > 64 * symbols + 64:
-        raise LayerError(f"entropy-coded string of {len(string)} bytes for {symbols} symbols: damaged")
-    return bytes(string) + bytes(16 * len(string) + 8 * symbols + 64)
 
 
 @torch.inference_mode()

@@ -32,12 +32,12 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from ...config_files import dataclass_from_dict
+from ...entropy import compressai_models
 from ...errors import ConfigError
 from ...model_files import save_model
 from ...segnet.prepared import load_labelled
 from ...train_loop import TrainingTask, adam, channels_last, fit, seeded_permutation_batch
-from .hyperprior import (HYPERPRIOR_FILE, LAMBDAS, MULTIPLE, bank_from_codecs, check_quality, compressai_models, pad,
-                         to_unit, zoo_widths)
+from .hyperprior import HYPERPRIOR_FILE, LAMBDAS, MULTIPLE, bank_from_codecs, check_quality, pad, to_unit, zoo_widths
 from .networks import DeepLabV3, LatentSegNet, StudentConfig, deeplab_config, normalise
 
 TEACHER_FILE = "deeplabv3.safetensors"
