@@ -371,6 +371,31 @@ class LayeredCodec(Method):
         prediction, section = self._prediction(sem, models)
         return self._with_residual(sem, section, prediction), prediction
 
+    @staticmethod
+    def _shared_key(sem: fmt.SemFile, section: Section) -> tuple:
+        """What files of one image at several QPs share: everything but the residual QP and layer."""
+        return (sem.width, sem.height, section.multiple, bytes(sem.section[SECTION.size:]),
+                tuple((layer.role, layer.codec, bytes(layer.payload)) for layer in sem.layers
+                      if layer.role != ROLE_RESIDUAL))
+
+    def decoder_maps_many(self, files: Sequence[bytes], models: ModelSet) -> list[tuple[dict[str, DecoderMap], float]]:
+        """Files that share all but the residual share their decoder map: it is computed once, and
+        each file's seconds count it (parse + map)."""
+        shared: dict[tuple, tuple[dict[str, DecoderMap], float]] = {}
+        out = []
+        for data in files:
+            start = time.perf_counter()
+            sem = self.open(data, models)
+            key = self._shared_key(sem, self.read_section(sem))
+            parsed = time.perf_counter() - start
+            if key not in shared:
+                t = time.perf_counter()
+                maps = self.decoder_maps(sem, models)
+                shared[key] = (maps, time.perf_counter() - t)
+            maps, maps_s = shared[key]
+            out.append((maps, parsed + maps_s))
+        return out
+
     def decode_many(self, files: Sequence[bytes], models: ModelSet) -> list[tuple[np.ndarray, float]]:
         """Files whose layers other than the residual are byte-identical (one image at several QPs)
         share x': it is computed once, and each file's seconds count it (parse + x' + residual)."""
@@ -380,9 +405,7 @@ class LayeredCodec(Method):
             start = time.perf_counter()
             sem = self.open(data, models)
             section = self.read_section(sem)
-            key = (sem.width, sem.height, section.multiple, bytes(sem.section[SECTION.size:]),
-                   tuple((layer.role, layer.codec, bytes(layer.payload)) for layer in sem.layers
-                         if layer.role != ROLE_RESIDUAL))
+            key = self._shared_key(sem, section)
             parsed = time.perf_counter() - start
             if key not in shared:
                 t = time.perf_counter()

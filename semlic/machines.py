@@ -152,8 +152,9 @@ class Receiver:
 
     def outputs(self, paths: Sequence[Path]) -> list[list[tuple[str, np.ndarray, int, float]]]:
         """Per file, (output, labels, bytes read, seconds) of every segmentation it delivers: a ``.sem``
-        by its method (the files of one method decoded together: :meth:`Method.decode_many` computes
-        once what they share, each file's seconds still count what decoding it alone costs), anything
+        by its method (the files of one method decoded together: :meth:`Method.decode_many` and
+        :meth:`Method.decoder_maps_many` compute once what they share, each file's seconds still count
+        what decoding it alone costs), anything
         else by Pillow (with the codec plugins semlic registers)."""
         from . import format as fmt
         from .imageio import load_image
@@ -174,13 +175,12 @@ class Receiver:
             method = get_method(name)
             models = self.models_for(method)
             decoded = method.decode_many([data for _, data, _ in files], models)
-            for (index, data, sem), (image, dec_s) in zip(files, decoded):
+            delivered = method.decoder_maps_many([data for _, data, _ in files], models)
+            for (index, data, sem), (image, dec_s), (maps, maps_s) in zip(files, decoded, delivered):
                 start = time.perf_counter()
                 labels = self.segment(image)
                 out[index].append((DECODED, labels, len(data), dec_s + time.perf_counter() - start))
-                start = time.perf_counter()
-                maps = method.decoder_maps(method.open(sem, models), models)
-                seconds = (time.perf_counter() - start) / max(1, len(maps))
+                seconds = maps_s / max(1, len(maps))
                 for output, found in sorted(maps.items()):
                     if found.labels.shape != (sem.height, sem.width):
                         raise LabelMapError(f"{name} output {output}: map {found.labels.shape}, the image is "

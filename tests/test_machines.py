@@ -194,3 +194,35 @@ def test_labelled_sets_keep_the_coded_images_with_ground_truth(tmp_path):
         (coded / "a_32.heic").write_bytes(b"x")                 # only image a was coded
     assert machines.labelled_sets(tmp_path / "coded", tmp_path / "prepared", "test") == {"camvid": ["a"]}
     assert machines.labelled_sets(tmp_path / "coded", tmp_path / "nowhere", "test") == {}
+
+
+def test_files_of_one_image_share_their_decoder_map(every_models_dir, monkeypatch):
+    """decoder_maps_many gives each file's maps as decoder_maps does; a layered codec derives the map of
+    files that differ only in the residual once (EDMS: PSPNet + SMapNet once per image, not per QP)."""
+    from semlic.methods import get_method
+    from semlic.model_files import ModelStore
+
+    image, _ = seed_image(64, 96)
+    method = get_method("edms")
+    models = ModelStore(dirs=[every_models_dir]).models(method.models + method.encoder_models)
+    files = [r.data for r in method.encode_many(image, models, [None, 40, 30])]
+    alone = [method.decoder_maps(method.open(data, models), models) for data in files]
+    calls = []
+    derive = type(method).decoder_map
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return derive(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(method), "decoder_map", counted)
+    together = method.decoder_maps_many(files, models)
+    assert len(calls) == 1 and len(together) == 3
+    for maps, (shared, seconds) in zip(alone, together):
+        assert seconds > 0 and sorted(maps) == sorted(shared) == ["derived"]
+        assert np.array_equal(maps["derived"].labels, shared["derived"].labels)
+        assert maps["derived"].roles == shared["derived"].roles
+    smic = get_method("smic")   # the default: one file at a time, the same maps
+    smic_models = ModelStore(dirs=[every_models_dir]).models(smic.models + smic.encoder_models + smic.task_models)
+    data = smic.encode(image, smic_models, smic.default_qualities[0]).data
+    (maps, _), = smic.decoder_maps_many([data], smic_models)
+    assert np.array_equal(maps["map"].labels, smic.decoder_maps(smic.open(data, smic_models), smic_models)["map"].labels)

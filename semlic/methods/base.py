@@ -241,6 +241,20 @@ class Method(ABC):
         ``{"map": ...}``); empty (the default) for a method that delivers none (semlic.machines)."""
         return {}
 
+    def decoder_maps_many(self, files: Sequence[bytes], models: ModelSet) -> list[tuple[dict[str, DecoderMap], float]]:
+        """:meth:`decoder_maps` of several files (one image at each quality): (maps, seconds) per file.
+
+        Each file is read from its own bytes; a method overrides this to compute once what files
+        with identical map layers share, as :meth:`decode_many` does. Each ``seconds`` is what
+        reading that file's maps alone costs.
+        """
+        out = []
+        for data in files:
+            start = time.perf_counter()
+            maps = self.decoder_maps(self.open(data, models), models)
+            out.append((maps, time.perf_counter() - start))
+        return out
+
     @staticmethod
     def bytes_read(sem: fmt.SemFile, roles: Iterable[int]) -> int:
         """Bytes a receiver reads for the layers ``roles``: the file header and those layers (their
