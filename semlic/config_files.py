@@ -45,3 +45,18 @@ def dataclass_from_dict(cls, data: dict, what: str):
     if unknown:
         raise ConfigError(f"unknown {what} keys: {unknown}; known: {sorted(known)}")
     return cls(**data)
+
+
+# --- time budgets (semlic.train_loop: a pause and a budget are two things) ---------------------
+def seconds(minutes: float | None) -> float | None:
+    """Minutes (a config's ``minutes``, a command's ``--pause-after``) as the loop's seconds; None stays None."""
+    return None if minutes is None else 60.0 * float(minutes)
+
+
+def add_pause_argument(parser) -> None:
+    """``--pause-after M``: a training command's resumable pause (this call stops after M minutes, the
+    state saved; rerun to continue). Not the config's ``minutes``, the budget after which the model is
+    written as it is."""
+    parser.add_argument("--pause-after", type=float, metavar="MINUTES",
+                        help="pause after this many minutes of this call, the state saved (rerun to continue); "
+                             "the config's minutes is the training budget instead")

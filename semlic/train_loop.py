@@ -17,12 +17,14 @@ iteration. The loop owns everything else:
   Losses stay on the device between rows: the loop reads them back to the host once per row.
   A window that a stop or a checkpoint cuts is kept in the state, so a resumed run writes the
   uninterrupted run's rows.
-* **Budgets.** ``stop_after`` iterations or ``time_limit_s`` seconds of this call: the loop
-  saves the state and returns with ``completed`` False and ``stopped_by`` saying why; the
-  next call continues. When every iteration is done the task writes its model file.
-  ``budget_s`` is a training budget instead: when it runs out the model is written as it is
-  (``stopped_by`` "budget"; the task's ``trained_iterations`` and the log say how far it
-  got), for runs sized to the machine they run on.
+* **Two kinds of time, two names.** A *pause*: ``stop_after`` iterations or ``time_limit_s``
+  seconds of this call (the commands' ``--pause-after M``): the loop saves the state and
+  returns with ``completed`` False and ``stopped_by`` saying why; the next call continues.
+  When every iteration is done the task writes its model file. A *budget*: ``budget_s``, the
+  configs' ``minutes``: when it runs out the model is written as it is (``stopped_by``
+  "budget"; the task's ``trained_iterations`` and the log say how far it got), for runs sized
+  to the machine they run on. Minutes become seconds in one place,
+  :func:`semlic.config_files.seconds`.
 * **Speed.** :func:`autocast` (bf16 on CUDA and on CPUs with native bf16, see :func:`cpu_bf16`)
   and :func:`channels_last` are what tasks use.
 """

@@ -307,3 +307,19 @@ def test_toy_refusals_restart_and_a_finished_run(tmp_path):
     for bad in (dict(time_limit_s=0), dict(stop_after=-1), dict(log_every=0), dict(checkpoint_every=0)):
         with pytest.raises(ConfigError):
             fit(LinearRegression(), tmp_path / "bad", progress=False, **bad)
+
+
+def test_a_pause_and_a_budget_are_two_names():
+    """Minutes become seconds in one place; the training commands pause with --pause-after (a config's
+    ``minutes`` is the budget), and --minutes is no longer one of their options."""
+    from semlic.cli import build_parser
+    from semlic.config_files import seconds
+
+    assert seconds(None) is None and seconds(1.5) == 90.0 and seconds("2") == 120.0
+    parser = build_parser()
+    for argv in (["train-segnet", "--config", "C", "--data", "D", "--out", "O"], ["train-dsslic", "--images", "I", "--segs", "S", "--out", "O"],
+                 ["train-smapnet", "--pairs", "P", "--out", "O"]):
+        args = parser.parse_args(argv + ["--pause-after", "0.5"])
+        assert seconds(args.pause_after) == 30.0
+        with pytest.raises(SystemExit):
+            parser.parse_args(argv + ["--minutes", "0.5"])

@@ -26,7 +26,7 @@ Steps (``LANES`` then ``FINAL``; ``lanes`` / ``final`` in the config override th
 unpack         every data pack present (datapack.py) -> W/data/<dataset>/<split>/{images,labels}
 *lane0*
 segnet         PSPNet (model ``pspnet``): a short probe measures images/s, the steps are fitted to
-               ``segnet.budget_s``, then ``semlic train-segnet --out W/models/segnet --minutes M``
+               ``segnet.budget_s``, then ``semlic train-segnet --out W/models/segnet --pause-after M``
 segment-train  ``semlic segment`` of the train split (the maps DSSLIC learns from)
 segment-test   ``semlic segment`` of every data set the code step codes (mIoU on CamVid test)
 dsslic         DSSLIC CompNet + FineNet (+ discriminators), model ``dsslic``: a probe chunk, the
@@ -398,7 +398,7 @@ def step_segnet(st: Study) -> bool:
         return False
     started = time.time()
     st.semlic("segnet", ["train-segnet", "--config", str(config), "--data", str(prepared), "--out", str(out),
-                         "--device", st.device, "--minutes", f"{limit / 60:.3f}", "--no-progress"],
+                         "--device", st.device, "--pause-after", f"{limit / 60:.3f}", "--no-progress"],
               timeout=limit + SPAWN_S + 60)
     st.note("segnet", spent_s_add=time.time() - started)
     return st.model_path("pspnet") is not None

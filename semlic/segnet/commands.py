@@ -2,7 +2,7 @@
 
 * ``train-segnet --config CFG.yaml|json --data PREPARED_DIR --out DIR [--device cpu|cuda]
   [--restart] [--iterations N | --epochs N] [--batch-size N] [--crop-size N] [--lr X]
-  [--num-workers N] [--seed N] [--eval-split SPLIT] [--backbone-weights PTH] [--minutes M]``:
+  [--num-workers N] [--seed N] [--eval-split SPLIT] [--backbone-weights PTH] [--pause-after M]``:
   config keys in :mod:`semlic.segnet.train_config`; the options override them. Writes
   ``DIR/segnet.safetensors`` (and the resumable state and log); prints the result (JSON).
 * ``segment --model CKPT --data PREPARED_DIR --split SPLIT --out DIR [--device] [--batch-size]
@@ -18,6 +18,7 @@ import argparse
 import json
 from pathlib import Path
 
+from ..config_files import add_pause_argument, seconds
 from ..errors import ConfigError
 from ..model_files import load_model, save_model
 from .pretrained import CSAIL_ENCODERS, load_csail_pspnet, load_hszhao_pspnet
@@ -44,7 +45,7 @@ def run_train(args: argparse.Namespace) -> int:
         changes["iterations"] = None
     config = config.replace(**changes) if changes else config
     result = train_segnet(config, args.data, args.out, device=args.device, resume=not args.restart,
-                          time_limit_s=None if args.minutes is None else 60 * args.minutes,
+                          time_limit_s=seconds(args.pause_after),
                           progress=not args.no_progress)
     print(json.dumps(result, indent=2))
     return 0
@@ -94,7 +95,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--seed", type=int, help="override: random seed")
     train.add_argument("--eval-split", help="override: split to evaluate at the end")
     train.add_argument("--backbone-weights", help="override: ImageNet backbone weights (torchvision ResNet, or weights/efficientnet_lite0.safetensors)")
-    train.add_argument("--minutes", type=float, help="train for at most this long in this call (rerun to continue)")
+    add_pause_argument(train)
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(func=run_train)
 

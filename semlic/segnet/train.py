@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from ..config_files import seconds
 from ..errors import DatasetError
 from ..model_files import save_model
 from ..train_loop import TrainingTask, autocast, channels_last, fit
@@ -153,7 +154,7 @@ def train_segnet(config: SegnetTrainConfig | dict, prepared_dir: str | os.PathLi
     stop_after = None if stop_at_step is None else max(0, stop_at_step - start)
     result = fit(task, out_dir, resume=resume, checkpoint_every=config.checkpoint_every, log_every=config.log_every,
                  stop_after=stop_after, time_limit_s=time_limit_s,
-                 budget_s=None if config.minutes is None else 60.0 * config.minutes, progress=progress)
+                 budget_s=seconds(config.minutes), progress=progress)
     summary = {
         "completed": result.completed, "step": result.iteration, "total_steps": result.total_iterations,
         "stopped_by": result.stopped_by, "final_loss": result.last.get("loss", float("nan")),

@@ -35,7 +35,7 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from ...config_files import dataclass_from_dict
+from ...config_files import dataclass_from_dict, seconds
 from ...errors import ConfigError
 from ...imageio import load_image, load_label_map
 from ...model_files import save_model
@@ -260,4 +260,4 @@ def train_dsslic(config: DSSLICTrainConfig | dict, image_dir: str | Path, seg_di
     task = DSSLICTraining(cfg, images, segs, device)
     return fit(task, out_dir, resume=resume, checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
                stop_after=stop_after, time_limit_s=time_limit_s,
-               budget_s=None if cfg.minutes is None else 60.0 * cfg.minutes, progress=progress)
+               budget_s=seconds(cfg.minutes), progress=progress)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ...config_files import read_section
+from ...config_files import add_pause_argument, read_section, seconds
 
 
 def cmd_train(args) -> int:
@@ -23,7 +23,7 @@ def cmd_train(args) -> int:
         if value is not None:
             config[key] = value
     result = train_dsslic_rd(config, args.images, args.segs, args.out, device=args.device, resume=not args.restart,
-                             time_limit_s=None if args.minutes is None else 60 * args.minutes,
+                             time_limit_s=seconds(args.pause_after),
                              progress=not args.no_progress)
     print(json.dumps(result.to_dict(), indent=2, default=str))
     return 0
@@ -48,7 +48,7 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--preset")
     p.add_argument("--label-nc", type=int)
-    p.add_argument("--minutes", type=float, help="train for at most this long in this call (rerun to continue)")
+    add_pause_argument(p)
     p.add_argument("--restart", action="store_true", help="ignore an existing train_state and start afresh")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from ...config_files import dataclass_from_dict
+from ...config_files import dataclass_from_dict, seconds
 from ...errors import ConfigError
 from ...model_files import load_model, save_model
 from ...train_loop import TrainResult, adam, fit
@@ -181,7 +181,7 @@ def train_dsslic_rd(config: RDTrainConfig | dict, image_dir: str | Path, seg_dir
     task = RDTraining(cfg, images, segs, device)
     return fit(task, out_dir, resume=resume, checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
                stop_after=stop_after, time_limit_s=time_limit_s,
-               budget_s=None if cfg.minutes is None else 60.0 * cfg.minutes, progress=progress)
+               budget_s=seconds(cfg.minutes), progress=progress)
 
 
 def merge_levels(paths, out_path: str | Path):

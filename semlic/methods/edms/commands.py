@@ -20,7 +20,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ...config_files import read_section
+from ...config_files import add_pause_argument, read_section, seconds
 
 
 def run_pairs(args: argparse.Namespace) -> int:
@@ -50,7 +50,7 @@ def run_train(args: argparse.Namespace) -> int:
     if args.epochs is not None:
         config["iterations"] = None
     result = train_smapnet(config, args.pairs, args.out, device=args.device, resume=not args.restart,
-                           time_limit_s=None if args.minutes is None else 60 * args.minutes,
+                           time_limit_s=seconds(args.pause_after),
                            progress=not args.no_progress)
     print(json.dumps(result.to_dict(), indent=2, default=str))
     return 0
@@ -93,7 +93,7 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--preset", help="paper | tiny")
     p.add_argument("--crop", type=int)
-    p.add_argument("--minutes", type=float, help="train for at most this long in this call (rerun to continue)")
+    add_pause_argument(p)
     p.add_argument("--restart", action="store_true", help="ignore an existing train_state and start afresh")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_train)

@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import load_file
 from torch.nn import functional as F
 
-from ...config_files import dataclass_from_dict
+from ...config_files import dataclass_from_dict, seconds
 from ...errors import ConfigError
 from ...imageio import load_label_map
 from ...model_files import save_model
@@ -190,4 +190,4 @@ def train_smapnet(config: SMapNetTrainConfig | dict, pairs_dir: str | Path, out_
     task = SMapNetTraining(cfg, logits, targets, info, device)
     return fit(task, out_dir, resume=resume, checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
                stop_after=stop_after, time_limit_s=time_limit_s,
-               budget_s=None if cfg.minutes is None else 60.0 * cfg.minutes, progress=progress)
+               budget_s=seconds(cfg.minutes), progress=progress)

@@ -31,7 +31,7 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from ...config_files import dataclass_from_dict
+from ...config_files import dataclass_from_dict, seconds
 from ...entropy import compressai_models
 from ...errors import ConfigError
 from ...model_files import save_model
@@ -53,10 +53,6 @@ def step_lr(lr: float, iteration: int, total: int, final_fraction: float = 0.25,
 def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("scale", 1.0)
-
-
-def _budget(minutes: float | None) -> float | None:
-    return None if minutes is None else 60.0 * float(minutes)
 
 
 # --- 1. the hyperprior (CompressAI's examples/train.py) -----------------
@@ -177,7 +173,7 @@ def train_hyperprior(config: dict, prepared_dir, out_dir, device: str = "cpu", r
     images, _ = load_labelled(prepared_dir, progress=progress)
     task = HyperpriorTraining(cfg, images, device)
     result = fit(task, out_dir, resume=resume, checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
-                 budget_s=_budget(cfg.minutes), progress=progress)
+                 budget_s=seconds(cfg.minutes), progress=progress)
     return {**result.to_dict(), "quality": cfg.quality}
 
 
@@ -277,7 +273,7 @@ def train_teacher(config: dict, prepared_dir, out_dir, device: str = "cpu", resu
     images, labels = load_labelled(prepared_dir, progress=progress)
     task = TeacherTraining(cfg, images, labels, device)
     return fit(task, out_dir, resume=resume, checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
-               budget_s=_budget(cfg.minutes), progress=progress).to_dict()
+               budget_s=seconds(cfg.minutes), progress=progress).to_dict()
 
 
 # --- 3. the students --------------------------------------------------------------------------------
@@ -450,7 +446,7 @@ def train_student(cfg: StudentTrainConfig, inputs: dict[str, torch.Tensor], teac
                   progress: bool = True) -> dict:
     task = StudentTraining(cfg, inputs, teacher, latent_channels, static_channels, device)
     result = fit(task, out_dir, resume=resume, checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
-                 budget_s=_budget(cfg.minutes), progress=progress)
+                 budget_s=seconds(cfg.minutes), progress=progress)
     return {**result.to_dict(), "student": cfg.label, "quality": cfg.quality}
 
 

@@ -33,7 +33,7 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from ...config_files import dataclass_from_dict
+from ...config_files import dataclass_from_dict, seconds
 from ...errors import ConfigError
 from ...image_codecs import get_codec
 from ...model_files import save_model
@@ -278,7 +278,7 @@ class RecNetTraining(_GANTask):
 
 
 def _run(task: TrainingTask, cfg, out_dir, resume: bool, progress: bool) -> TrainResult:
-    budget = None if cfg.minutes is None else 60.0 * cfg.minutes
+    budget = seconds(cfg.minutes)
     return fit(task, out_dir, resume=resume, checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
                budget_s=budget, progress=progress)
 
