@@ -115,10 +115,11 @@ def test_every_method_yields_task_rows_from_its_file_alone(coded):
         assert decoded["bytes"].iloc[0] == path.stat().st_size      # the whole file
     outputs = {(r.method, r.output) for r in rows.itertuples()}
     for name, output in (("dsslic", "map"), ("edms", "derived"), ("edms_noenh", "derived"), ("smic", "map"),
-                         ("dsslic_rd", "map"), ("dsslic_rd_derived", "derived"), ("dsslic_rd_lossy", "map")):
+                         ("dsslic_rd", "map"), ("dsslic_rd_derived", "derived"), ("dsslic_rd_lossy", "map"),
+                         ("sgfilter", "derived"), ("sgfilter_sent", "map")):
         if name in made:
             assert (name, output) in outputs
-    assert not {o for m, o in outputs if m in ("dsslic_noseg", "dsslic_upcomp", "hyperprior")} - {"decoded"}
+    assert not {o for m, o in outputs if m in ("dsslic_noseg", "dsslic_upcomp", "hyperprior", "sgfilter_nomap")} - {"decoded"}
     assert (machines.ORIGINAL, machines.DECODED) in outputs
     matrix = np.asarray(rows["confusion"].iloc[0])
     assert matrix.sum() == 64 * 96 and len(matrix) == (NUM_CLASSES + 1) ** 2
@@ -131,7 +132,7 @@ def test_a_map_output_reads_the_header_and_its_layers_only(coded):
     for r in rows[~rows["output"].isin([machines.DECODED])].itertuples():
         sem = fmt.unpack(made[r.method].read_bytes())
         method = get_method(sem.method)
-        layers = {"map": {"segmentation", "map"}, "derived": {"compact", "correction"}}[r.output]
+        layers = {"map": {"segmentation", "map"}, "derived": {"compact", "correction", "image"}}[r.output]
         read = sum(layer.bits for layer in sem.layers if method.role_name(layer.role) in layers) // 8
         assert r.bytes == sem.header_bytes + read, (r.method, r.output)
         size = len(made[r.method].read_bytes())
