@@ -35,10 +35,10 @@ def test_params_sections_and_overrides(tmp_path):
 
 
 STAGES = ["weights", "prepare", "train_segnet", "segment", "train_dsslic", "train_dsslic_rd", "smap_pairs", "train_smapnet",
-          "train_smic", "train_hyperprior", "train_latent_seg", "eval_latent_seg", "code", "machines", "aggregate"]
+          "train_sgfilter", "train_smic", "train_hyperprior", "train_latent_seg", "eval_latent_seg", "code", "machines", "aggregate"]
 TASK_MODULES = {"weights": "weights", "prepare": "data", "train_segnet": "segnet", "segment": "segnet", "train_dsslic": "training",
                 "train_dsslic_rd": "training",
-                "smap_pairs": "edms", "train_smapnet": "edms", "train_smic": "smic", "code": "coding",
+                "smap_pairs": "edms", "train_smapnet": "edms", "train_sgfilter": "sgfilter", "train_smic": "smic", "code": "coding",
                 "train_hyperprior": "latent_seg", "train_latent_seg": "latent_seg", "eval_latent_seg": "latent_seg",
                 "machines": "machines", "aggregate": "aggregate"}
 
