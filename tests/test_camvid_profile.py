@@ -85,6 +85,14 @@ def test_the_profile_names_only_keys_the_stages_read():
     assert sorted(plan) == ["derived_l0", "lossless_l0", "lossless_l1", "lossless_l2", "lossy_l0"]
     assert all(RDTrainConfig.from_dict(cfg).minutes == profile["train_dsslic_rd"]["minutes"] for cfg in plan.values())
     assert plans["dsslic_rd"].method.name == "dsslic_rd"
+    from flows.train_sgfilter import runs as sgfilter_runs
+    from semlic.methods.sgfilter.training import SGFilterTrainConfig
+
+    sgfilter = sgfilter_runs({**merged, "base": {**merged["base"], "dataset": "camvid"}})
+    assert sorted(sgfilter) == ["derived", "none", "sent"]
+    assert all(SGFilterTrainConfig.from_dict(cfg).minutes == profile["train_sgfilter"]["minutes"]
+               for cfg in sgfilter.values())
+    assert {"sgfilter", "sgfilter_nomap", "sgfilter_sent"} <= set(plans)
 
 
 def test_the_code_stage_samples_evenly_spaced_images():
@@ -129,6 +137,7 @@ TINY = [  # the profile with budgets of a few steps (the profile's sizes and cod
     "train_dsslic.iterations=2", "train_dsslic.batch_size=2",
     "train_dsslic_rd.iterations=2", "train_dsslic_rd.batch_size=2",
     "train_smapnet.iterations=2", "train_smapnet.batch_size=2",
+    "train_sgfilter.iterations=2", "train_sgfilter.batch_size=2",
     "train_smic.ssnet.iterations=2", "train_smic.ssnet.batch_size=2",
     "train_smic.recnet.iterations=2", "train_smic.recnet.batch_size=2",
     "train_hyperprior.iterations=2", "train_hyperprior.batch_size=2",

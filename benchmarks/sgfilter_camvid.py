@@ -1,0 +1,214 @@
+"""HEVC + SG filter trained on CamVid on the CPU, measured against HEVC 4:4:4 on CamVid test and Kodak.
+
+    .venv/bin/python benchmarks/sgfilter_camvid.py --prepared data/prepared --segnet data/models/segnet/segnet.safetensors \\
+        --work runs/sgfilter --out reports/sgfilter
+
+Trains the enhancement network of each map source (``derived``: the map PSPNet derives from the
+decoded image, the method; ``none``: the plain post-filter; ``sent``: the encoder's map sent
+losslessly), the same network and the same number of steps each (an iteration budget: the result
+does not depend on what else shares the CPU), on ``<prepared>/camvid``'s train split HEVC 4:4:4-coded
+at the QP grid. Then codes every test image of CamVid and of Kodak (``<prepared>/kodak``, with the
+CamVid-trained networks) with each method at each QP of the grid, one real file each, decoded from its
+bytes, and with HEVC 4:4:4 at the same QPs (the baseline's files, which each method's image layer
+repeats byte for byte). Every row carries PSNR-RGB, MS-SSIM and LPIPS (when the LPIPS weights are
+there) and the encode and decode seconds. Writes to ``--out``: ``rows.parquet`` (every file),
+``curves.csv`` (mean RD points), ``bd.csv`` (BD-rate and BD-distortion of each method against HEVC on
+each metric), ``training.csv``, ``rd.png`` and ``measured.md`` (the tables, the command, the times).
+Resumable: trained networks are kept in ``--work``, and a rerun trains on from their state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from semlic import aggregate, bd, lpips, results  # noqa: E402
+from semlic.baselines import run_baselines  # noqa: E402
+from semlic.code_stage import CodingSample, MethodPlan, code_method  # noqa: E402
+from semlic.errors import ConfigError  # noqa: E402
+from semlic.fileio import atomic_write_text  # noqa: E402
+from semlic.methods.sgfilter.training import NETWORKS, model_path, train_sgfilter  # noqa: E402
+from semlic.model_files import load_model, read_metadata  # noqa: E402
+from semlic.segnet.prepared import list_prepared  # noqa: E402
+
+METHODS = {"derived": "sgfilter", "none": "sgfilter_nomap", "sent": "sgfilter_sent"}
+METRICS = (("psnr_rgb", 1.0, "dB"), ("ms_ssim", 1.0, ""), ("lpips", -1.0, ""))   # (column, sign: higher is better)
+
+
+def bd_rows(curves: pd.DataFrame) -> pd.DataFrame:
+    """BD-rate (%) and BD-distortion of every method against HEVC on each metric, per data set."""
+    records = []
+    for dataset, per in curves.groupby("dataset", sort=True):
+        anchor = per[per["method"] == "hevc"].sort_values("bpp")
+        for method, curve in per[per["method"] != "hevc"].groupby("method", sort=True):
+            curve = curve.sort_values("bpp")
+            record = {"dataset": dataset, "method": method, "points": len(curve)}
+            for column, sign, _ in METRICS:
+                if curve[column].isna().any() or anchor[column].isna().any():
+                    record[f"bd_rate_{column}_pct"] = record[f"bd_{column}"] = math.nan
+                    continue
+                args = (anchor["bpp"], sign * anchor[column], curve["bpp"], sign * curve[column])
+                try:
+                    record[f"bd_rate_{column}_pct"] = bd.bd_rate(*args)
+                    record[f"bd_{column}"] = sign * bd.bd_psnr(*args)
+                except ConfigError:
+                    record[f"bd_rate_{column}_pct"] = record[f"bd_{column}"] = math.nan
+            records.append(record)
+    return pd.DataFrame(records)
+
+
+def per_qp(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per data set, method and QP: mean bpp, PSNR gain over HEVC at that QP, share of files enhanced."""
+    hevc = rows[rows["method"] == "hevc"].set_index(["dataset", "image_id", "quality"])
+    out = []
+    for (dataset, method, quality), group in rows[rows["method"] != "hevc"].groupby(["dataset", "method", "quality"]):
+        base = hevc.loc[[(dataset, i, quality) for i in group["image_id"]]]
+        out.append({"dataset": dataset, "method": method, "qp": int(quality), "images": len(group),
+                    "bpp": group["bpp"].mean(), "hevc_bpp": base["bpp"].mean(),
+                    "psnr_gain_db": float((group["psnr_rgb"].to_numpy() - base["psnr_rgb"].to_numpy()).mean()),
+                    "ms_ssim_gain": float((group["ms_ssim"].to_numpy() - base["ms_ssim"].to_numpy()).mean()),
+                    "enhanced_share": float((group["psnr_rgb"].to_numpy() != base["psnr_rgb"].to_numpy()).mean()),
+                    "dec_s": group["dec_s"].median(), "hevc_dec_s": base["dec_s"].median()})
+    return pd.DataFrame(out)
+
+
+def plot(curves: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    datasets = sorted(curves["dataset"].unique())
+    figure, axes = plt.subplots(len(datasets), 2, figsize=(12, 4.4 * len(datasets)), squeeze=False)
+    for row, dataset in zip(axes, datasets):
+        for method, curve in curves[curves["dataset"] == dataset].groupby("method", sort=True):
+            curve = curve.sort_values("bpp")
+            for ax, column in zip(row, ("psnr_rgb", "ms_ssim")):
+                ax.plot(curve["bpp"], curve[column], marker="o", markersize=4, label=method,
+                        linewidth=2.2 if method == "sgfilter" else 1.2)
+        for ax, label in zip(row, ("PSNR-RGB (dB)", "MS-SSIM")):
+            ax.set_xlabel("bits per pixel (whole file)")
+            ax.set_ylabel(label)
+            ax.set_title(dataset)
+            ax.grid(True, alpha=0.3)
+        row[0].legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100, metadata={"Software": None})
+    plt.close(figure)
+
+
+def _md(frame: pd.DataFrame, digits: int = 3) -> str:
+    def cell(v):
+        if isinstance(v, float):
+            return "-" if not math.isfinite(v) else f"{v:.{digits}f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def train_all(args, segnet) -> list[dict]:
+    config = {"preset": args.preset, "qps": args.qps, "iterations": args.iterations, "batch_size": args.batch_size,
+              "crop": args.crop, "lr": args.lr, "checkpoint_every": 100, "log_every": 20, "seed": 0,
+              "limit": args.train_limit}
+    records = []
+    for source in args.variants:
+        out = Path(args.work) / source
+        started = time.time()
+        result = train_sgfilter({**config, "map_source": source}, Path(args.prepared) / "camvid", out, segnet,
+                                progress=not args.no_progress)
+        if not result.completed:
+            raise SystemExit(f"{source}: training stopped ({result.stopped_by})")
+        log = pd.read_parquet(out / "train_log.parquet")
+        meta = read_metadata(model_path(out, source))
+        records.append({"network": NETWORKS[source][0], "map": source, "iterations": int(json.loads(meta["iterations"])),
+                        "train_minutes": float(log["seconds"].max()) / 60, "images_per_s": float(log["images_per_s"].median()),
+                        "first_mse": float(log["mse"].iloc[:3].mean()), "last_mse": float(log["mse"].iloc[-3:].mean()),
+                        "this_call_s": time.time() - started})
+    return records
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--prepared", required=True, help="a prepared folder holding camvid/ (and kodak/)")
+    parser.add_argument("--segnet", required=True, help="the pipeline's PSPNet model file")
+    parser.add_argument("--work", default="runs/sgfilter", help="the trained networks (resumable)")
+    parser.add_argument("--out", default="reports/sgfilter")
+    parser.add_argument("--variants", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--qps", nargs="+", type=int, default=[47, 42, 37, 32])
+    parser.add_argument("--preset", default="small")
+    parser.add_argument("--iterations", type=int, default=1250)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--crop", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--datasets", nargs="+", default=["camvid", "kodak"])
+    parser.add_argument("--limit", type=int, help="only the first N test images of each data set")
+    parser.add_argument("--train-limit", type=int, help="only the first N train images (a quick check)")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    segnet = load_model(args.segnet, expect="pspnet")
+    training = train_all(args, segnet)
+    trained_s = time.time() - started
+    models = {"pspnet": segnet}
+    for source in args.variants:
+        name = NETWORKS[source][0]
+        models[name] = load_model(model_path(Path(args.work) / source, source), expect=name)
+    with_lpips = lpips.get_model() is not None
+    rows, coding_s = [], {}
+    for dataset in args.datasets:
+        samples = list_prepared(Path(args.prepared) / dataset, "test")[: args.limit or None]
+        coding = [CodingSample(s.id, s.image_path) for s in samples]
+        for source in args.variants:
+            t = time.time()
+            plan = MethodPlan.from_section(METHODS[source], {"qualities": args.qps})
+            rows += code_method(coding, plan, models, dataset=dataset, progress=not args.no_progress,
+                                with_lpips=with_lpips)
+            coding_s[(dataset, METHODS[source])] = time.time() - t
+        t = time.time()
+        rows += run_baselines([s.image_path for s in samples], ["hevc"], sweep={"hevc": args.qps}, dataset=dataset,
+                              progress=not args.no_progress, with_lpips=with_lpips)
+        coding_s[(dataset, "hevc")] = time.time() - t
+    results.write_rows(rows, out / "rows.parquet")
+    frame = pd.DataFrame(rows)
+    curves = aggregate.rd_curves(frame)
+    curves.to_csv(out / "curves.csv", index=False, float_format="%.6g")
+    table = bd_rows(curves)
+    table.to_csv(out / "bd.csv", index=False, float_format="%.6g")
+    qps = per_qp(frame)
+    qps.to_csv(out / "per_qp.csv", index=False, float_format="%.6g")
+    pd.DataFrame(training).to_csv(out / "training.csv", index=False, float_format="%.6g")
+    plot(curves, out / "rd.png")
+    enhanced = frame[frame["method"] != "hevc"]
+    command = " ".join(shlex.quote(a) for a in [".venv/bin/python", "benchmarks/sgfilter_camvid.py", *sys.argv[1:]])
+    text = [f"- Measurement: `{command}` (git {results.git_revision()}; training {trained_s / 60:.1f} min this call, "
+            f"wall {(time.time() - started) / 60:.1f} min; LPIPS {'on' if with_lpips else 'off (no weights)'}; "
+            f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs)",
+            "", "### Training (the same network and steps for each map source)", "", _md(pd.DataFrame(training), 4), "",
+            "### BD against HEVC 4:4:4 over the same QPs (negative BD-rate: fewer bits)", "", _md(table, 3), "",
+            "### Per QP: mean gain over HEVC at the same QP, decode seconds (median)", "", _md(qps, 3), "",
+            f"- Files coded and decoded from their bytes: {len(enhanced)} (enhanced_share: the share whose picture the "
+            f"network changed, the flag set); coding seconds per data set and method: "
+            + ", ".join(f"{d}/{m} {s:.0f} s" for (d, m), s in coding_s.items()), ""]
+    atomic_write_text(out / "measured.md", "\n".join(text) + "\n")
+    print("\n".join(text))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
