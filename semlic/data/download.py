@@ -119,6 +119,8 @@ CITYSCAPES_INSTRUCTIONS = (
     "gtFine_trainvaltest.zip, and unzip both into {root}, so that {root}/leftImg8bit/{{train,val,test}}/<city>/"
     "<x>_leftImg8bit.png and {root}/gtFine/{{train,val,test}}/<city>/<x>_gtFine_labelIds.png exist."
 )
+#: Data sets that cannot be fetched for the user, and what to do instead ({root}: where to put them).
+MANUAL = {"cityscapes": CITYSCAPES_INSTRUCTIONS}
 
 
 # --- one file ---------------------------------------------------------------------------------
@@ -401,8 +403,8 @@ def download_dataset(name: str, root: str | os.PathLike, **options) -> Path:
     that have nothing to download (synthetic, folder).
     """
     spec = get_spec(name)
-    if name == "cityscapes":
-        raise ManualDownloadError(CITYSCAPES_INSTRUCTIONS.format(root=Path(root)))
+    if name in MANUAL:
+        raise ManualDownloadError(MANUAL[name].format(root=Path(root)))
     if name not in SOURCES:
         what = "is generated, nothing to download" if not spec.root_required else "is your own folder of images"
         raise ManualDownloadError(f"data set {name!r} {what}; downloadable: {sorted(SOURCES)}")

@@ -81,7 +81,7 @@ def _sha256_file(path: Path) -> str:
 def source_fingerprint(sample: Sample) -> str:
     """SHA-256 (hex) identifying a sample's source content, cheap next to decoding it."""
     digest = hashlib.sha256(f"{sample.dataset}\n".encode())
-    if sample.dataset == "synthetic":
+    if sample.synthetic_index is not None:   # generated: its recipe is its source
         height, width = synthetic.NATIVE_SIZE
         digest.update(
             f"synthetic v{synthetic.GENERATOR_VERSION} seed {synthetic.DEFAULT_SEED} "
