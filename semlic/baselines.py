@@ -38,11 +38,12 @@ from .fileio import atomic_write_bytes
 from .imageio import load_image
 
 BASELINE_CODECS = ("jpeg", "jpeg2000", "webp", "avif", "jxl", "hevc")
-FILE_EXTENSIONS = {"jpeg": "jpg", "jpeg2000": "j2k", "webp": "webp", "avif": "avif", "jxl": "jxl", "hevc": "heic"}
-DEFAULT_OPTIONS: dict[str, dict] = {"hevc": {"chroma": "444"}}
+# Read from each codec's one declaration (semlic.image_codecs.CODECS):
+FILE_EXTENSIONS = {name: codecs.CODECS[name].extension for name in BASELINE_CODECS}
+DEFAULT_OPTIONS: dict[str, dict] = {name: dict(codecs.CODECS[name].default_options) for name in BASELINE_CODECS
+                                    if codecs.CODECS[name].default_options}
 #: Accepted knob values: (lowest, highest, lowest excluded).
-QUALITY_RANGES = {"jpeg": (1, 100, False), "webp": (0, 100, False), "avif": (0, 100, False),
-                  "jxl": (0, 100, False), "hevc": (0, 51, False), "jpeg2000": (1, float("inf"), True)}
+QUALITY_RANGES = {name: codecs.CODECS[name].quality_range for name in BASELINE_CODECS}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".webp")
 
 

@@ -175,6 +175,12 @@ class ImageCodec:
     quality_name: str = "quality"
     default_sweep: tuple = ()
     higher_is_better: bool = True  # does a larger quality value mean more bits?
+    # As a baseline of the study (semlic.baselines, the reports): one declaration per codec
+    extension: str = ""            # of its coded files
+    quality_range: tuple | None = None   # (lowest, highest, lowest excluded) of the accepted knob values
+    default_options: tuple = ()    # (option, value) pairs its baseline rows are coded with
+    label: str = ""                # in reports
+    colour: str | None = None      # in figures
 
     def encode(self, image: np.ndarray, quality=None, **options) -> bytes:
         """Code an HxW (grey) or HxWx3 (RGB) uint8 array."""
@@ -280,13 +286,20 @@ CODECS: dict[str, ImageCodec] = {
         ImageCodec("png", 1, True, "PNG", _png),
         ImageCodec("webp_lossless", 2, True, "WEBP", _webp_lossless),
         ImageCodec("jxl_lossless", 3, True, "JXL", _jxl_lossless),
-        ImageCodec("hevc", 4, False, "HEIF", _hevc, "qp", tuple(range(47, 11, -5)), higher_is_better=False),
-        ImageCodec("jpeg", 5, False, "JPEG", _jpeg, "quality", (5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95)),
+        ImageCodec("hevc", 4, False, "HEIF", _hevc, "qp", tuple(range(47, 11, -5)), higher_is_better=False,
+                   extension="heic", quality_range=(0, 51, False), default_options=(("chroma", "444"),),
+                   label="HEVC 4:4:4 (BPG equiv.)", colour="black"),
+        ImageCodec("jpeg", 5, False, "JPEG", _jpeg, "quality", (5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95),
+                   extension="jpg", quality_range=(1, 100, False), label="JPEG", colour="tab:gray"),
         ImageCodec("jpeg2000", 6, False, "JPEG2000", _jpeg2000, "ratio",
-                   (400, 200, 100, 64, 40, 24, 16, 10, 6, 4), higher_is_better=False),
-        ImageCodec("webp", 7, False, "WEBP", _webp, "quality", (5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95)),
-        ImageCodec("avif", 8, False, "AVIF", _avif, "quality", (5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95)),
-        ImageCodec("jxl", 9, False, "JXL", _jxl, "quality", (10, 20, 30, 40, 50, 60, 70, 80, 90, 95)),
+                   (400, 200, 100, 64, 40, 24, 16, 10, 6, 4), higher_is_better=False,
+                   extension="j2k", quality_range=(1, float("inf"), True), label="JPEG 2000", colour="tab:pink"),
+        ImageCodec("webp", 7, False, "WEBP", _webp, "quality", (5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95),
+                   extension="webp", quality_range=(0, 100, False), label="WebP", colour="tab:brown"),
+        ImageCodec("avif", 8, False, "AVIF", _avif, "quality", (5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95),
+                   extension="avif", quality_range=(0, 100, False), label="AVIF", colour="tab:red"),
+        ImageCodec("jxl", 9, False, "JXL", _jxl, "quality", (10, 20, 30, 40, 50, 60, 70, 80, 90, 95),
+                   extension="jxl", quality_range=(0, 100, False), label="JPEG XL", colour="tab:purple"),
     )
 }
 LOSSLESS = tuple(n for n, c in CODECS.items() if c.lossless)  # image codecs for the image-like layers

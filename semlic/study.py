@@ -41,18 +41,18 @@ import pandas as pd
 from . import aggregate, results
 from .errors import ConfigError, import_extra
 from .fileio import atomic_write_bytes
+from .image_codecs import CODECS
 
 BASELINES = ("avif", "jxl", "webp", "jpeg2000", "jpeg")
 ANCHOR = "hevc"
-BASELINE_LABELS = {"hevc": "HEVC 4:4:4 (BPG equiv.)", "avif": "AVIF", "jxl": "JPEG XL", "webp": "WebP",
-                   "jpeg2000": "JPEG 2000", "jpeg": "JPEG"}
+BASELINE_LABELS = {name: CODECS[name].label for name in (ANCHOR, *BASELINES)}   # each codec's declaration
 DISTORTIONS = ("psnr_rgb", "psnr_channel_mean", "ms_ssim")
 
 #: Published Kodak curves overlaid on the figures (files of ../shared/anchors/kodak, CompressAI).
 ANCHOR_FILES = {"BPG 4:4:4 x265 (CompressAI)": "bpg_444_x265_ycbcr.json", "VTM (CompressAI)": "vtm.json",
                 "JPEG 2000 (CompressAI)": "jpeg2000.json", "WebP (CompressAI)": "webp.json"}
-BASELINE_COLOURS = {"hevc": "black", "avif": "tab:red", "jxl": "tab:purple", "webp": "tab:brown",
-                    "jpeg2000": "tab:pink", "jpeg": "tab:gray", "BPG 4:4:4 x265 (CompressAI)": "black",
+BASELINE_COLOURS = {**{name: CODECS[name].colour for name in (ANCHOR, *BASELINES)},
+                    "BPG 4:4:4 x265 (CompressAI)": "black",
                     "VTM (CompressAI)": "tab:olive", "JPEG 2000 (CompressAI)": "tab:pink",
                     "WebP (CompressAI)": "tab:brown"}
 PAPER_MARKERS = ("*", "P", "X", "D", "v", "^")

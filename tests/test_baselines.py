@@ -118,3 +118,18 @@ def test_two_workers_give_the_same_rows(tmp_path):
     parallel = baselines.run_baselines(paths, ["jpeg"], sweep=[50], workers=2, progress=False)
     strip = lambda rows: [(r["image_id"], r["bytes_total"], r["psnr_rgb"]) for r in rows]  # noqa: E731
     assert strip(serial) == strip(parallel)
+
+
+def test_each_baseline_codec_is_one_declaration():
+    """Extension, knob range, default options, label and colour come from the codec's entry in CODECS."""
+    from semlic import study
+
+    for name in baselines.BASELINE_CODECS:
+        codec = codecs.CODECS[name]
+        assert codec.extension and codec.label and codec.colour and codec.quality_range
+        assert baselines.FILE_EXTENSIONS[name] == codec.extension
+        assert baselines.QUALITY_RANGES[name] == codec.quality_range
+        assert baselines.DEFAULT_OPTIONS.get(name, {}) == dict(codec.default_options)
+        assert study.BASELINE_LABELS[name] == codec.label and study.BASELINE_COLOURS[name] == codec.colour
+    assert baselines.DEFAULT_OPTIONS["hevc"] == {"chroma": "444"}   # the anchor is HEVC 4:4:4
+

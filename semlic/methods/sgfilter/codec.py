@@ -27,7 +27,7 @@ import numpy as np
 
 from ... import format as fmt
 from ...errors import ConfigError, LayerError
-from ...image_codecs import get_codec
+from ...image_codecs import CODECS, get_codec
 from ...layered_codec import segment_image
 from ...layers import LOSSLESS_CHOICES, LOSSLESS_DEFAULT, check_image, code_lossless, decode_layer
 from .. import DecoderMap, EncodeResult, Method, ModelSet, Option, register_method
@@ -37,7 +37,7 @@ ROLE_IMAGE, ROLE_MAP = 1, 2
 SECTION = struct.Struct("<BB")   # QP, flags
 FLAG_ENHANCE = 1
 QPS = (47, 42, 37, 32)           # the grid of the training and the reports (HEVC's low and middle rates)
-CHROMA = "444"                   # the HEVC 4:4:4 baseline's chroma (semlic.baselines.DEFAULT_OPTIONS)
+CHROMA = dict(CODECS["hevc"].default_options)["chroma"]   # the HEVC baseline's chroma: 4:4:4
 
 
 def parse_qp(value: Any) -> int:
