@@ -11,7 +11,8 @@ at the QP grid. Then codes every test image of CamVid and of Kodak (``<prepared>
 CamVid-trained networks) with each method at each QP of the grid, one real file each, decoded from its
 bytes, and with HEVC 4:4:4 at the same QPs (the baseline's files, which each method's image layer
 repeats byte for byte). Every row carries PSNR-RGB, MS-SSIM and LPIPS (when the LPIPS weights are
-there) and the encode and decode seconds. Writes to ``--out``: ``rows.parquet`` (every file),
+there) and the encode and decode seconds. Writes to ``--out``: ``rows.parquet`` (every file), ``truth_rows.parquet`` (the ground-truth bound: HEVC's file, the
+network given the labels; CamVid only),
 ``curves.csv`` (mean RD points), ``bd.csv`` (BD-rate and BD-distortion of each method against HEVC on
 each metric), ``training.csv``, ``rd.png`` and ``measured.md`` (the tables, the command, the times).
 Resumable: trained networks are kept in ``--work``, and a rerun trains on from their state.
@@ -44,7 +45,37 @@ from semlic.model_files import load_model, read_metadata  # noqa: E402
 from semlic.segnet.prepared import list_prepared  # noqa: E402
 
 METHODS = {"derived": "sgfilter", "none": "sgfilter_nomap", "sent": "sgfilter_sent"}
+TRUTH = "sgfilter_truth"   # the network given the ground truth: an upper bound, rate = HEVC's file
 METRICS = (("psnr_rgb", 1.0, "dB"), ("ms_ssim", 1.0, ""), ("lpips", -1.0, ""))   # (column, sign: higher is better)
+
+
+def truth_rows(samples, net, segnet, qps: list[int], dataset: str, with_lpips: bool) -> list[dict]:
+    """HEVC 4:4:4 at each QP, then the network with the ground-truth classes (no codec: the map costs
+    nothing here, so the rate is HEVC's file): the bound on what a map can add."""
+    from semlic import metrics
+    from semlic.baselines import code_image_bytes
+    from semlic.imageio import load_image
+    from semlic.methods.sgfilter.network import enhance
+    from semlic.methods.sgfilter.training import truth_classes
+
+    rows = []
+    classes = int(segnet.config.num_classes)
+    for sample in samples:
+        image = load_image(sample.image_path)
+        labels = truth_classes(sample, classes)
+        reference = lpips.reference(image, "cpu", enabled=with_lpips)
+        for qp in qps:
+            coded = code_image_bytes(image, "hevc", qp)
+            start = time.perf_counter()
+            out = enhance(net, coded.reconstruction, labels, qp)
+            seconds = time.perf_counter() - start
+            h, w = image.shape[:2]
+            rows.append({"dataset": dataset, "method": TRUTH, "image_id": sample.id, "quality": float(qp),
+                         "bpp": 8 * len(coded.data) / (h * w), "bits_per_subpixel": 8 * len(coded.data) / (3 * h * w),
+                         "psnr_rgb": metrics.psnr_rgb(image, out), "psnr_channel_mean": metrics.psnr_channel_mean(image, out),
+                         "ms_ssim": metrics.ms_ssim_rgb(image, out), "lpips": reference.distance(out),
+                         "enc_s": coded.enc_s, "dec_s": coded.dec_s + seconds})
+    return rows
 
 
 def bd_rows(curves: pd.DataFrame) -> pd.DataFrame:
@@ -147,7 +178,8 @@ def main(argv=None) -> int:
     parser.add_argument("--segnet", required=True, help="the pipeline's PSPNet model file")
     parser.add_argument("--work", default="runs/sgfilter", help="the trained networks (resumable)")
     parser.add_argument("--out", default="reports/sgfilter")
-    parser.add_argument("--variants", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--variants", nargs="+", default=[*METHODS, "truth"], choices=[*METHODS, "truth"],
+                        help="map sources; truth: the ground truth, an upper bound measured without a codec")
     parser.add_argument("--qps", nargs="+", type=int, default=[47, 42, 37, 32])
     parser.add_argument("--preset", default="small")
     parser.add_argument("--iterations", type=int, default=1250)
@@ -166,15 +198,20 @@ def main(argv=None) -> int:
     training = train_all(args, segnet)
     trained_s = time.time() - started
     models = {"pspnet": segnet}
-    for source in args.variants:
+    for source in [v for v in args.variants if v in METHODS]:
         name = NETWORKS[source][0]
         models[name] = load_model(model_path(Path(args.work) / source, source), expect=name)
     with_lpips = lpips.get_model() is not None
-    rows, coding_s = [], {}
+    rows, bound, coding_s = [], [], {}
     for dataset in args.datasets:
         samples = list_prepared(Path(args.prepared) / dataset, "test")[: args.limit or None]
         coding = [CodingSample(s.id, s.image_path) for s in samples]
-        for source in args.variants:
+        if "truth" in args.variants and samples and samples[0].label_path is not None:
+            t = time.time()
+            truth = load_model(model_path(Path(args.work) / "truth", "truth"), expect=TRUTH)
+            bound += truth_rows(samples, truth, segnet, args.qps, dataset, with_lpips)
+            coding_s[(dataset, TRUTH)] = time.time() - t
+        for source in [v for v in args.variants if v in METHODS]:
             t = time.time()
             plan = MethodPlan.from_section(METHODS[source], {"qualities": args.qps})
             rows += code_method(coding, plan, models, dataset=dataset, progress=not args.no_progress,
@@ -185,7 +222,9 @@ def main(argv=None) -> int:
                               progress=not args.no_progress, with_lpips=with_lpips)
         coding_s[(dataset, "hevc")] = time.time() - t
     results.write_rows(rows, out / "rows.parquet")
-    frame = pd.DataFrame(rows)
+    if bound:
+        pd.DataFrame(bound).to_parquet(out / "truth_rows.parquet", index=False)
+    frame = pd.concat([pd.DataFrame(rows), pd.DataFrame(bound)], ignore_index=True)
     curves = aggregate.rd_curves(frame)
     curves.to_csv(out / "curves.csv", index=False, float_format="%.6g")
     table = bd_rows(curves)

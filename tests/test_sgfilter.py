@@ -169,3 +169,22 @@ def test_the_command_trains_and_the_codec_uses_the_trained_network(models, prepa
     result = method.encode(image, nets, 42, enhance="on")
     assert np.array_equal(method.decode(result.data, nets), result.reconstruction)
     assert main(["train-sgfilter", "--data", str(prepared), "--out", str(tmp_path / "x"), "--no-progress"]) == 2
+
+
+def test_the_ground_truth_bound_trains_on_the_labels_with_void_as_a_class(prepared, tmp_path):
+    from semlic.methods.sgfilter.training import truth_classes
+    from semlic.model_files import build_model, load_model
+    from semlic.segnet.prepared import list_prepared
+
+    segnet = build_model("pspnet", "tiny", 8).eval()     # the synthetic set's 8 classes
+    sample = list_prepared(prepared, "train")[0]
+    from semlic.imageio import load_label_map
+
+    stored, classes = load_label_map(sample.label_path), truth_classes(sample, 8)
+    assert np.array_equal(classes == 8, stored == 255) and np.array_equal(classes[stored != 255], stored[stored != 255])
+    result = train_sgfilter({**CONFIG, "map_source": "truth", "iterations": 4}, prepared, tmp_path, segnet, progress=False)
+    assert result.completed
+    net = load_model(model_path(tmp_path, "truth"), expect="sgfilter_truth")
+    assert net.config.num_classes == 9 and net.uses_map
+    with pytest.raises(SemlicError):
+        truth_classes(sample, 2)   # labels beyond the segmenter's classes

@@ -1,6 +1,6 @@
 """``semlic train-sgfilter``: the enhancement network of one map source on a prepared train split.
 
-``train-sgfilter --data PREPARED --out DIR [--segnet PSPNET] [--map-source derived|sent|none] [--config CFG]
+``train-sgfilter --data PREPARED --out DIR [--segnet PSPNET] [--map-source derived|sent|none|truth] [--config CFG]
 [--iterations N] [--batch-size N] [--crop N] [--preset small|wide|tiny] [--device] [--restart] [--pause-after M]``:
 :func:`semlic.methods.sgfilter.training.train_sgfilter`; the config's ``train_sgfilter`` section gives
 :class:`~semlic.methods.sgfilter.training.SGFilterTrainConfig` keys, the options override them. Prints
@@ -41,7 +41,7 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="prepared data directory (its train split)")
     p.add_argument("--out", required=True, help="output directory (<model>.safetensors, cache, train_state, log)")
     p.add_argument("--segnet", help="PSPNet model file (the derived and sent maps; its classes size the network)")
-    p.add_argument("--map-source", choices=("derived", "sent", "none"))
+    p.add_argument("--map-source", choices=("derived", "sent", "none", "truth"))
     p.add_argument("--num-classes", type=int, help="classes of the network's map input without --segnet")
     p.add_argument("--config", help="YAML with a train_sgfilter section (or the keys at top level)")
     p.add_argument("--iterations", type=int)

@@ -9,7 +9,8 @@ so training only moves it away from HEVC's picture where that lowers the error.
 
 Three registered models, one per way the map reaches the network (the same class and presets):
 ``sgfilter`` (the decoder derives the map from the decoded image), ``sgfilter_sent`` (the
-encoder's map of the original, sent losslessly) and ``sgfilter_nomap`` (no map).
+encoder's map of the original, sent losslessly) and ``sgfilter_nomap`` (no map); ``sgfilter_truth``
+(the ground truth, an upper bound, no codec) for the benchmark.
 """
 
 from __future__ import annotations
@@ -110,6 +111,12 @@ class SGFilterSent(SGFilter):
 @register_model("sgfilter_nomap", SGFilterConfig, preset=_nomap_config)
 class SGFilterNoMap(SGFilter):
     """The same network without a map input: the plain post-filter."""
+
+
+@register_model("sgfilter_truth", SGFilterConfig, preset=sgfilter_config)
+class SGFilterTruth(SGFilter):
+    """The same network given the ground-truth classes (void as one more class): an upper bound on what a
+    map can tell it. Not a codec (the decoder has no ground truth); the benchmark measures it."""
 
 
 @torch.inference_mode()

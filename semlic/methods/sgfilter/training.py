@@ -4,7 +4,8 @@ The data are made once and cached in the output folder (``cache.safetensors``, k
 the QPs, the map source and the segmenter): each train image HEVC 4:4:4-coded at every QP of the
 grid exactly as the codec codes it (x^), and the map the network will be given (``derived``:
 PSPNet on each x^, as the decoder computes it; ``sent``: PSPNet on the original, as the encoder
-sends it; ``none``: no map). A batch is ``batch_size`` (image, QP) pairs, one random crop of
+sends it; ``none``: no map; ``truth``: the ground-truth labels, void as one more class, an upper
+bound on what a map can tell the network). A batch is ``batch_size`` (image, QP) pairs, one random crop of
 ``crop`` pixels and a flip per pair, all a function of (seed, iteration): a resumed run equals an
 uninterrupted one (:func:`semlic.train_loop.fit`). Loss: MSE between x~ and the original (PSNR),
 optionally plus ``lpips_weight`` x LPIPS (needs the LPIPS weights). Adam at ``lr``, constant, then
@@ -38,18 +39,18 @@ from ...segnet.prepared import list_prepared
 from ...train_loop import TrainingTask, TrainResult, adam, autocast, fit, seeded_permutation_batch
 from ..base import module_fingerprint
 from .codec import CHROMA, QPS
-from .network import SGFilter, SGFilterNoMap, SGFilterSent, sgfilter_config
+from .network import SGFilter, SGFilterNoMap, SGFilterSent, SGFilterTruth, sgfilter_config
 
 #: map source -> (registered model, its class)
 NETWORKS = {"derived": ("sgfilter", SGFilter), "sent": ("sgfilter_sent", SGFilterSent),
-            "none": ("sgfilter_nomap", SGFilterNoMap)}
+            "none": ("sgfilter_nomap", SGFilterNoMap), "truth": ("sgfilter_truth", SGFilterTruth)}
 CACHE_FILE = "cache.safetensors"
 RESUME_FREE = ("checkpoint_every", "log_every", "minutes")
 
 
 @dataclass
 class SGFilterTrainConfig:
-    map_source: str = "derived"           # derived | sent | none: which network (NETWORKS)
+    map_source: str = "derived"           # derived | sent | none | truth (the labels: a bound): NETWORKS
     preset: str = "small"                 # network.PRESETS
     model: dict = field(default_factory=dict)   # SGFilterConfig overrides (num_classes comes from the segmenter)
     qps: list = field(default_factory=lambda: list(QPS))
@@ -98,12 +99,24 @@ def learning_rate(cfg: SGFilterTrainConfig, iteration: int) -> float:
     return cfg.lr * max(0.0, (cfg.iterations - iteration) / (cfg.iterations - start))
 
 
+def truth_classes(sample, num_classes: int) -> np.ndarray:
+    """A prepared sample's ground truth as the truth network's classes: 0..K-1, void (255) as K."""
+    from ...imageio import load_label_map
+
+    if sample.label_path is None:
+        raise ConfigError(f"{sample.id}: no ground truth (map_source truth needs labelled images)")
+    labels = load_label_map(sample.label_path)
+    if labels.size and int(labels[labels != 255].max(initial=0)) >= num_classes:
+        raise ConfigError(f"{sample.id}: a label >= the segmenter's {num_classes} classes")
+    return np.where(labels == 255, num_classes, labels).astype(np.uint8)
+
+
 def build_cache(prepared_dir: str | Path, segnet: torch.nn.Module | None, qps: list[int], map_source: str,
                 out_dir: str | Path, limit: int | None = None, progress: bool = True) -> dict[str, torch.Tensor]:
     """Originals (N, H, W, 3), x^ (N, Q, H, W, 3) and maps (N, Q, H, W) of the train split, uint8; made once,
     kept in ``out_dir/cache.safetensors`` and reused while its key (images, QPs, maps, segmenter) holds."""
     samples = list_prepared(prepared_dir, "train")[: limit or None]
-    if map_source != "none" and segnet is None:
+    if map_source != "none" and segnet is None:   # truth: the segmenter's classes size the labels
         raise ConfigError(f"train_sgfilter: map_source {map_source} needs the segmenter (PSPNet model file)")
     key = json.dumps({"ids": [s.id for s in samples], "qps": qps, "map_source": map_source, "chroma": CHROMA,
                       "segnet": None if map_source == "none" else module_fingerprint(segnet).hex()}, sort_keys=True)
@@ -123,6 +136,8 @@ def build_cache(prepared_dir: str | Path, segnet: torch.nn.Module | None, qps: l
         coded = [hevc.decode(hevc.encode(image, qp, chroma=CHROMA), 3) for qp in qps]
         if map_source == "derived":
             labels = [segment_image(segnet, x) for x in coded]
+        elif map_source == "truth":
+            labels = [truth_classes(sample, int(segnet.config.num_classes))] * len(qps)
         elif map_source == "sent":
             labels = [segment_image(segnet, image)] * len(qps)
         else:
@@ -157,6 +172,8 @@ class SGFilterTraining(TrainingTask):
         self.qps = torch.tensor(cfg.qps, dtype=torch.float32, device=self.device)
         torch.manual_seed(cfg.seed)
         model_name, cls = NETWORKS[cfg.map_source]
+        if cfg.map_source == "truth":
+            num_classes += 1   # void
         self.model_cfg = sgfilter_config(cfg.preset, num_classes, **cfg.model)
         if cfg.map_source == "none":
             self.model_cfg = sgfilter_config(cfg.preset, num_classes, **{**cfg.model, "embed": 0})
