@@ -78,6 +78,52 @@ def truth_rows(samples, net, segnet, qps: list[int], dataset: str, with_lpips: b
     return rows
 
 
+def layered_rows(samples, files_dir: Path, models_dir: Path, nets: dict, segnet, dataset: str,
+                 folders=("dsslic", "edms")) -> list[dict]:
+    """The enhancement after DSSLIC's and EDMS's reconstruction (their files as the reference run coded them,
+    residual included): each file decoded from its bytes, then the network (QP input: the residual's QP;
+    55 for a file without one). ``<folder>+<net>``: the enhanced picture, its rate the file plus one byte
+    (the flag an encoder would send); the flag is set where the network lowers the error, as the method's
+    encoder decides. Rows of the files themselves come with them, for the same images."""
+    from semlic import format as fmt
+    from semlic import metrics
+    from semlic.imageio import load_image
+    from semlic.layered_codec import segment_image
+    from semlic.machines import coded_files
+    from semlic.methods import get_method
+    from semlic.methods.sgfilter.network import enhance
+    from semlic.model_files import ModelStore
+
+    store = ModelStore(dirs=[models_dir])
+    rows = []
+    for sample in samples:
+        image = load_image(sample.image_path)
+        h, w = image.shape[:2]
+        for folder, versions in coded_files(files_dir / dataset, sample.id).items():
+            if folder not in folders:
+                continue
+            for label, path in versions:
+                data = path.read_bytes()
+                method = get_method(fmt.unpack(data).method)
+                models = store.models(method.models)
+                decoded = method.decode(data, models)
+                qp = method.describe(method.open(data, models)).get("residual_qp")
+                qp = 55 if qp is None else int(qp)
+                base = {"dataset": dataset, "image_id": sample.id, "quality": float(label) if label != "none" else -1.0}
+                psnr = metrics.psnr_rgb(image, decoded)
+                rows.append({**base, "method": folder, "bpp": 8 * len(data) / (h * w), "psnr_rgb": psnr,
+                             "ms_ssim": metrics.ms_ssim_rgb(image, decoded)})
+                for net_name, net in nets.items():
+                    labels = segment_image(segnet, decoded) if net.uses_map else None
+                    out = enhance(net, decoded, labels, min(qp, 51))
+                    gain = metrics.psnr_rgb(image, out)
+                    keep = gain > psnr
+                    rows.append({**base, "method": f"{folder}+{net_name}", "bpp": 8 * (len(data) + 1) / (h * w),
+                                 "psnr_rgb": gain if keep else psnr,
+                                 "ms_ssim": metrics.ms_ssim_rgb(image, out if keep else decoded)})
+    return rows
+
+
 def bd_rows(curves: pd.DataFrame) -> pd.DataFrame:
     """BD-rate (%) and BD-distortion of every method against HEVC on each metric, per data set."""
     records = []
@@ -189,6 +235,10 @@ def main(argv=None) -> int:
     parser.add_argument("--datasets", nargs="+", default=["camvid", "kodak"])
     parser.add_argument("--limit", type=int, help="only the first N test images of each data set")
     parser.add_argument("--train-limit", type=int, help="only the first N train images (a quick check)")
+    parser.add_argument("--layered", help="the reference run's coded folder (files/camvid/dsslic, edms): the "
+                                          "enhancement after DSSLIC's and EDMS's reconstruction")
+    parser.add_argument("--layered-models", help="the reference run's models folder (DSSLIC, SMapNet, PSPNet)")
+    parser.add_argument("--reuse-rows", action="store_true", help="keep --out's rows of an earlier call (no coding)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -203,7 +253,11 @@ def main(argv=None) -> int:
         models[name] = load_model(model_path(Path(args.work) / source, source), expect=name)
     with_lpips = lpips.get_model() is not None
     rows, bound, coding_s = [], [], {}
-    for dataset in args.datasets:
+    if args.reuse_rows:   # the coding of an earlier call (its rows): only the layered ablation and the tables
+        rows = pd.read_parquet(out / "rows.parquet").to_dict("records")
+        if (out / "truth_rows.parquet").is_file():
+            bound = pd.read_parquet(out / "truth_rows.parquet").to_dict("records")
+    for dataset in [] if args.reuse_rows else args.datasets:
         samples = list_prepared(Path(args.prepared) / dataset, "test")[: args.limit or None]
         coding = [CodingSample(s.id, s.image_path) for s in samples]
         if "truth" in args.variants and samples and samples[0].label_path is not None:
@@ -221,13 +275,40 @@ def main(argv=None) -> int:
         rows += run_baselines([s.image_path for s in samples], ["hevc"], sweep={"hevc": args.qps}, dataset=dataset,
                               progress=not args.no_progress, with_lpips=with_lpips)
         coding_s[(dataset, "hevc")] = time.time() - t
-    results.write_rows(rows, out / "rows.parquet")
-    if bound:
+    layered = []
+    if args.layered:
+        nets = {name: models[name] for name in ("sgfilter", "sgfilter_nomap") if name in models}
+        samples = list_prepared(Path(args.prepared) / "camvid", "test")[: args.limit or None]
+        layered = layered_rows(samples, Path(args.layered) / "files", Path(args.layered_models), nets, segnet, "camvid")
+        pd.DataFrame(layered).to_parquet(out / "layered_rows.parquet", index=False)
+        if not args.reuse_rows:
+        results.write_rows(rows, out / "rows.parquet")
+    if bound and not args.reuse_rows:
         pd.DataFrame(bound).to_parquet(out / "truth_rows.parquet", index=False)
     frame = pd.concat([pd.DataFrame(rows), pd.DataFrame(bound)], ignore_index=True)
     curves = aggregate.rd_curves(frame)
     curves.to_csv(out / "curves.csv", index=False, float_format="%.6g")
     table = bd_rows(curves)
+    if layered:
+        layered_curves = pd.DataFrame(layered).groupby(["dataset", "method", "quality"], as_index=False)[
+            ["bpp", "psnr_rgb", "ms_ssim"]].mean()
+        layered_curves.to_csv(out / "layered_curves.csv", index=False, float_format="%.6g")
+        hevc = curves[(curves["method"] == "hevc") & (curves["dataset"] == "camvid")]
+        layered_bd = []
+        for method, curve in layered_curves.groupby("method"):
+            curve = curve[curve["quality"] >= 0]   # the residual's QPs (the base-alone point is far below HEVC's range)
+            record = {"method": method, "points": len(curve)}
+            for column in ("psnr_rgb", "ms_ssim"):
+                try:
+                    record[f"bd_rate_{column}_pct_vs_hevc"] = bd.bd_rate(hevc["bpp"], hevc[column], curve["bpp"], curve[column])
+                except ConfigError as exc:
+                    record[f"bd_rate_{column}_pct_vs_hevc"] = math.nan
+            base = layered_curves[(layered_curves["method"] == method.split("+")[0]) & (layered_curves["quality"] >= 0)]
+            record["bd_psnr_db_vs_itself"] = bd.bd_psnr(base["bpp"], base["psnr_rgb"], curve["bpp"], curve["psnr_rgb"]) \
+                if method != method.split("+")[0] else 0.0
+            layered_bd.append(record)
+        layered_table = pd.DataFrame(layered_bd)
+        layered_table.to_csv(out / "layered_bd.csv", index=False, float_format="%.6g")
     table.to_csv(out / "bd.csv", index=False, float_format="%.6g")
     qps = per_qp(frame)
     qps.to_csv(out / "per_qp.csv", index=False, float_format="%.6g")
@@ -241,6 +322,8 @@ def main(argv=None) -> int:
             "", "### Training (the same network and steps for each map source)", "", _md(pd.DataFrame(training), 4), "",
             "### BD against HEVC 4:4:4 over the same QPs (negative BD-rate: fewer bits)", "", _md(table, 3), "",
             "### Per QP: mean gain over HEVC at the same QP, decode seconds (median)", "", _md(qps, 3), "",
+            *(["### The enhancement after DSSLIC's and EDMS's reconstruction (CamVid; their files plus one byte)", "",
+               _md(layered_table, 3), ""] if layered else []),
             f"- Files coded and decoded from their bytes: {len(enhanced)} (enhanced_share: the share whose picture the "
             f"network changed, the flag set); coding seconds per data set and method: "
             + ", ".join(f"{d}/{m} {s:.0f} s" for (d, m), s in coding_s.items()), ""]
