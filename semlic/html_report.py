@@ -46,6 +46,7 @@ import pandas as pd
 from . import aggregate, metrics
 from .errors import ConfigError, SemlicError
 from .fileio import atomic_write_bytes
+from .report_tables import fmt, layer_share_columns
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +57,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".ppm", ".bmp", ".tif", ".tiff", ".we
 
 # --- tables -------------------------------------------------------------------------------------
 def _cell(value, digits: int = 3, signed: bool = False) -> str:
-    from .study import _fmt  # the study report's number format (NaN as a dash)
 
-    return html.escape(_fmt(value, digits, signed))
+    return html.escape(fmt(value, digits, signed))
 
 
 def html_table(frame: pd.DataFrame, digits: dict | None = None, signed: Sequence[str] = (),
@@ -75,25 +75,6 @@ def html_table(frame: pd.DataFrame, digits: dict | None = None, signed: Sequence
                          "</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f'<table class="{css}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
-
-
-def layer_shares(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per (dataset, method) of files with more than one layer, one column per layer: its mean bpp
-    (its bits over all the pixels of every file) and its share of the method's bits, as "0.123 (45%)"."""
-    records = []
-    for (dataset, method), group in rows.groupby(["dataset", "method"], sort=True):
-        totals: dict[str, float] = {}
-        for bits in group["layer_bits"]:
-            for name, value in dict(bits).items():
-                totals[name] = totals.get(name, 0.0) + float(value)
-        if len(totals) < 2:
-            continue
-        pixels, all_bits = float((group["height"] * group["width"]).sum()), sum(totals.values())
-        record = {"dataset": dataset, "method": method, "total bpp": all_bits / pixels}
-        for name, value in sorted(totals.items(), key=lambda kv: -kv[1]):
-            record[name] = f"{value / pixels:.4f} ({100 * value / all_bits:.0f}%)" if all_bits else "-"
-        records.append(record)
-    return pd.DataFrame(records).fillna("-") if records else pd.DataFrame(columns=["dataset", "method", "total bpp"])
 
 
 def _svg(curves: pd.DataFrame, dataset: str, anchor: str) -> str:
@@ -370,7 +351,7 @@ def build_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
     bd_path = results_dir / "bd.parquet"
     bd = pd.read_parquet(bd_path) if bd_path.is_file() else aggregate.bd_table(curves, anchor=anchor)
     anchor = str(bd["anchor"].iloc[0]) if len(bd) else anchor
-    shares = layer_shares(rows)
+    shares = layer_share_columns(rows)
     segmentation = aggregate.segmentation_scores(segments_dir)
     sections = []
     for dataset in sorted(curves["dataset"].unique()):

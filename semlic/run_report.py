@@ -41,6 +41,7 @@ import pandas as pd
 from . import aggregate, results, study
 from .errors import ConfigError
 from .fileio import atomic_write_bytes
+from .report_tables import layer_shares, row_counts
 
 #: DSSLIC paper, Table 1 (no residual): bits per sub-pixel, PSNR (mean of the channels' PSNRs), MS-SSIM.
 PAPER_TABLE1 = {
@@ -211,7 +212,7 @@ def run_report(out_dir: str | os.PathLike, *, rows: str | os.PathLike | None = N
     table = with_shared_base(measured)
     curves = aggregate.rd_curves(table)
     bd = study.bd_tables(curves)
-    shares = study.layer_shares(table)
+    shares = layer_shares(table)
     ablation = ablation_table(curves)
     chroma = pair_bd(curves, "dsslic_444", "dsslic") if {"dsslic", "dsslic_444"} <= set(curves["method"]) \
         else pd.DataFrame()
@@ -271,7 +272,7 @@ def _markdown(rows, bd, shares, ablation, chroma, timing, training, segmentation
                                                   "same base-alone file, byte for byte: " + ", ".join(shared)
                                                   + " (base-alone rows taken from the twin)." if shared else ""),
             "", "## Answer", *[f"- {line}" for line in study.answer(bd)], "",
-            "## Rows", fmt(study._expected_counts(rows)), ""]
+            "## Rows", fmt(row_counts(rows)), ""]
     out += study.bd_sections(bd, digits=1)
     if len(chroma):
         out += ["## The residual in 4:4:4 against 4:2:0 (DSSLIC, same model and base layer)",

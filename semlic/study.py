@@ -42,6 +42,7 @@ from . import aggregate, results
 from .errors import ConfigError, import_extra
 from .fileio import atomic_write_bytes
 from .image_codecs import CODECS
+from .report_tables import fmt, layer_shares, markdown_table, row_counts  # noqa: F401  (the study report's tables)
 
 BASELINES = ("avif", "jxl", "webp", "jpeg2000", "jpeg")
 ANCHOR = "hevc"
@@ -112,23 +113,6 @@ def load_rows(sources: Sequence[str | os.PathLike]) -> pd.DataFrame:
 def bd_tables(curves: pd.DataFrame, anchor: str = ANCHOR) -> pd.DataFrame:
     """:func:`semlic.aggregate.bd_table` for every distortion of :data:`DISTORTIONS`, stacked."""
     return pd.concat([aggregate.bd_table(curves, anchor=anchor, distortion=d) for d in DISTORTIONS], ignore_index=True)
-
-
-def layer_shares(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per (dataset, method, quality): each layer's bits over all the images' pixels (bpp) and its share."""
-    records = []
-    for (dataset, method, quality), group in rows.groupby(["dataset", "method", "quality"], sort=True):
-        totals: dict[str, float] = {}
-        for bits in group["layer_bits"]:
-            for name, value in bits.items():
-                totals[name] = totals.get(name, 0.0) + value
-        pixels = float((group["height"] * group["width"]).sum())
-        all_bits = sum(totals.values())
-        for name, value in sorted(totals.items()):
-            records.append({"dataset": dataset, "method": method, "quality": quality, "layer": name,
-                            "bpp": value / pixels, "share": value / all_bits if all_bits else math.nan,
-                            "images": len(group)})
-    return pd.DataFrame(records, columns=["dataset", "method", "quality", "layer", "bpp", "share", "images"])
 
 
 def speed_table(speed: pd.DataFrame) -> pd.DataFrame:
@@ -282,27 +266,6 @@ def plot_rd(curves: pd.DataFrame, dataset: str, path: Path, anchors: dict | None
 
 
 # --- the report ---------------------------------------------------------------------------------
-def _fmt(value, digits: int = 2, signed: bool = False) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "-"
-    if isinstance(value, (bool, np.bool_)):
-        return "yes" if value else "no"
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    if isinstance(value, (float, np.floating)):
-        return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
-    return str(value)
-
-
-def markdown_table(frame: pd.DataFrame, digits: dict | None = None, signed: Iterable[str] = ()) -> str:
-    digits, signed = digits or {}, set(signed)
-    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
-    for row in frame.itertuples(index=False):
-        cells = [_fmt(v, digits.get(c, 3), c in signed) for c, v in zip(frame.columns, row)]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def bd_sections(bd: pd.DataFrame, digits: int = 2) -> list[str]:
     """Markdown: one BD table against HEVC 4:4:4 per distortion of :data:`DISTORTIONS`."""
     out = []
@@ -329,12 +292,6 @@ def answer(bd: pd.DataFrame) -> list[str]:
         else:
             lines.append(f"{row.dataset}: {name}: no BD-rate ({row.note or 'no overlap'}).")
     return lines
-
-
-def _expected_counts(rows: pd.DataFrame) -> pd.DataFrame:
-    grouped = rows.groupby(["dataset", "method"], sort=True)
-    return pd.DataFrame({"images": grouped["image_id"].nunique(), "qualities": grouped["quality"].nunique(),
-                         "rows": grouped.size()}).reset_index()
 
 
 def study_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
@@ -405,7 +362,7 @@ def _markdown(rows, curves, bd, shares, speed, training, results_dir, provenance
             "enc_s/dec_s were measured with many coding processes sharing the machine; the speed section's figures "
             "come from a separate, single-process timing pass.", ""]
     out += ["## Answer", *[f"- {line}" for line in answer(bd)], ""]
-    out += ["## Rows", markdown_table(_expected_counts(rows)), ""]
+    out += ["## Rows", markdown_table(row_counts(rows)), ""]
     out += bd_sections(bd)
     out += ["## Figures"]
     for name in figures:

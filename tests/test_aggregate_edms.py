@@ -35,7 +35,7 @@ def make_rows(methods=("dsslic", "edms", "edms_noenh", "hevc"), dataset="synthet
 def test_the_registry_pairs_edms_and_the_ablations_with_dsslic():
     assert agg.reference_pairs() == {"edms": "dsslic", "edms_noenh": "dsslic", "dsslic_noseg": "dsslic",
                                      "dsslic_upcomp": "dsslic", "dsslic_rd": "dsslic", "dsslic_rd_lossy": "dsslic",
-                                     "dsslic_rd_derived": "dsslic"}
+                                     "dsslic_rd_derived": "dsslic", "sgfilter_nomap": "sgfilter", "sgfilter_sent": "sgfilter"}
 
 
 def test_edms_vs_dsslic_bd_against_dsslic_and_time_ratios():
