@@ -15,7 +15,8 @@ there) and the encode and decode seconds. Writes to ``--out``: ``rows.parquet`` 
 network given the labels; CamVid only),
 ``curves.csv`` (mean RD points), ``bd.csv`` (BD-rate and BD-distortion of each method against HEVC on
 each metric), ``training.csv``, ``rd.png`` and ``measured.md`` (the tables, the command, the times).
-Resumable: trained networks are kept in ``--work``, and a rerun trains on from their state.
+Resumable: trained networks are kept in ``--work``, and a rerun trains on from their state; the rows of
+each (data set, method) are kept there too (``rows/``), and a rerun reads them back.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ METRICS = (("psnr_rgb", 1.0, "dB"), ("ms_ssim", 1.0, ""), ("lpips", -1.0, ""))  
 
 def truth_rows(samples, net, segnet, qps: list[int], dataset: str, with_lpips: bool) -> list[dict]:
     """HEVC 4:4:4 at each QP, then the network with the ground-truth classes (no codec: the map costs
-    nothing here, so the rate is HEVC's file): the bound on what a map can add."""
+    nothing here, so the rate is HEVC's file): the bound on what a map can add. Where the network would
+    lower the PSNR, HEVC's picture is kept, as the methods' encoder flag does."""
     from semlic import metrics
     from semlic.baselines import code_image_bytes
     from semlic.imageio import load_image
@@ -68,6 +70,8 @@ def truth_rows(samples, net, segnet, qps: list[int], dataset: str, with_lpips: b
             coded = code_image_bytes(image, "hevc", qp)
             start = time.perf_counter()
             out = enhance(net, coded.reconstruction, labels, qp)
+            if metrics.psnr_rgb(image, out) <= metrics.psnr_rgb(image, coded.reconstruction):
+                out = coded.reconstruction   # the flag, as the method's encoder decides it
             seconds = time.perf_counter() - start
             h, w = image.shape[:2]
             rows.append({"dataset": dataset, "method": TRUTH, "image_id": sample.id, "quality": float(qp),
@@ -197,6 +201,21 @@ def _md(frame: pd.DataFrame, digits: int = 3) -> str:
     return "\n".join(lines)
 
 
+def kept(args, dataset: str, method: str, seconds: dict, code) -> list[dict]:
+    """The rows of one (data set, method): ``code()``'s, kept in ``--work`` (a rerun reads them back)."""
+    path = Path(args.work) / "rows" / f"{dataset}-{method}.parquet"
+    if path.is_file():
+        return pd.read_parquet(path).to_dict("records")
+    started = time.time()
+    rows = code()
+    seconds[(dataset, method)] = time.time() - started
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    pd.DataFrame(rows).to_parquet(tmp, index=False)
+    tmp.replace(path)
+    return rows
+
+
 def train_all(args, segnet) -> list[dict]:
     config = {"preset": args.preset, "qps": args.qps, "iterations": args.iterations, "batch_size": args.batch_size,
               "crop": args.crop, "lr": args.lr, "checkpoint_every": 100, "log_every": 20, "seed": 0,
@@ -238,7 +257,6 @@ def main(argv=None) -> int:
     parser.add_argument("--layered", help="the reference run's coded folder (files/camvid/dsslic, edms): the "
                                           "enhancement after DSSLIC's and EDMS's reconstruction")
     parser.add_argument("--layered-models", help="the reference run's models folder (DSSLIC, SMapNet, PSPNet)")
-    parser.add_argument("--reuse-rows", action="store_true", help="keep --out's rows of an earlier call (no coding)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -253,37 +271,29 @@ def main(argv=None) -> int:
         models[name] = load_model(model_path(Path(args.work) / source, source), expect=name)
     with_lpips = lpips.get_model() is not None
     rows, bound, coding_s = [], [], {}
-    if args.reuse_rows:   # the coding of an earlier call (its rows): only the layered ablation and the tables
-        rows = pd.read_parquet(out / "rows.parquet").to_dict("records")
-        if (out / "truth_rows.parquet").is_file():
-            bound = pd.read_parquet(out / "truth_rows.parquet").to_dict("records")
-    for dataset in [] if args.reuse_rows else args.datasets:
+    for dataset in args.datasets:
         samples = list_prepared(Path(args.prepared) / dataset, "test")[: args.limit or None]
         coding = [CodingSample(s.id, s.image_path) for s in samples]
         if "truth" in args.variants and samples and samples[0].label_path is not None:
-            t = time.time()
             truth = load_model(model_path(Path(args.work) / "truth", "truth"), expect=TRUTH)
-            bound += truth_rows(samples, truth, segnet, args.qps, dataset, with_lpips)
-            coding_s[(dataset, TRUTH)] = time.time() - t
+            bound += kept(args, dataset, TRUTH, coding_s,
+                          lambda: truth_rows(samples, truth, segnet, args.qps, dataset, with_lpips))
         for source in [v for v in args.variants if v in METHODS]:
-            t = time.time()
             plan = MethodPlan.from_section(METHODS[source], {"qualities": args.qps})
-            rows += code_method(coding, plan, models, dataset=dataset, progress=not args.no_progress,
-                                with_lpips=with_lpips)
-            coding_s[(dataset, METHODS[source])] = time.time() - t
-        t = time.time()
-        rows += run_baselines([s.image_path for s in samples], ["hevc"], sweep={"hevc": args.qps}, dataset=dataset,
-                              progress=not args.no_progress, with_lpips=with_lpips)
-        coding_s[(dataset, "hevc")] = time.time() - t
+            rows += kept(args, dataset, METHODS[source], coding_s,
+                         lambda: code_method(coding, plan, models, dataset=dataset, progress=not args.no_progress,
+                                             with_lpips=with_lpips))
+        rows += kept(args, dataset, "hevc", coding_s,
+                     lambda: run_baselines([s.image_path for s in samples], ["hevc"], sweep={"hevc": args.qps},
+                                           dataset=dataset, progress=not args.no_progress, with_lpips=with_lpips))
     layered = []
     if args.layered:
         nets = {name: models[name] for name in ("sgfilter", "sgfilter_nomap") if name in models}
         samples = list_prepared(Path(args.prepared) / "camvid", "test")[: args.limit or None]
         layered = layered_rows(samples, Path(args.layered) / "files", Path(args.layered_models), nets, segnet, "camvid")
         pd.DataFrame(layered).to_parquet(out / "layered_rows.parquet", index=False)
-        if not args.reuse_rows:
-        results.write_rows(rows, out / "rows.parquet")
-    if bound and not args.reuse_rows:
+    results.write_rows(rows, out / "rows.parquet")
+    if bound:
         pd.DataFrame(bound).to_parquet(out / "truth_rows.parquet", index=False)
     frame = pd.concat([pd.DataFrame(rows), pd.DataFrame(bound)], ignore_index=True)
     curves = aggregate.rd_curves(frame)
