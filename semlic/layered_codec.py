@@ -324,8 +324,9 @@ class LayeredCodec(Method):
         return Section.unpack(sem.section)
 
     # --- decoding ---------------------------------------------------------------------------
-    def _prediction(self, sem: fmt.SemFile, models: ModelSet) -> tuple[np.ndarray, Section]:
-        """x' of a parsed file: everything but the residual."""
+    def _prediction(self, sem: fmt.SemFile, models: ModelSet, found: dict | None = None) -> tuple[np.ndarray, Section]:
+        """x' of a parsed file: everything but the residual. ``found`` (a dict): also gets the map the
+        prediction used (``map``) and the seconds of the compact layer's decode and of the map."""
         model = models[self.network]
         section = self.read_section(sem)
         if section.multiple != model.config.multiple:
@@ -335,8 +336,14 @@ class LayeredCodec(Method):
         h, w = sem.height, sem.width
         ph, pw = padded_side(h, section.multiple), padded_side(w, section.multiple)
         alpha = model.config.alpha
+        start = time.perf_counter()
         compact = self.decoded_compact(sem, model, (ph // alpha, pw // alpha))
-        return self.predict(model, compact, self.decoder_map(sem, compact, models), (h, w)), section
+        compact_s = time.perf_counter() - start
+        start = time.perf_counter()
+        used_map = self.decoder_map(sem, compact, models)
+        if found is not None:
+            found.update(map=used_map, compact_s=compact_s, map_s=time.perf_counter() - start)
+        return self.predict(model, compact, used_map, (h, w)), section
 
     @staticmethod
     def _with_residual(sem: fmt.SemFile, section: Section, prediction: np.ndarray) -> np.ndarray:
@@ -394,6 +401,35 @@ class LayeredCodec(Method):
                 shared[key] = (maps, time.perf_counter() - t)
             maps, maps_s = shared[key]
             out.append((maps, parsed + maps_s))
+        return out
+
+    def decode_with_maps_many(self, files: Sequence[bytes], models: ModelSet
+                              ) -> list[tuple[np.ndarray, float, dict[str, DecoderMap], float]]:
+        """The decoder's map is the one its prediction uses: computed once per group of files that share
+        all but the residual, for the image and the map output alike. A map's seconds count the parse, its
+        own computation and, where it reads c^ (:meth:`map_roles`), the compact layer's decode."""
+        shared: dict[tuple, tuple] = {}
+        out = []
+        for data in files:
+            start = time.perf_counter()
+            sem = self.open(data, models)
+            section = self.read_section(sem)
+            key = self._shared_key(sem, section)
+            parsed = time.perf_counter() - start
+            if key not in shared:
+                found: dict = {}
+                t = time.perf_counter()
+                prediction, _ = self._prediction(sem, models, found)
+                maps, maps_s = {}, 0.0
+                if self.map_output is not None:
+                    labels = np.ascontiguousarray(found["map"][: sem.height, : sem.width], dtype=np.uint8)
+                    maps = {self.map_output: DecoderMap(labels, self.map_roles())}
+                    maps_s = found["map_s"] + (found["compact_s"] if ROLE_COMPACT in self.map_roles() else 0.0)
+                shared[key] = (prediction, time.perf_counter() - t, maps, maps_s)
+            prediction, prediction_s, maps, maps_s = shared[key]
+            t = time.perf_counter()
+            image = self._with_residual(sem, section, prediction)
+            out.append((image, parsed + prediction_s + time.perf_counter() - t, maps, parsed + maps_s))
         return out
 
     def decode_many(self, files: Sequence[bytes], models: ModelSet) -> list[tuple[np.ndarray, float]]:

@@ -152,9 +152,9 @@ class Receiver:
 
     def outputs(self, paths: Sequence[Path]) -> list[list[tuple[str, np.ndarray, int, float]]]:
         """Per file, (output, labels, bytes read, seconds) of every segmentation it delivers: a ``.sem``
-        by its method (the files of one method decoded together: :meth:`Method.decode_many` and
-        :meth:`Method.decoder_maps_many` compute once what they share, each file's seconds still count
-        what decoding it alone costs), anything
+        by its method (the files of one method decoded together: :meth:`Method.decode_with_maps_many`
+        computes once what they share, the map the decoder's prediction uses included; each file's
+        seconds still count what decoding it alone costs), anything
         else by Pillow (with the codec plugins semlic registers)."""
         from . import format as fmt
         from .imageio import load_image
@@ -174,9 +174,8 @@ class Receiver:
         for name, files in sems.items():
             method = get_method(name)
             models = self.models_for(method)
-            decoded = method.decode_many([data for _, data, _ in files], models)
-            delivered = method.decoder_maps_many([data for _, data, _ in files], models)
-            for (index, data, sem), (image, dec_s), (maps, maps_s) in zip(files, decoded, delivered):
+            delivered = method.decode_with_maps_many([data for _, data, _ in files], models)
+            for (index, data, sem), (image, dec_s, maps, maps_s) in zip(files, delivered):
                 start = time.perf_counter()
                 labels = self.segment(image)
                 out[index].append((DECODED, labels, len(data), dec_s + time.perf_counter() - start))

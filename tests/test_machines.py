@@ -227,3 +227,30 @@ def test_files_of_one_image_share_their_decoder_map(every_models_dir, monkeypatc
     data = smic.encode(image, smic_models, smic.default_qualities[0]).data
     (maps, _), = smic.decoder_maps_many([data], smic_models)
     assert np.array_equal(maps["map"].labels, smic.decoder_maps(smic.open(data, smic_models), smic_models)["map"].labels)
+
+
+def test_decoding_with_the_maps_gives_what_decoding_and_reading_the_maps_give(every_models_dir):
+    """For every registered method, decode_with_maps_many (one pass: a layered codec reuses the map its
+    prediction used) returns the images of decode_many and the maps of decoder_maps_many."""
+    from semlic.model_files import ModelStore
+
+    image, seg = seed_image(64, 96)
+    store = ModelStore(dirs=[every_models_dir])
+    checked = []
+    for method in all_methods():
+        wanted = method.models + method.encoder_models + method.task_models
+        if not all(name in store.names() for name in wanted):
+            continue
+        models = store.models(wanted)
+        qualities = list(method.default_qualities)[:2]
+        files = [r.data for r in method.encode_many(image, models, qualities, segmentation=seg)]
+        together = method.decode_with_maps_many(files, models)
+        apart = zip(method.decode_many(files, models), method.decoder_maps_many(files, models))
+        for (image_1, dec_s, maps_1, maps_s), ((image_2, _), (maps_2, _)) in zip(together, apart):
+            assert np.array_equal(image_1, image_2) and dec_s > 0 and maps_s >= 0, method.name
+            assert sorted(maps_1) == sorted(maps_2), method.name
+            for output in maps_1:
+                assert np.array_equal(maps_1[output].labels, maps_2[output].labels), (method.name, output)
+                assert maps_1[output].roles == maps_2[output].roles
+        checked.append(method.name)
+    assert {"dsslic", "edms", "dsslic_rd_derived", "dsslic_rd_lossy", "smic", "sgfilter"} <= set(checked)
