@@ -182,13 +182,14 @@ def test_the_camvid_profile_runs_end_to_end_with_tiny_budgets(tmp_path):
     rows = query.query("select dataset, method, count(*) as n from rd group by dataset, method", rd)
     methods = {d: set(g.method) for d, g in rows.groupby("dataset")}
     semantic = {"dsslic", "dsslic_444", "edms", "edms_noenh", "dsslic_noseg", "dsslic_upcomp", "smic", "hyperprior",
-                "dsslic_rd"}
+                "dsslic_rd", "sgfilter", "sgfilter_nomap", "sgfilter_sent"}
     baselines = {"jpeg", "jpeg2000", "webp", "avif", "jxl", "hevc"}
     assert methods == {"camvid": semantic | baselines, "kodak": semantic | baselines}
     task = query.query("select dataset, method, output, count(*) as n from task group by all", rd)
     assert set(task.dataset) == {"camvid"}                     # coding for machines: Kodak has no labels
     assert {("dsslic", "map"), ("dsslic_444", "map"), ("edms", "derived"), ("smic", "map"), ("dsslic_rd", "map"),
-            ("hyperprior", "student:dynamic"), ("hevc", "decoded"), ("original", "decoded")} <= \
+            ("hyperprior", "student:dynamic"), ("hevc", "decoded"), ("original", "decoded"), ("sgfilter", "derived"),
+            ("sgfilter_sent", "map")} <= \
         set(zip(task.method, task.output))
     ablation = query.query("select method, bpp from rd where quality = -1", rd)
     assert set(ablation.method) == {"dsslic", "dsslic_noseg", "dsslic_upcomp", "edms", "edms_noenh"}   # base alone
@@ -200,6 +201,8 @@ def test_the_camvid_profile_runs_end_to_end_with_tiny_budgets(tmp_path):
     for name, lambdas in (("dsslic_rd", [0.0005, 0.002, 0.008]), ("dsslic_rd_lossy", [0.002]),
                           ("dsslic_rd_derived", [0.002])):   # a bank per map, its lambdas merged
         assert json_value(read_metadata(models / "dsslic_rd" / f"{name}.safetensors")["lambdas"]) == lambdas
+    for name in ("sgfilter", "sgfilter_nomap", "sgfilter_sent"):   # HEVC + SG filter's three networks
+        assert read_metadata(next((models / "sgfilter").rglob(f"{name}.safetensors")))["model"] == name
     segnet = read_metadata(models / "segnet" / "segnet.safetensors")
     assert json_value(segnet["iterations"]) == 3 and json_value(segnet["config"])["backbone"] == "efficientnet_lite0"
     manifest = json_value((project / "weights" / "manifest.json").read_text())

@@ -19,7 +19,8 @@ CODE_PARAMS = {
     "code": {"limit": 4, "shard_size": 1,
              "methods": {"dsslic": {"qualities": [40, 30], "chroma": "420", "lossless": "png", "segmentation": "segnet"},
                          # the EDMS tasks are the same task (and need a SMapNet); SMIC and the hyperprior need theirs
-                         "edms": None, "edms_noenh": None, "smic": None, "hyperprior": None, "dsslic_rd": None},
+                         "edms": None, "edms_noenh": None, "smic": None, "hyperprior": None, "dsslic_rd": None,
+                         "sgfilter": None, "sgfilter_nomap": None, "sgfilter_sent": None},
              "baselines": {"codecs": ["jpeg", "webp"], "sweep": {"jpeg": [50, 90], "webp": [50, 90]}}},
 }
 

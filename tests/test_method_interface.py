@@ -145,7 +145,8 @@ def test_code_flow_and_aggregate_handle_the_toy_method(tmp_path):
     project = make_project(tmp_path, {"code": {
         "limit": 2, "shard_size": 2, "methods": {"toy": {"qualities": [1, 2]}, "dsslic": None, "edms": None,
                                                   "edms_noenh": None, "smic": None, "hyperprior": None,
-                                                  "dsslic_rd": None},
+                                                  "dsslic_rd": None, "sgfilter": None, "sgfilter_nomap": None,
+                                                  "sgfilter_sent": None},
         "baselines": {"codecs": ["hevc"], "sweep": {"hevc": [40, 30, 20, 12]}}}})
     prepare_synthetic(project, limit=2)
     env = stage_env(project, SEMLIC_METHODS="tests.test_method_interface")

@@ -59,7 +59,7 @@ def test_dvc_repro_end_to_end_then_up_to_date(tmp_path):
     methods = query.query("select method, count(*) as n, min(bpp) as bpp from rd group by method",
                           project / "data" / "results" / "rd.parquet").set_index("method")
     assert set(methods.index) == {"dsslic", "dsslic_rd", "edms", "edms_noenh", "smic", "hyperprior", "jpeg",
-                                  "jpeg2000", "webp", "avif", "jxl", "hevc"}
+                                  "jpeg2000", "webp", "avif", "jxl", "hevc", "sgfilter", "sgfilter_nomap", "sgfilter_sent"}
     assert (methods.n > 0).all() and (methods.bpp > 0).all()
     bd = query.query("select method from bd where anchor = 'hevc'", project / "data" / "results" / "rd.parquet")
     assert set(bd.method) == set(methods.index) - {"hevc"}
@@ -74,19 +74,23 @@ def test_dvc_repro_end_to_end_then_up_to_date(tmp_path):
     assert {(m, "decoded") for m in methods.index} | {("original", "decoded"), ("dsslic", "map"), ("edms", "derived"),
                                                       ("edms_noenh", "derived"), ("smic", "map"), ("dsslic_rd", "map"),
                                                       ("hyperprior", "decoded+teacher"),
-                                                      ("hyperprior", "student:static8")} <= set(task.index)
+                                                      ("hyperprior", "student:static8"), ("sgfilter", "derived"),
+                                                      ("sgfilter_sent", "map")} <= set(task.index)
     machines_table = pd.read_csv(project / "data" / "machines" / "machines.csv").set_index(["method", "output"])
     assert machines_table.loc[("hevc", "decoded"), "bd_note"] == "anchor"
     assert (project / "data" / "machines" / "figures" / "rate_miou_synthetic.png").is_file()
     edms = pd.read_csv(project / "data" / "results" / "comparisons.csv")
     assert edms[["dataset", "method", "anchor"]].values.tolist() == [["synthetic", "dsslic_rd", "dsslic"],
                                                                      ["synthetic", "edms", "dsslic"],
-                                                                     ["synthetic", "edms_noenh", "dsslic"]]
+                                                                     ["synthetic", "edms_noenh", "dsslic"],
+                                                                     ["synthetic", "sgfilter_nomap", "sgfilter"],
+                                                                     ["synthetic", "sgfilter_sent", "sgfilter"]]
     assert (edms.enc_time_ratio > 0).all() and (edms.dec_time_ratio > 0).all()  # timings joined
     metrics = json.loads((project / "data" / "results" / "metrics.json").read_text())
     assert set(metrics) == {"bd_rate_vs_hevc", "bd_rate_vs_reference", "miou"}   # a handful of columns
     assert set(metrics["bd_rate_vs_reference"]["synthetic"]) == {"edms_vs_dsslic", "edms_noenh_vs_dsslic",
-                                                                 "dsslic_rd_vs_dsslic"}
+                                                                 "dsslic_rd_vs_dsslic", "sgfilter_nomap_vs_sgfilter",
+                                                                 "sgfilter_sent_vs_sgfilter"}
     assert set(metrics["bd_rate_vs_hevc"]["synthetic"]) == set(methods.index) - {"hevc"}
     assert set(metrics["miou"]["synthetic"]) == {"train", "val", "test"}
 
