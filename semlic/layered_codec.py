@@ -435,23 +435,7 @@ class LayeredCodec(Method):
     def decode_many(self, files: Sequence[bytes], models: ModelSet) -> list[tuple[np.ndarray, float]]:
         """Files whose layers other than the residual are byte-identical (one image at several QPs)
         share x': it is computed once, and each file's seconds count it (parse + x' + residual)."""
-        shared: dict[tuple, tuple[np.ndarray, float]] = {}
-        out = []
-        for data in files:
-            start = time.perf_counter()
-            sem = self.open(data, models)
-            section = self.read_section(sem)
-            key = self._shared_key(sem, section)
-            parsed = time.perf_counter() - start
-            if key not in shared:
-                t = time.perf_counter()
-                prediction, _ = self._prediction(sem, models)
-                shared[key] = (prediction, time.perf_counter() - t)
-            prediction, prediction_s = shared[key]
-            t = time.perf_counter()
-            image = self._with_residual(sem, section, prediction)
-            out.append((image, parsed + prediction_s + time.perf_counter() - t))
-        return out
+        return [(image, seconds) for image, seconds, _, _ in self.decode_with_maps_many(files, models)]
 
     def decode_file(self, sem: fmt.SemFile, models: ModelSet) -> np.ndarray:
         return self.decode_with_prediction(sem, models)[0]
