@@ -116,6 +116,19 @@ def test_deeplab_teacher_and_student_on_lite0():
     with torch.no_grad():
         assert tuple(student(torch.rand(1, 16, 8, 12)).shape) == (1, 11, 128, 192)
         torch.testing.assert_close(student.back(features, (128, 192)), teacher.back(features, (128, 192)))
+    # Lite0's F_gt is signed (stage 2 ends in a linear projection): the student's transform ends without
+    # a ReLU, so it can reach negative features, and its last BatchNorm starts at F_gt's statistics.
+    assert (features < 0).any()
+    target = torch.randn(4, 24, 32, 48) * 8 + 1
+    student.match_features(target)
+    student.train()
+    produced, _ = student.features(torch.randn(4, 16, 8, 12))
+    assert (produced < 0).float().mean() > 0.2
+    torch.testing.assert_close(produced.std((0, 2, 3)), target.std((0, 2, 3)), rtol=0.1, atol=0.1)
+    # a ResNet teacher's layer1 ends in a ReLU, and so does its student's transform
+    resnet = DeepLabV3(deeplab_config("tiny", 11))
+    plain = LatentSegNet(StudentConfig(deeplab=resnet.config.to_dict(), latent_channels=16, transform_width=8))
+    assert isinstance(plain.transform[-1], torch.nn.ReLU) and not isinstance(student.transform[-1], torch.nn.ReLU)
 
 
 def fake_wheel(path: Path, state: dict[str, torch.Tensor]) -> Path:

@@ -107,6 +107,12 @@ def feature_channels(config: DeepLabConfig) -> int:
     return config.base_channels * (4 if config.backbone in ("resnet50", "resnet101") else 1)
 
 
+def features_rectified(config: DeepLabConfig) -> bool:
+    """Whether F_gt is non-negative: a ResNet's ``layer1`` ends in a ReLU, EfficientNet-Lite0's stage 2
+    in a linear projection (plus its skip)."""
+    return config.backbone != efficientnet.NAME
+
+
 class LiteStem(nn.Module):
     """EfficientNet-Lite's stem (its published names ``_conv_stem``, ``_bn0``)."""
 
@@ -240,20 +246,26 @@ class ResBlock(nn.Module):
         return x + self.body(x)
 
 
-def transform_module(kind: str, in_channels: int, width: int, out_channels: int) -> nn.Module:
-    """Latents at 1/16 -> features at 1/4 (x4): Module-Deconv or Module-Res."""
+def transform_module(kind: str, in_channels: int, width: int, out_channels: int, rectified: bool = True) -> nn.Module:
+    """Latents at 1/16 -> features at 1/4 (x4): Module-Deconv or Module-Res.
+
+    ``rectified``: the output ends in a ReLU, as the ResNet's ``layer1`` does; False for a teacher
+    whose F_gt is linear (EfficientNet-Lite0's stage 2 ends in a projection with no activation, so
+    its features are signed and a final ReLU could not reach half of them). The layer indices, and so
+    a model file's tensor names, are the same either way."""
+    out = [nn.ReLU(inplace=True)] if rectified else []
     if kind == "deconv":
         return nn.Sequential(
             nn.ConvTranspose2d(in_channels, width, 5, stride=2, padding=2, output_padding=1),
             nn.BatchNorm2d(width), nn.ReLU(inplace=True),
             nn.ConvTranspose2d(width, out_channels, 5, stride=2, padding=2, output_padding=1),
-            nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
+            nn.BatchNorm2d(out_channels), *out)
     if kind == "res":
         return nn.Sequential(
             nn.Conv2d(in_channels, width, 3, padding=1), ResBlock(width),
             nn.Conv2d(width, 4 * width, 3, padding=1), nn.PixelShuffle(2), nn.LeakyReLU(inplace=True), ResBlock(width),
             nn.Conv2d(width, 4 * width, 3, padding=1), nn.PixelShuffle(2), nn.LeakyReLU(inplace=True), ResBlock(width),
-            nn.Conv2d(width, out_channels, 3, padding=1), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
+            nn.Conv2d(width, out_channels, 3, padding=1), nn.BatchNorm2d(out_channels), *out)
     raise ConfigError(f"transform module {kind!r}: one of {', '.join(TRANSFORMS)}")
 
 
@@ -308,7 +320,7 @@ class LatentSegNet(nn.Module):
         self.register_buffer("static_channels", torch.tensor(config.channels, dtype=torch.long), persistent=False)
         inputs = len(config.channels) if config.selection == "static" else config.latent_channels
         self.transform = transform_module(config.transform, inputs, config.transform_width,
-                                          feature_channels(teacher_cfg))
+                                          feature_channels(teacher_cfg), features_rectified(teacher_cfg))
         self.back = DeepLabBack(teacher_cfg, backbone)
         self.num_classes = teacher_cfg.num_classes
 
@@ -349,3 +361,14 @@ class LatentSegNet(nn.Module):
     def init_back_from(self, teacher: DeepLabV3) -> None:
         """Start the segmentation layers from the teacher's (the paper's pretrained DeepLabv3)."""
         self.back.load_state_dict(teacher.back.state_dict())
+
+    @torch.no_grad()
+    def match_features(self, features: Tensor) -> None:
+        """Start the transform's last BatchNorm at the per-channel mean and spread of ``features``
+        (the teacher's F_gt of the training images, N x C x H x W), so that a signed F_gt of a few units
+        (EfficientNet-Lite0's: std about 8) is in reach from the first step instead of after thousands
+        of steps of a BatchNorm scale that starts at 1."""
+        norm = [m for m in self.transform if isinstance(m, nn.BatchNorm2d)][-1]
+        flat = features.detach().float().transpose(0, 1).reshape(features.shape[1], -1)
+        norm.weight.copy_(flat.std(1).clamp_min(1e-3))
+        norm.bias.copy_(flat.mean(1))

@@ -38,7 +38,7 @@ from ...model_files import save_model
 from ...segnet.prepared import load_labelled
 from ...train_loop import TrainingTask, adam, channels_last, fit, seeded_permutation_batch
 from .hyperprior import HYPERPRIOR_FILE, LAMBDAS, MULTIPLE, bank_from_codecs, check_quality, pad, to_unit, zoo_widths
-from .networks import DeepLabV3, LatentSegNet, StudentConfig, deeplab_config, normalise
+from .networks import DeepLabV3, LatentSegNet, StudentConfig, deeplab_config, features_rectified, normalise
 
 TEACHER_FILE = "deeplabv3.safetensors"
 RESUME_FREE = ("checkpoint_every", "log_every", "minutes")
@@ -347,6 +347,8 @@ class StudentTraining(TrainingTask):
         self.model = LatentSegNet(config)
         if cfg.init_from_teacher:
             self.model.init_back_from(teacher)
+            if not features_rectified(teacher.config):   # a signed F_gt: start at its statistics
+                self.model.match_features(inputs["features"])
         self.model.to(self.device)
         gate = list(self.model.gate.parameters()) if self.model.gate is not None else []
         ids = {id(p) for p in gate}
