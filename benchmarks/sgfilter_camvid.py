@@ -16,7 +16,8 @@ network given the labels; CamVid only),
 ``curves.csv`` (mean RD points), ``bd.csv`` (BD-rate and BD-distortion of each method against HEVC on
 each metric), ``training.csv``, ``rd.png`` and ``measured.md`` (the tables, the command, the times).
 Resumable: trained networks are kept in ``--work``, and a rerun trains on from their state; the rows of
-each (data set, method) are kept there too (``rows/``), and a rerun reads them back.
+each (data set, method) are kept there too (``rows/``, written every ``--chunk`` images), and a rerun
+reads them back and codes only what is missing.
 """
 
 from __future__ import annotations
@@ -201,18 +202,46 @@ def _md(frame: pd.DataFrame, digits: int = 3) -> str:
     return "\n".join(lines)
 
 
-def kept(args, dataset: str, method: str, seconds: dict, code) -> list[dict]:
-    """The rows of one (data set, method): ``code()``'s, kept in ``--work`` (a rerun reads them back)."""
-    path = Path(args.work) / "rows" / f"{dataset}-{method}.parquet"
-    if path.is_file():
-        return pd.read_parquet(path).to_dict("records")
-    started = time.time()
-    rows = code()
-    seconds[(dataset, method)] = time.time() - started
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    pd.DataFrame(rows).to_parquet(tmp, index=False)
-    tmp.replace(path)
+def kept(args, dataset: str, method: str, seconds: dict, code, samples) -> list[dict]:
+    """The rows of one (data set, method): ``code(some samples)``'s, kept in ``--work`` (a rerun reads them
+    back). Coded ``--chunk`` images at a time, each chunk's rows written as it ends, so an interrupted run
+    loses at most one chunk; the chunks become one file when all are there. ``seconds``: the coding time
+    of each (data set, method), summed over the chunks (kept with them, so a resumed run reports it all)."""
+    folder = Path(args.work) / "rows"
+    whole = folder / f"{dataset}-{method}.parquet"
+    if whole.is_file():
+        frame = pd.read_parquet(whole)
+        seconds[(dataset, method)] = float(frame.attrs.get("coding_s", float("nan")))
+        return frame.to_dict("records")
+    folder.mkdir(parents=True, exist_ok=True)
+    rows, spent, parts = [], 0.0, []
+    for start in range(0, len(samples), args.chunk):
+        chunk = samples[start:start + args.chunk]
+        ids = sorted(s.id for s in chunk)
+        part = folder / f"{dataset}-{method}.part{start:05d}.parquet"
+        parts.append(part)
+        if part.is_file():
+            frame = pd.read_parquet(part)
+            if sorted(frame["image_id"].unique()) == ids:   # the same images (same --limit and --chunk)
+                rows += frame.drop(columns="chunk_s").to_dict("records")
+                spent += float(frame["chunk_s"].iloc[0])
+                continue
+        started = time.time()
+        got = code(chunk)
+        elapsed = time.time() - started
+        spent += elapsed
+        tmp = part.with_suffix(".tmp")
+        pd.DataFrame(got).assign(chunk_s=elapsed).to_parquet(tmp, index=False)
+        tmp.replace(part)
+        rows += got
+    seconds[(dataset, method)] = spent
+    frame = pd.DataFrame(rows)
+    frame.attrs["coding_s"] = spent
+    tmp = whole.with_suffix(".tmp")
+    frame.to_parquet(tmp, index=False)
+    tmp.replace(whole)
+    for part in parts:
+        part.unlink(missing_ok=True)
     return rows
 
 
@@ -257,6 +286,8 @@ def main(argv=None) -> int:
     parser.add_argument("--layered", help="the reference run's coded folder (files/camvid/dsslic, edms): the "
                                           "enhancement after DSSLIC's and EDMS's reconstruction")
     parser.add_argument("--layered-models", help="the reference run's models folder (DSSLIC, SMapNet, PSPNet)")
+    parser.add_argument("--chunk", type=int, default=24, help="images coded between two writes of their rows "
+                                                               "(an interrupted run resumes at its last chunk)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -273,24 +304,27 @@ def main(argv=None) -> int:
     rows, bound, coding_s = [], [], {}
     for dataset in args.datasets:
         samples = list_prepared(Path(args.prepared) / dataset, "test")[: args.limit or None]
-        coding = [CodingSample(s.id, s.image_path) for s in samples]
         if "truth" in args.variants and samples and samples[0].label_path is not None:
             truth = load_model(model_path(Path(args.work) / "truth", "truth"), expect=TRUTH)
             bound += kept(args, dataset, TRUTH, coding_s,
-                          lambda: truth_rows(samples, truth, segnet, args.qps, dataset, with_lpips))
+                          lambda chunk: truth_rows(chunk, truth, segnet, args.qps, dataset, with_lpips), samples)
         for source in [v for v in args.variants if v in METHODS]:
             plan = MethodPlan.from_section(METHODS[source], {"qualities": args.qps})
             rows += kept(args, dataset, METHODS[source], coding_s,
-                         lambda: code_method(coding, plan, models, dataset=dataset, progress=not args.no_progress,
-                                             with_lpips=with_lpips))
+                         lambda chunk: code_method([CodingSample(s.id, s.image_path) for s in chunk], plan, models,
+                                                   dataset=dataset, progress=not args.no_progress,
+                                                   with_lpips=with_lpips), samples)
         rows += kept(args, dataset, "hevc", coding_s,
-                     lambda: run_baselines([s.image_path for s in samples], ["hevc"], sweep={"hevc": args.qps},
-                                           dataset=dataset, progress=not args.no_progress, with_lpips=with_lpips))
+                     lambda chunk: run_baselines([s.image_path for s in chunk], ["hevc"], sweep={"hevc": args.qps},
+                                                 dataset=dataset, progress=not args.no_progress, with_lpips=with_lpips),
+                     samples)
     layered = []
     if args.layered:
         nets = {name: models[name] for name in ("sgfilter", "sgfilter_nomap") if name in models}
         samples = list_prepared(Path(args.prepared) / "camvid", "test")[: args.limit or None]
-        layered = layered_rows(samples, Path(args.layered) / "files", Path(args.layered_models), nets, segnet, "camvid")
+        layered = kept(args, "camvid", "layered", coding_s,
+                       lambda chunk: layered_rows(chunk, Path(args.layered) / "files", Path(args.layered_models), nets,
+                                                  segnet, "camvid"), samples)
         pd.DataFrame(layered).to_parquet(out / "layered_rows.parquet", index=False)
     results.write_rows(rows, out / "rows.parquet")
     if bound:
