@@ -147,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         psnr_change_db_mean=("psnr_change_db", "mean")).reset_index()
     command = " ".join(shlex.quote(a) for a in [".venv/bin/python", "benchmarks/sgfilter_tolerance.py",
                                                     *(argv if argv is not None else sys.argv[1:])])
+    from semlic.fileio import atomic_write_text
     from semlic.results import git_revision
 
     text = ["# HEVC + SG filter: the decoder's picture on other kernels", "",
@@ -156,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             "| " + " | ".join(summary.columns) + " |", "|" + "---|" * len(summary.columns)]
     for row in summary.itertuples(index=False):
         text.append("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row) + " |")
-    (out / "sgfilter_tolerance.md").write_text("\n".join(text) + "\n")
+    atomic_write_text(out / "sgfilter_tolerance.md", "\n".join(text) + "\n")
     print("\n".join(text))
     return 0
 

@@ -131,6 +131,27 @@ def test_deeplab_teacher_and_student_on_lite0():
     assert isinstance(plain.transform[-1], torch.nn.ReLU) and not isinstance(student.transform[-1], torch.nn.ReLU)
 
 
+def test_a_lite0_students_training_starts_at_the_teachers_feature_statistics():
+    """StudentTraining matches the transform's last BatchNorm to F_gt for a lite0 teacher only."""
+    from semlic.methods.latent_seg.networks import DeepLabV3, deeplab_config
+    from semlic.methods.latent_seg.training import StudentTrainConfig, StudentTraining
+
+    torch.manual_seed(0)
+    features = torch.randn(2, 24, 16, 16) * 5 + 2
+    inputs = {"y_hat": torch.randn(2, 16, 4, 4), "features": features,
+              "labels": torch.zeros(2, 64, 64, dtype=torch.long)}
+    cfg = StudentTrainConfig(transform_width=8, crop=64, batch_size=2, iterations=1)
+    lite = StudentTraining(cfg, inputs, DeepLabV3(deeplab_config("lite0", 11)), latent_channels=16)
+    norm = [m for m in lite.model.transform if isinstance(m, torch.nn.BatchNorm2d)][-1]
+    flat = features.transpose(0, 1).reshape(24, -1)
+    torch.testing.assert_close(norm.weight.detach(), flat.std(1))
+    torch.testing.assert_close(norm.bias.detach(), flat.mean(1))
+    resnet = StudentTraining(cfg, {**inputs, "features": torch.randn(2, 8, 16, 16)},
+                             DeepLabV3(deeplab_config("tiny", 11)), latent_channels=16)
+    norm = [m for m in resnet.model.transform if isinstance(m, torch.nn.BatchNorm2d)][-1]
+    assert torch.equal(norm.weight.detach(), torch.ones_like(norm.weight))   # unchanged: PyTorch's init
+
+
 def fake_wheel(path: Path, state: dict[str, torch.Tensor]) -> Path:
     buffer = io.BytesIO()
     torch.save(state, buffer)
