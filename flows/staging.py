@@ -28,13 +28,17 @@ def staged_dir(final: str | os.PathLike, fingerprint: Any = None) -> Iterator[Pa
 
     The staging path is absolute: tasks on other nodes (a shared file system) write there.
     Nothing half-written ever sits at ``final``: the work goes to ``data/.staging/<name>``
-    (same file system), then two renames swap it in. A run killed midway leaves only the
+    (``<final's folder>/.staging/<name>`` for an output outside the working directory: always the
+    file system of ``final``), then two renames swap it in. A run killed midway leaves only the
     staging directory. ``fingerprint`` (JSON data: the stage's params) decides what the next
     run does with it: the same fingerprint keeps it, so work that resumes (training
     checkpoints, finished shards) resumes; another one, or ``None``, starts from empty.
     """
     final = Path(final).absolute()
-    staging = Path.cwd() / STAGING / Path(final).relative_to(Path.cwd()).as_posix().replace("/", "__")
+    if final.is_relative_to(Path.cwd()):
+        staging = Path.cwd() / STAGING / final.relative_to(Path.cwd()).as_posix().replace("/", "__")
+    else:   # an output elsewhere (paths.* set to an absolute folder): staged beside it
+        staging = final.parent / STAGING.name / final.name
     old = staging.with_name(staging.name + ".old")
     stamp = staging / ".fingerprint.json"
     text = None if fingerprint is None else json.dumps(fingerprint, sort_keys=True, default=str)

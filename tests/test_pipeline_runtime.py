@@ -115,6 +115,22 @@ def test_staged_dir_replaces_the_output_only_on_success(tmp_path, monkeypatch):
     assert sorted(p.name for p in final.iterdir()) == ["c.txt"]
 
 
+def test_staged_dir_takes_an_output_outside_the_working_directory(tmp_path, monkeypatch):
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    final = tmp_path / "elsewhere" / "machines"
+    with pytest.raises(KeyboardInterrupt):
+        with staged_dir(final, fingerprint={"shard_size": 6}) as staging:
+            (staging / "part-0.parquet").write_text("done")
+            raise KeyboardInterrupt
+    assert not final.exists() and not (tmp_path / "work" / "data").exists()
+    with staged_dir(str(final), fingerprint={"shard_size": 6}) as staging:
+        assert (staging / "part-0.parquet").is_file()  # resumed
+        assert staging.parent.parent == final.parent  # the output's file system
+    assert (final / "part-0.parquet").read_text() == "done"
+    assert not (final.parent / ".staging" / "machines").exists()
+
+
 def test_staged_dir_keeps_work_of_a_run_with_the_same_fingerprint(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(KeyboardInterrupt):
