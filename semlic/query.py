@@ -32,6 +32,11 @@ from pathlib import Path
 
 from .errors import ConfigError, import_extra
 
+#: The commands this module adds to ``semlic`` (read by semlic.cli without importing it).
+COMMANDS = {
+    "results": "query the result Parquet with DuckDB SQL (views rd, bd, curves, latent_seg)",
+}
+
 DEFAULT_SOURCE = Path("data/results/rd.parquet")
 SIDE_VIEWS = {"bd": "bd.parquet", "curves": "curves.parquet"}
 OTHER_VIEWS = {"latent_seg": Path("..") / "latent_seg" / "rows.parquet",   # relative to the results folder
@@ -108,7 +113,7 @@ def _cli(args: argparse.Namespace) -> int:
 
 def register_cli(subparsers) -> None:
     parser = subparsers.add_parser(
-        "results", help="query the result Parquet with DuckDB SQL (views rd, bd, curves, latent_seg)",
+        "results", help=COMMANDS["results"],
         description="Run a DuckDB SQL query over the results. View rd: every result row; bd: BD-rate/BD-PSNR "
                     "against the anchor; curves: mean RD points. Example: semlic results "
                     "\"select method, avg(bpp), avg(psnr_rgb) from rd group by method\"",

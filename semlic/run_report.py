@@ -43,6 +43,11 @@ from .errors import ConfigError
 from .fileio import atomic_write_bytes
 from .report_tables import layer_shares, row_counts
 
+#: The commands this module adds to ``semlic`` (read by semlic.cli without importing it).
+COMMANDS = {
+    "run-report": "a pipeline run's report: BD against HEVC, ablation, chroma, EDMS vs DSSLIC, training",
+}
+
 #: DSSLIC paper, Table 1 (no residual): bits per sub-pixel, PSNR (mean of the channels' PSNRs), MS-SSIM.
 PAPER_TABLE1 = {
     ("ADE20K", "upComp"): (0.095, 17.50, 0.759), ("ADE20K", "noSeg"): (0.080, 22.24, 0.905),
@@ -343,7 +348,7 @@ def _cli(args) -> int:
 
 def register_cli(subparsers) -> None:
     parser = subparsers.add_parser(
-        "run-report", help="a pipeline run's report: BD against HEVC, ablation, chroma, EDMS vs DSSLIC, training",
+        "run-report", help=COMMANDS["run-report"],
         description="Read a run's data/ folder (or only its rows) and write report.md, CSV tables and RD figures.")
     parser.add_argument("--data", help="the run's data folder (results/rd.parquet, models/, segments/, prepared/)")
     parser.add_argument("--rows", help="result rows instead of <data>/results/rd.parquet (e.g. a committed rows.parquet)")

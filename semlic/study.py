@@ -44,6 +44,11 @@ from .fileio import atomic_write_bytes
 from .image_codecs import CODECS
 from .report_tables import fmt, layer_shares, markdown_table, row_counts  # noqa: F401  (the study report's tables)
 
+#: The commands this module adds to ``semlic`` (read by semlic.cli without importing it).
+COMMANDS = {
+    "study-report": "the GPU study's report: BD against HEVC, RD figures with anchors, layer shares, speed",
+}
+
 BASELINES = ("avif", "jxl", "webp", "jpeg2000", "jpeg")
 ANCHOR = "hevc"
 BASELINE_LABELS = {name: CODECS[name].label for name in (ANCHOR, *BASELINES)}   # each codec's declaration
@@ -497,7 +502,7 @@ def _cli(args) -> int:
 
 def register_cli(subparsers) -> None:
     parser = subparsers.add_parser(
-        "study-report", help="the GPU study's report: BD against HEVC, RD figures with anchors, layer shares, speed",
+        "study-report", help=COMMANDS["study-report"],
         description="Read study_results/ (scripts/gpu_study/run.py pack) and write study.md, CSV tables and RD "
                     "figures (bpp and the papers' bits-per-sub-pixel axis) to --out.")
     parser.add_argument("--results", required=True, help="the unpacked study_results folder")

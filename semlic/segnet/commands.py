@@ -26,6 +26,13 @@ from .segment import segment_split, write_segment_table
 from .train import train_segnet
 from .train_config import load_train_config
 
+#: The commands this module adds to ``semlic`` (read by semlic.cli without importing it).
+COMMANDS = {
+    "train-segnet": "train the PSPNet segmenter on a prepared data set",
+    "segment": "write PSPNet label maps for a prepared split",
+    "convert-segnet": "convert published PSPNet weights to a semlic model file",
+}
+
 # command-line option -> config key
 _TRAIN_OVERRIDES = {
     "iterations": "iterations", "epochs": "epochs", "batch_size": "batch_size", "crop_size": "crop_size",
@@ -80,7 +87,7 @@ def run_convert(args: argparse.Namespace) -> int:
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
-    train = subparsers.add_parser("train-segnet", help="train the PSPNet segmenter on a prepared data set")
+    train = subparsers.add_parser("train-segnet", help=COMMANDS["train-segnet"])
     train.add_argument("--config", required=True, help="YAML or JSON training config (model section + training keys)")
     train.add_argument("--data", required=True, help="prepared data directory (semlic prepare)")
     train.add_argument("--out", required=True, help="output directory (segnet.safetensors, train_state, train_log)")
@@ -99,7 +106,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(func=run_train)
 
-    segment = subparsers.add_parser("segment", help="write PSPNet label maps for a prepared split")
+    segment = subparsers.add_parser("segment", help=COMMANDS["segment"])
     segment.add_argument("--model", required=True, help="PSPNet model file (.safetensors)")
     segment.add_argument("--data", required=True, help="prepared data directory")
     segment.add_argument("--split", required=True, help="split to segment (train, val, test, ...)")
@@ -109,7 +116,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     segment.add_argument("--num-workers", type=int, default=0, help="PNG decoding workers")
     segment.set_defaults(func=run_segment)
 
-    convert = subparsers.add_parser("convert-segnet", help="convert published PSPNet weights to a semlic model file")
+    convert = subparsers.add_parser("convert-segnet", help=COMMANDS["convert-segnet"])
     convert.add_argument("--format", required=True, choices=["csail", "hszhao"], help="layout of the weights")
     convert.add_argument("weights", nargs="+", help="csail: ENCODER.pth DECODER.pth; hszhao: CHECKPOINT.pth")
     convert.add_argument("--num-classes", type=int, default=150, help="classes of the weights (ADE20K: 150)")

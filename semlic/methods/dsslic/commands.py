@@ -7,6 +7,11 @@ import json
 
 from ...config_files import add_pause_argument, read_section, seconds
 
+#: The commands this module adds to ``semlic`` (read by semlic.cli without importing it).
+COMMANDS = {
+    "train-dsslic": "DSSLIC: train CompNet + FineNet (+ discriminators)",
+}
+
 
 def cmd_train(args) -> int:
     from .training import DSSLICTrainConfig, train_dsslic
@@ -24,7 +29,7 @@ def cmd_train(args) -> int:
 
 
 def register_cli(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train-dsslic", help="DSSLIC: train CompNet + FineNet (+ discriminators)")
+    p = sub.add_parser("train-dsslic", help=COMMANDS["train-dsslic"])
     p.add_argument("--config", help="YAML with a train_dsslic section (or the keys at top level)")
     p.add_argument("--images", required=True, help="directory of training images <id>.png (one size)")
     p.add_argument("--segs", required=True, help="directory of segmentation maps <id>.png")

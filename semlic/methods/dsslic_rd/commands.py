@@ -7,6 +7,11 @@ import json
 
 from ...config_files import add_pause_argument, read_section, seconds
 
+#: The commands this module adds to ``semlic`` (read by semlic.cli without importing it).
+COMMANDS = {
+    "train-dsslic-rd": "DSSLIC-RD: train the rate-aware base layer at one lambda (or merge the lambdas' files into one model)",
+}
+
 
 def cmd_train(args) -> int:
     from .training import RDTrainConfig, merge_levels, train_dsslic_rd
@@ -30,8 +35,7 @@ def cmd_train(args) -> int:
 
 
 def register_cli(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train-dsslic-rd", help="DSSLIC-RD: train the rate-aware base layer at one lambda "
-                                               "(or merge the lambdas' files into one model)")
+    p = sub.add_parser("train-dsslic-rd", help=COMMANDS["train-dsslic-rd"])
     p.add_argument("--config", help="YAML with a train_dsslic_rd section (or the keys at top level)")
     p.add_argument("--images", help="directory of training images <id>.png (one size)")
     p.add_argument("--segs", help="directory of segmentation maps <id>.png")

@@ -22,6 +22,13 @@ from pathlib import Path
 
 from ...config_files import add_pause_argument, read_section, seconds
 
+#: The commands this module adds to ``semlic`` (read by semlic.cli without importing it).
+COMMANDS = {
+    "smap-pairs": "EDMS: SMapNet training pairs (PSPNet(up(c^)), reference map)",
+    "train-smapnet": "EDMS: train SMapNet on a pairs directory",
+    "finetune-finenet": "EDMS step 3: fine-tune FineNet on s^, kept only if x' improves",
+}
+
 
 def run_pairs(args: argparse.Namespace) -> int:
     from ...fileio import write_parquet
@@ -71,7 +78,7 @@ def run_finetune(args: argparse.Namespace) -> int:
 
 
 def register_cli(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("smap-pairs", help="EDMS: SMapNet training pairs (PSPNet(up(c^)), reference map)")
+    p = sub.add_parser("smap-pairs", help=COMMANDS["smap-pairs"])
     p.add_argument("--model", required=True, help="DSSLIC model (dsslic.safetensors from train-dsslic)")
     p.add_argument("--segnet", required=True, help="PSPNet checkpoint")
     p.add_argument("--data", required=True, help="prepared data directory")
@@ -83,7 +90,7 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_pairs)
 
-    p = sub.add_parser("train-smapnet", help="EDMS: train SMapNet on a pairs directory")
+    p = sub.add_parser("train-smapnet", help=COMMANDS["train-smapnet"])
     p.add_argument("--config", help="YAML with a train_smapnet section (or the keys at top level)")
     p.add_argument("--pairs", required=True, help="pairs directory (semlic smap-pairs)")
     p.add_argument("--out", required=True, help="output directory (smapnet.safetensors, train_state, log)")
@@ -98,7 +105,7 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_train)
 
-    p = sub.add_parser("finetune-finenet", help="EDMS step 3: fine-tune FineNet on s^, kept only if x' improves")
+    p = sub.add_parser("finetune-finenet", help=COMMANDS["finetune-finenet"])
     p.add_argument("--model", required=True, help="DSSLIC model (dsslic.safetensors from train-dsslic)")
     p.add_argument("--segnet", required=True)
     p.add_argument("--smapnet", help="needed for --method edms")

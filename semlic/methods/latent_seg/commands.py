@@ -29,6 +29,15 @@ from ...errors import ConfigError
 from ...fileio import atomic_write_text
 from ...model_files import written_model
 
+#: The commands this module adds to ``semlic`` (read by semlic.cli without importing it;
+#: eval-latent-seg is added by .evaluate).
+COMMANDS = {
+    "train-hyperprior": "train CompressAI's bmshj2018-hyperprior at some qualities",
+    "import-hyperprior": "a local CompressAI bmshj2018-hyperprior checkpoint -> a model file",
+    "train-latent-seg": "DeepLabv3 teacher, then the compressed-domain students",
+    "eval-latent-seg": "rate-mIoU of pixel-domain and compressed-domain segmentation",
+}
+
 DEFAULT_VARIANTS = ({"selection": "none"}, {"selection": "dynamic"},
                     *({"selection": "static", "channels": n} for n in (16, 32, 64, 128)))
 HYPERPRIOR_KEYS = {"qualities", "per_quality"}
@@ -198,7 +207,7 @@ def run_train_latent_seg(args: argparse.Namespace) -> int:
 
 
 def register_cli(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train-hyperprior", help="train CompressAI's bmshj2018-hyperprior at some qualities")
+    p = sub.add_parser("train-hyperprior", help=COMMANDS["train-hyperprior"])
     p.add_argument("--data", required=True, help="prepared data directory (its train split)")
     p.add_argument("--out", required=True, help="output directory (q<Q>/ per quality, hyperprior.safetensors)")
     p.add_argument("--config", help="YAML with a train_hyperprior section")
@@ -208,14 +217,14 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_train_hyperprior)
 
-    p = sub.add_parser("import-hyperprior", help="a local CompressAI bmshj2018-hyperprior checkpoint -> a model file")
+    p = sub.add_parser("import-hyperprior", help=COMMANDS["import-hyperprior"])
     p.add_argument("checkpoint", help="a CompressAI checkpoint (.pth / .pth.tar: a state dict; tensors only)")
     p.add_argument("--quality", type=int, required=True, help="its quality 1..8")
     p.add_argument("--out", required=True, help="the hyperprior model file to write")
     p.add_argument("--into", help="an existing hyperprior model file whose other qualities are kept")
     p.set_defaults(func=run_import)
 
-    p = sub.add_parser("train-latent-seg", help="DeepLabv3 teacher, then the compressed-domain students")
+    p = sub.add_parser("train-latent-seg", help=COMMANDS["train-latent-seg"])
     p.add_argument("--data", required=True, help="prepared data directory (its train split with labels)")
     p.add_argument("--hyperprior", required=True, help="the hyperprior model file (semlic train-hyperprior)")
     p.add_argument("--out", required=True, help="output directory (teacher/, q<Q>/<student>/)")

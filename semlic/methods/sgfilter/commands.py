@@ -15,6 +15,11 @@ import json
 from ...config_files import add_pause_argument, read_section, seconds
 from ...errors import ConfigError
 
+#: The commands this module adds to ``semlic`` (read by semlic.cli without importing it).
+COMMANDS = {
+    "train-sgfilter": "HEVC + SG filter: train the enhancement network of one map source",
+}
+
 
 def run_train(args: argparse.Namespace) -> int:
     from ...model_files import load_model
@@ -37,7 +42,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def register_cli(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train-sgfilter", help="HEVC + SG filter: train the enhancement network of one map source")
+    p = sub.add_parser("train-sgfilter", help=COMMANDS["train-sgfilter"])
     p.add_argument("--data", required=True, help="prepared data directory (its train split)")
     p.add_argument("--out", required=True, help="output directory (<model>.safetensors, cache, train_state, log)")
     p.add_argument("--segnet", help="PSPNet model file (the derived and sent maps; its classes size the network)")

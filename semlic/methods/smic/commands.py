@@ -16,6 +16,11 @@ from pathlib import Path
 from ...config_files import read_section
 from ...errors import ConfigError
 
+#: The commands this module adds to ``semlic`` (read by semlic.cli without importing it).
+COMMANDS = {
+    "train-smic": "SMIC: train SS-Net (image -> map) and Rec-Net (small image + map -> image)",
+}
+
 
 def trained_part(out_dir, part: str) -> dict | None:
     """What a finished ``part`` (ssnet or recnet) in ``out_dir`` reports, TrainResult-like, read from its
@@ -71,7 +76,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def register_cli(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train-smic", help="SMIC: train SS-Net (image -> map) and Rec-Net (small image + map -> image)")
+    p = sub.add_parser("train-smic", help=COMMANDS["train-smic"])
     p.add_argument("--data", required=True, help="prepared data directory (its train split: images and labels)")
     p.add_argument("--out", required=True, help="output directory (ssnet/, recnet/)")
     p.add_argument("--config", help="YAML with a train_smic section: ssnet and recnet mappings, num_classes")
