@@ -188,3 +188,38 @@ def test_the_ground_truth_bound_trains_on_the_labels_with_void_as_a_class(prepar
     assert net.config.num_classes == 9 and net.uses_map
     with pytest.raises(SemlicError):
         truth_classes(sample, 2)   # labels beyond the segmenter's classes
+
+
+def test_the_map_starts_silent_and_training_gives_it_a_voice():
+    """The class embedding starts at zero: an untrained map-conditioned network's first layer sees what the
+    plain post-filter's sees, whatever the map. Its gradient is not zero, so where the target depends on the
+    class, a few steps teach the network to use the map."""
+    from semlic.methods.sgfilter.network import SGFilter, sgfilter_config
+
+    torch.manual_seed(0)
+    net = SGFilter(sgfilter_config("tiny", num_classes=3))
+    image = torch.zeros(2, 3, 16, 16)
+    qp = torch.full((2,), 42.0)
+    labels = torch.zeros(2, 16, 16, dtype=torch.int64)
+    labels[:, :, 8:] = 1
+    other = torch.randint(0, 3, (2, 16, 16), generator=torch.Generator().manual_seed(1))
+    assert torch.count_nonzero(net.embedding.weight) == 0
+
+    def first_layer(lab):
+        n, _, h, w = image.shape
+        planes = [image, (qp / 51).view(n, 1, 1, 1).expand(n, 1, h, w), net.embedding(lab).permute(0, 3, 1, 2)]
+        return net.body[0](torch.cat(planes, 1))
+
+    assert torch.equal(first_layer(labels), first_layer(other))
+    target = image + torch.where(labels == 1, 0.5, -0.5).unsqueeze(1).expand(-1, 3, -1, -1)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for _ in range(60):
+        loss = torch.mean((net(image, labels, qp) - target) ** 2)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert torch.count_nonzero(net.embedding.weight) > 0
+    with torch.no_grad():
+        out = net(image, labels, qp)
+    assert float(loss) < 0.05   # from 0.25: the two halves told apart by the map alone (the image is flat)
+    assert float(out[:, :, :, 8:].mean() - out[:, :, :, :8].mean()) > 0.5
