@@ -286,6 +286,8 @@ def main(argv=None) -> int:
     parser.add_argument("--layered", help="the reference run's coded folder (files/camvid/dsslic, edms): the "
                                           "enhancement after DSSLIC's and EDMS's reconstruction")
     parser.add_argument("--layered-models", help="the reference run's models folder (DSSLIC, SMapNet, PSPNet)")
+    parser.add_argument("--layered-limit", type=int, help="only the first N CamVid test images for the layered part "
+                                                          "(about 30 s per image on 2 cores)")
     parser.add_argument("--chunk", type=int, default=24, help="images coded between two writes of their rows "
                                                                "(an interrupted run resumes at its last chunk)")
     parser.add_argument("--no-progress", action="store_true")
@@ -321,7 +323,7 @@ def main(argv=None) -> int:
     layered = []
     if args.layered:
         nets = {name: models[name] for name in ("sgfilter", "sgfilter_nomap") if name in models}
-        samples = list_prepared(Path(args.prepared) / "camvid", "test")[: args.limit or None]
+        samples = list_prepared(Path(args.prepared) / "camvid", "test")[: args.layered_limit or args.limit or None]
         layered = kept(args, "camvid", "layered", coding_s,
                        lambda chunk: layered_rows(chunk, Path(args.layered) / "files", Path(args.layered_models), nets,
                                                   segnet, "camvid"), samples)
@@ -366,7 +368,8 @@ def main(argv=None) -> int:
             "", "### Training (the same network and steps for each map source)", "", _md(pd.DataFrame(training), 4), "",
             "### BD against HEVC 4:4:4 over the same QPs (negative BD-rate: fewer bits)", "", _md(table, 3), "",
             "### Per QP: mean gain over HEVC at the same QP, decode seconds (median)", "", _md(qps, 3), "",
-            *(["### The enhancement after DSSLIC's and EDMS's reconstruction (CamVid; their files plus one byte)", "",
+            *([f"### The enhancement after DSSLIC's and EDMS's reconstruction (CamVid, {len(set(r['image_id'] for r in layered))} "
+               "test images; their files plus one byte)", "",
                _md(layered_table, 3), ""] if layered else []),
             f"- Files coded and decoded from their bytes: {len(enhanced)} (enhanced_share: the share whose picture the "
             f"network changed, the flag set); coding seconds per data set and method: "
