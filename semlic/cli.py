@@ -25,6 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from .errors import SemlicError
+from .registry import METHODS_PACKAGE
 
 # Core modules that contribute sub-commands, in the order they appear in --help.
 COMMAND_MODULES = (
@@ -41,9 +42,9 @@ COMMAND_MODULES = (
     "semlic.segnet.efficientnet",  # convert-efficientnet
     "semlic.weights",         # weights
 )
-#: The package whose subpackages are the systems (semlic.registry.METHODS_PACKAGE), under this folder.
+#: semlic's folder, and the folder of the package whose subpackages are the systems (found by listing it).
 _PACKAGE_DIR = Path(__file__).resolve().parent
-_METHODS_DIR = _PACKAGE_DIR / "methods"
+_METHODS_DIR = _PACKAGE_DIR.parent.joinpath(*METHODS_PACKAGE.split("."))
 
 
 def declared_commands(path: Path) -> dict[str, str]:
@@ -70,7 +71,7 @@ def command_table() -> tuple[tuple[str, dict[str, str]], ...]:
             table.append((name, declared_commands(path)))
     for folder in sorted(p for p in _METHODS_DIR.iterdir() if (p / "__init__.py").is_file()):
         if (folder / "commands.py").is_file():
-            table.append((f"semlic.methods.{folder.name}", declared_commands(folder / "commands.py")))
+            table.append((f"{METHODS_PACKAGE}.{folder.name}", declared_commands(folder / "commands.py")))
     return tuple(table)
 
 
