@@ -94,7 +94,7 @@ def level_of(method: str, quality: float) -> int | None:
 
 def curves_of(rows: pd.DataFrame) -> pd.DataFrame:
     """Mean points per (dataset, method, quality), with per-level and operational curves as methods of their own."""
-    from semlic.aggregate import rd_curves
+    from semlic.reporting import rd_curves
     from semlic.bd import operational   # the points no other point beats in both rate and PSNR
 
     curves = rd_curves(rows)
@@ -110,7 +110,7 @@ def curves_of(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def ablation(curves: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
-    from semlic.aggregate import bd_table
+    from semlic.reporting import bd_table
 
     wanted = curves[~curves["method"].isin([m for m in curves["method"].unique() if m.startswith("dsslic_rd")
                                             and "@" not in m])]
@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         record["code_s"] = stage(root, params_file, "code", [
             f"code.methods={json.dumps(variants(levels))}", "code.baselines=null", "code.lpips=false",
             f"code.sample={sample}", "code.also=[kodak]", "code.shard_size=6"])
-    from semlic.aggregate import load_rows
+    from semlic.reporting import load_rows
 
     if args.from_parts:   # the parts keep the measured times in the rows
         rows = pd.concat([results.read_table(p).to_pandas()

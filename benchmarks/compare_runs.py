@@ -21,25 +21,24 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from semlic import aggregate  # noqa: E402
-from semlic.report_tables import layer_shares, markdown_table  # noqa: E402
-from semlic.run_report import with_shared_base  # noqa: E402
+from semlic.reporting import bd_table, layer_shares, markdown_table, rd_curves, with_shared_base  # noqa: E402
+from semlic.run_report import SHARED_BASE  # noqa: E402
 
 
 def bd_of(rows: pd.DataFrame) -> pd.DataFrame:
-    table = aggregate.bd_table(aggregate.rd_curves(with_shared_base(rows)))
+    table = bd_table(rd_curves(with_shared_base(rows, SHARED_BASE)))
     return table.set_index(["dataset", "method"])[["bd_rate_pct", "bd_psnr_db", "points"]]
 
 
 def base_layer(rows: pd.DataFrame) -> pd.DataFrame:
     """Per (data set, method): the base-alone point's bpp, layers and PSNR (quality < 0: no residual)."""
-    base = with_shared_base(rows)
+    base = with_shared_base(rows, SHARED_BASE)
     base = base[base["quality"] < 0]
     if base.empty:
         return pd.DataFrame(columns=["dataset", "method"]).set_index(["dataset", "method"])
     shares = layer_shares(base).pivot_table(index=["dataset", "method"], columns="layer", values="bpp")
     shares.columns = [f"base_{c}_bpp" for c in shares.columns]
-    curves = aggregate.rd_curves(base).set_index(["dataset", "method"])[["bpp", "psnr_rgb"]]
+    curves = rd_curves(base).set_index(["dataset", "method"])[["bpp", "psnr_rgb"]]
     return curves.rename(columns={"bpp": "base_bpp", "psnr_rgb": "base_psnr"}).join(shares)
 
 

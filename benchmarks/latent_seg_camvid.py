@@ -36,7 +36,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from semlic import aggregate, bd, results  # noqa: E402
+from semlic import reporting, bd, results  # noqa: E402
 from semlic.baselines import run_baselines  # noqa: E402
 from semlic.code_stage import CodingSample, MethodPlan, code_method  # noqa: E402
 from semlic.fileio import atomic_write_text  # noqa: E402
@@ -144,7 +144,7 @@ def kodak_rd(kodak: Path, bank_path: Path, qualities, workers: int) -> tuple[pd.
     rows += run_baselines(images, ["hevc"], sweep={"hevc": HEVC_QPS}, dataset="kodak", workers=workers,
                           progress=False)
     frame = pd.DataFrame(rows)
-    return frame, aggregate.rd_curves(frame)
+    return frame, reporting.rd_curves(frame)
 
 
 def plot_kodak(curves: pd.DataFrame, anchor: dict, path: Path) -> None:

@@ -37,7 +37,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from semlic import aggregate, bd, lpips, results  # noqa: E402
+from semlic import reporting, bd, lpips, results  # noqa: E402
 from semlic.baselines import run_baselines  # noqa: E402
 from semlic.code_stage import CodingSample, MethodPlan, code_method  # noqa: E402
 from semlic.errors import ConfigError  # noqa: E402
@@ -332,7 +332,7 @@ def main(argv=None) -> int:
     if bound:
         pd.DataFrame(bound).to_parquet(out / "truth_rows.parquet", index=False)
     frame = pd.concat([pd.DataFrame(rows), pd.DataFrame(bound)], ignore_index=True)
-    curves = aggregate.rd_curves(frame)
+    curves = reporting.rd_curves(frame)
     curves.to_csv(out / "curves.csv", index=False, float_format="%.6g")
     table = bd_rows(curves)
     if layered:

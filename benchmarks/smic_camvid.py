@@ -34,7 +34,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from semlic import aggregate, lpips, results  # noqa: E402
+from semlic import reporting, lpips, results  # noqa: E402
 from semlic.baselines import run_baselines  # noqa: E402
 from semlic.code_stage import CodingSample, MethodPlan, code_method  # noqa: E402
 from semlic.fileio import atomic_write_text  # noqa: E402
@@ -180,7 +180,7 @@ def main(argv=None) -> int:
     baselines_s = time.time() - t
     results.write_rows(rows, out / "rows.parquet")
     frame = pd.DataFrame(rows)
-    curves = aggregate.rd_curves(frame)
+    curves = reporting.rd_curves(frame)
     curves.to_csv(out / "curves.csv", index=False, float_format="%.6g")
     segmentation = segmentation_scores(samples, models, sorted({q for _, q in SMIC_GRID}), "420")
     segmentation.to_csv(out / "segmentation.csv", index=False, float_format="%.6g")

@@ -43,10 +43,10 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from . import aggregate, metrics
+from . import metrics
 from .errors import ConfigError, SemlicError
 from .fileio import atomic_write_bytes
-from .report_tables import fmt, layer_share_columns
+from .reporting import bd_table, fmt, layer_share_columns, load_rows, rd_curves, rd_figure, segmentation_scores
 
 #: The commands this module adds to ``semlic`` (read by semlic.cli without importing it).
 COMMANDS = {
@@ -83,7 +83,7 @@ def html_table(frame: pd.DataFrame, digits: dict | None = None, signed: Sequence
 
 
 def _svg(curves: pd.DataFrame, dataset: str, anchor: str) -> str:
-    text = aggregate.rd_figure(curves, dataset, anchor=anchor, fmt="svg").decode()
+    text = rd_figure(curves, dataset, anchor=anchor, fmt="svg").decode()
     return text[text.index("<svg"):]    # drop the XML declaration and doctype: inline in HTML
 
 
@@ -349,15 +349,15 @@ def build_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
     rd_path = results_dir / "rd.parquet"
     if not rd_path.is_file():
         raise ConfigError(f"report: {rd_path} not found: run the aggregate stage (or `semlic` aggregate) first")
-    rows = aggregate.load_rows(rd_path)
+    rows = load_rows(rd_path)
     if rows.empty:
         raise ConfigError(f"report: {rd_path} has no rows")
-    curves = aggregate.rd_curves(rows)
+    curves = rd_curves(rows)
     bd_path = results_dir / "bd.parquet"
-    bd = pd.read_parquet(bd_path) if bd_path.is_file() else aggregate.bd_table(curves, anchor=anchor)
+    bd = pd.read_parquet(bd_path) if bd_path.is_file() else bd_table(curves, anchor=anchor)
     anchor = str(bd["anchor"].iloc[0]) if len(bd) else anchor
     shares = layer_share_columns(rows)
-    segmentation = aggregate.segmentation_scores(segments_dir)
+    segmentation = segmentation_scores(segments_dir)
     sections = []
     for dataset in sorted(curves["dataset"].unique()):
         per = curves[curves["dataset"] == dataset]

@@ -29,19 +29,17 @@ figure is recomputed from them; the training and segmentation tables need the ru
 
 from __future__ import annotations
 
-import json
-import math
 import os
 from pathlib import Path
-from typing import Sequence
 
-import numpy as np
 import pandas as pd
 
-from . import aggregate, results, study
+from . import results
 from .errors import ConfigError
 from .fileio import atomic_write_bytes
-from .report_tables import layer_shares, row_counts
+from .reporting import (ANCHOR, BASELINES, NO_RESIDUAL, answer, bd_sections, bd_tables, default_anchors_dir,
+                        layer_shares, load_anchors, markdown_table, pair_bd, rd_curves, rd_figure, read_rows, row_counts,
+                        segmentation_table, timing_comparison, training_from_models, with_shared_base)
 
 #: The commands this module adds to ``semlic`` (read by semlic.cli without importing it).
 COMMANDS = {
@@ -55,12 +53,13 @@ PAPER_TABLE1 = {
     ("Kodak", "noSeg"): (0.080, 21.46, 0.887), ("Kodak", "withSeg"): (0.087, 21.91, 0.891),
 }
 ABLATION = {"dsslic_upcomp": "upComp", "dsslic_noseg": "noSeg", "dsslic": "withSeg"}
-NO_RESIDUAL = -1.0
 #: A layered codec's curve is its base alone (no residual) plus its residual QPs, one definition in
 #: every report. A variant that differs from another only in how its residual is coded has the
 #: same base-alone file, byte for byte (tests/test_run_report.py): where a run coded that file
 #: once, the variant's curve takes that point from the other's rows.
 SHARED_BASE = {"dsslic_444": "dsslic"}
+#: EDMS (with and without SMapNet) against DSSLIC at the residual QPs all three coded: edms_vs_dsslic.csv.
+EDMS_TIMING = ("dsslic", "edms", "edms_noenh")
 
 
 def ablation_table(curves: pd.DataFrame) -> pd.DataFrame:
@@ -84,126 +83,6 @@ def ablation_table(curves: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(records)
 
 
-def pair_bd(curves: pd.DataFrame, method: str, anchor: str) -> pd.DataFrame:
-    """BD of ``method`` against ``anchor`` on every data set and distortion where both have curves."""
-    subset = curves[curves["method"].isin([method, anchor])]
-    frames = [aggregate.bd_table(subset, anchor=anchor, distortion=d) for d in study.DISTORTIONS]
-    table = pd.concat(frames, ignore_index=True)
-    return table[table["method"] == method].reset_index(drop=True)
-
-
-def timing_comparison(rows: pd.DataFrame, methods: Sequence[str] = ("dsslic", "edms", "edms_noenh")) -> pd.DataFrame:
-    """Mean bpp, layer bits and seconds of ``methods`` at the residual QPs they all share."""
-    subset = rows[rows["method"].isin(methods) & (rows["quality"] >= 0)]
-    records = []
-    for dataset, group in subset.groupby("dataset", sort=True):
-        shared = set.intersection(*[set(g["quality"]) for _, g in group.groupby("method")]) \
-            if group["method"].nunique() == len(methods) else set()
-        common = group[group["quality"].isin(shared)]
-        for method, g in common.groupby("method", sort=False):
-            records.append({"dataset": dataset, "method": method, "qps": len(shared), "images": g["image_id"].nunique(),
-                            "bpp": g["bpp"].mean(), "psnr_rgb": g["psnr_rgb"].mean(), "enc_s": g["enc_s"].mean(),
-                            "dec_s": g["dec_s"].mean()})
-    table = pd.DataFrame(records)
-    if len(table):
-        base = table[table["method"] == methods[0]].set_index("dataset")
-        for column in ("bpp", "enc_s", "dec_s"):
-            table[f"{column}_vs_{methods[0]}"] = [row[column] / base.loc[row["dataset"], column]
-                                                  if row["dataset"] in base.index else math.nan
-                                                  for _, row in table.iterrows()]
-    return table
-
-
-def training_table(models_dir: Path) -> pd.DataFrame:
-    """One row per training log under ``models_dir``: how far each model got and how fast."""
-    from .model_files import read_metadata
-
-    records = []
-    for log_path in sorted(models_dir.rglob("train_log.parquet")):
-        log = pd.read_parquet(log_path)
-        if log.empty:
-            continue
-        last = log.iloc[-1]
-        folder = log_path.parent
-        model_files = [p for p in sorted(folder.glob("*.safetensors")) if p.name != "train_state.safetensors"]
-        meta = {}
-        for path in model_files:
-            try:
-                meta = read_metadata(path)
-                break
-            except Exception:   # noqa: BLE001  (not a model file)
-                continue
-        planned = json.loads(meta["planned_iterations"]) if "planned_iterations" in meta else None
-        losses = {k: float(last[k]) for k in log.columns
-                  if k not in ("iteration", "seconds", "images_per_s", "lr", "epoch", "perceptual")
-                  and isinstance(last[k], (float, np.floating)) and math.isfinite(last[k])}
-        main_loss = next((losses[k] for k in ("g_total", "loss", "total", "rd_loss", "ce") if k in losses),
-                         next(iter(losses.values()), math.nan))
-        records.append({"model": str(folder.relative_to(models_dir)), "file": model_files[0].name if model_files else "-",
-                        "iterations": int(last["iteration"]), "planned": planned,
-                        "seconds": float(last["seconds"]), "images_per_s": float(log["images_per_s"].mean()),
-                        "final_loss": main_loss,
-                        "losses": ", ".join(f"{k} {v:.4g}" for k, v in sorted(losses.items()))})
-    return pd.DataFrame(records)
-
-
-def segmentation_table(data_dir: Path, dataset: str, num_classes: int) -> pd.DataFrame:
-    """mIoU and pixel accuracy of the segment stage's maps on each labelled split (confusion summed)."""
-    from .imageio import load_label_map
-
-    records = []
-    for split_dir in sorted((data_dir / "segments" / dataset).glob("*")):
-        labels_dir = data_dir / "prepared" / dataset / split_dir.name / "labels"
-        if not split_dir.is_dir() or not labels_dir.is_dir():
-            continue
-        confusion = np.zeros((num_classes, num_classes), np.int64)
-        images = 0
-        for path in sorted(split_dir.glob("*.png")):
-            label_path = labels_dir / path.name
-            if not label_path.is_file():
-                continue
-            pred, truth = load_label_map(path).astype(np.int64), load_label_map(label_path).astype(np.int64)
-            valid = truth < num_classes
-            confusion += np.bincount(truth[valid] * num_classes + pred[valid].clip(0, num_classes - 1),
-                                     minlength=num_classes ** 2).reshape(num_classes, num_classes)
-            images += 1
-        if not images:
-            continue
-        inter = np.diag(confusion).astype(float)
-        union = confusion.sum(0) + confusion.sum(1) - inter
-        present = confusion.sum(1) > 0
-        iou = np.where(union > 0, inter / np.maximum(union, 1), np.nan)
-        records.append({"dataset": dataset, "split": split_dir.name, "images": images,
-                        "miou": float(np.nanmean(iou[present])), "pixel_accuracy": float(inter.sum() / confusion.sum()),
-                        **{f"iou_{i}": float(v) for i, v in enumerate(iou)}})
-    return pd.DataFrame(records)
-
-
-def _load_rows(rows_path: Path) -> pd.DataFrame:
-    rows = aggregate.load_rows(rows_path) if rows_path.is_dir() else pd.read_parquet(rows_path)
-    if rows.empty:
-        raise ConfigError(f"{rows_path}: no result rows")
-    rows["layer_bits"] = [{k: v for k, v in dict(b).items() if v is not None} for b in rows["layer_bits"]]
-    return rows.sort_values(list(results.SORT_KEY), kind="stable").reset_index(drop=True)
-
-
-def with_shared_base(rows: pd.DataFrame) -> pd.DataFrame:
-    """Add, per :data:`SHARED_BASE`, the base-alone rows a variant shares with its twin when it lacks them."""
-    extra = []
-    for variant, twin in SHARED_BASE.items():
-        for dataset in rows.loc[rows["method"] == variant, "dataset"].unique():
-            mine = rows[(rows["dataset"] == dataset) & (rows["method"] == variant)]
-            if (mine["quality"] == NO_RESIDUAL).any():
-                continue
-            base = rows[(rows["dataset"] == dataset) & (rows["method"] == twin) & (rows["quality"] == NO_RESIDUAL)
-                        & rows["image_id"].isin(set(mine["image_id"]))]
-            extra.append(base.assign(method=variant))
-    if not extra:
-        return rows
-    rows = pd.concat([rows, *extra], ignore_index=True)
-    return rows.sort_values(list(results.SORT_KEY), kind="stable").reset_index(drop=True)
-
-
 def run_report(out_dir: str | os.PathLike, *, rows: str | os.PathLike | None = None,
                data_dir: str | os.PathLike | None = None, anchors_dir: str | os.PathLike | None = None,
                command: str | None = None, wall_s: float | None = None, note: str = "") -> dict:
@@ -213,16 +92,16 @@ def run_report(out_dir: str | os.PathLike, *, rows: str | os.PathLike | None = N
     rows_path = Path(rows) if rows else (data / "results" / "rd.parquet" if data else None)
     if rows_path is None or not rows_path.exists():
         raise ConfigError(f"no rows: give --rows or a --data folder holding results/rd.parquet (got {rows_path})")
-    measured = _load_rows(rows_path)
-    table = with_shared_base(measured)
-    curves = aggregate.rd_curves(table)
-    bd = study.bd_tables(curves)
+    measured = read_rows(rows_path)
+    table = with_shared_base(measured, SHARED_BASE)
+    curves = rd_curves(table)
+    bd = bd_tables(curves)
     shares = layer_shares(table)
     ablation = ablation_table(curves)
     chroma = pair_bd(curves, "dsslic_444", "dsslic") if {"dsslic", "dsslic_444"} <= set(curves["method"]) \
         else pd.DataFrame()
-    timing = timing_comparison(table)
-    training = training_table(data / "models") if data and (data / "models").is_dir() else pd.DataFrame()
+    timing = timing_comparison(table, EDMS_TIMING)
+    training = training_from_models(data / "models") if data and (data / "models").is_dir() else pd.DataFrame()
     segmentation = pd.DataFrame()
     if data and (data / "segments").is_dir():
         from .data.datasets import get_spec
@@ -238,19 +117,20 @@ def run_report(out_dir: str | os.PathLike, *, rows: str | os.PathLike | None = N
     for name, frame in tables.items():
         if len(frame) or not (out_dir / f"{name}.csv").is_file():   # recomputing from rows keeps the run's tables
             atomic_write_bytes(out_dir / f"{name}.csv", frame.to_csv(index=False, float_format="%.6g").encode())
-    anchors = study.load_anchors(anchors_dir)
+    anchors = load_anchors(anchors_dir)
     figures = []
     for dataset in sorted(curves["dataset"].unique()):
         for subpixel in (False, True):
             name = f"rd_{dataset}{'_subpixel' if subpixel else ''}.png"
-            study.plot_rd(curves, dataset, out_dir / name, anchors if dataset == "kodak" else {}, subpixel=subpixel)
+            figure = rd_figure(curves, dataset, published=anchors if dataset == "kodak" else {}, subpixel=subpixel)
+            atomic_write_bytes(out_dir / name, figure)
             figures.append(name)
     shared = sorted(f"`{v}` from `{t}`" for v, t in SHARED_BASE.items()
                     if len(table[table["method"] == v]) > len(measured[measured["method"] == v]))
     text = _markdown(table, bd, shares, ablation, chroma, timing, _read_csv(out_dir, "training", training),
                      _read_csv(out_dir, "segmentation", segmentation), figures, command, wall_s, note, shared)
     atomic_write_bytes(out_dir / "report.md", text.encode())
-    return {"rows": len(measured), "shared_rows": len(table) - len(measured), "answer": study.answer(bd),
+    return {"rows": len(measured), "shared_rows": len(table) - len(measured), "answer": answer(bd),
             "files": sorted(p.name for p in out_dir.iterdir())}
 
 
@@ -263,7 +143,7 @@ def _read_csv(out_dir: Path, name: str, frame: pd.DataFrame) -> pd.DataFrame:
 
 def _markdown(rows, bd, shares, ablation, chroma, timing, training, segmentation, figures, command, wall_s,
               note, shared=()) -> str:
-    fmt = study.markdown_table
+    fmt = markdown_table
     out = ["# The reference run on real data", ""]
     if note:
         out += [note, ""]
@@ -276,9 +156,9 @@ def _markdown(rows, bd, shares, ablation, chroma, timing, training, segmentation
             "coded it, then its residual QPs." + (" A variant that differs only in how its residual is coded has the "
                                                   "same base-alone file, byte for byte: " + ", ".join(shared)
                                                   + " (base-alone rows taken from the twin)." if shared else ""),
-            "", "## Answer", *[f"- {line}" for line in study.answer(bd)], "",
+            "", "## Answer", *[f"- {line}" for line in answer(bd)], "",
             "## Rows", fmt(row_counts(rows)), ""]
-    out += study.bd_sections(bd, digits=1)
+    out += bd_sections(bd, digits=1)
     if len(chroma):
         out += ["## The residual in 4:4:4 against 4:2:0 (DSSLIC, same model and base layer)",
                 "BD of `dsslic_444` with `dsslic` (4:2:0, the paper's libbpg default) as the anchor: negative BD-rate "
@@ -306,7 +186,7 @@ def _markdown(rows, bd, shares, ablation, chroma, timing, training, segmentation
     out += ["## Figures", *[f"![{name}]({name})" for name in figures],
             "Kodak figures overlay published curves (../shared/anchors/kodak) and the papers' own Kodak points "
             "(their bits per sub-pixel x 3 on the bpp axis).", ""]
-    semantic = shares[~shares["method"].isin((study.ANCHOR,) + study.BASELINES)]
+    semantic = shares[~shares["method"].isin((ANCHOR,) + BASELINES)]
     if len(semantic):
         wide = semantic.pivot_table(index=["dataset", "method", "quality"], columns="layer", values="bpp")
         wide = wide.reset_index()
@@ -337,7 +217,7 @@ def _cli(args) -> int:
     command = args.command or ("semlic run-report " + " ".join(shlex.quote(a) for a in sys.argv[2:]))
     note = Path(args.note).read_text() if args.note else ""
     summary = run_report(args.out, rows=args.rows, data_dir=args.data,
-                         anchors_dir=None if args.no_anchors else (args.anchors or study.default_anchors_dir()),
+                         anchors_dir=None if args.no_anchors else (args.anchors or default_anchors_dir()),
                          command=command, wall_s=args.wall_s, note=note)
     for line in summary["answer"]:
         print(line)

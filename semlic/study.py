@@ -20,7 +20,7 @@ rd_<dataset>.png           PSNR-RGB and MS-SSIM against bpp (whole file), publis
 rd_<dataset>_subpixel.png  the same on the papers' axis: bits per sub-pixel, per-channel-mean PSNR
 =========================  ===========================================================================
 
-BD figures and RD points come from :mod:`semlic.aggregate` (``rd_curves``, ``bd_table``);
+Tables and figures come from :mod:`semlic.reporting` (``rd_curves``, ``bd_tables``, ``rd_figure``);
 rates are bpp of the whole file (BD-rate does not change with the rate's unit, so it is the
 same on the bits-per-sub-pixel axis). Published figures (docs/REFERENCE.md, ../shared/anchors) are
 other people's measurements, quoted as such.
@@ -28,152 +28,24 @@ other people's measurements, quoted as such.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
-import numpy as np
 import pandas as pd
 
-from . import aggregate, results
-from .errors import ConfigError, import_extra
+from . import results
 from .fileio import atomic_write_bytes
-from .image_codecs import CODECS
-from .report_tables import fmt, layer_shares, markdown_table, row_counts  # noqa: F401  (the study report's tables)
+from .reporting import (answer, bd_sections, bd_tables, default_anchors_dir, layer_shares, load_anchors, markdown_table,
+                        merge_rows, paper_points, paper_seconds, rd_curves, rd_figure, row_counts, semantic_methods,
+                        speed_table, training_from_logs)
 
 #: The commands this module adds to ``semlic`` (read by semlic.cli without importing it).
 COMMANDS = {
     "study-report": "the GPU study's report: BD against HEVC, RD figures with anchors, layer shares, speed",
 }
-
-BASELINES = ("avif", "jxl", "webp", "jpeg2000", "jpeg")
-ANCHOR = "hevc"
-BASELINE_LABELS = {name: CODECS[name].label for name in (ANCHOR, *BASELINES)}   # each codec's declaration
-DISTORTIONS = ("psnr_rgb", "psnr_channel_mean", "ms_ssim")
-
-#: Published Kodak curves overlaid on the figures (files of ../shared/anchors/kodak, CompressAI).
-ANCHOR_FILES = {"BPG 4:4:4 x265 (CompressAI)": "bpg_444_x265_ycbcr.json", "VTM (CompressAI)": "vtm.json",
-                "JPEG 2000 (CompressAI)": "jpeg2000.json", "WebP (CompressAI)": "webp.json"}
-BASELINE_COLOURS = {**{name: CODECS[name].colour for name in (ANCHOR, *BASELINES)},
-                    "BPG 4:4:4 x265 (CompressAI)": "black",
-                    "VTM (CompressAI)": "tab:olive", "JPEG 2000 (CompressAI)": "tab:pink",
-                    "WebP (CompressAI)": "tab:brown"}
-PAPER_MARKERS = ("*", "P", "X", "D", "v", "^")
-
-
-def semantic_methods() -> tuple[str, ...]:
-    """The registered coding methods (semlic.methods): what the study compares against HEVC."""
-    from .methods import method_names
-
-    return method_names()
-
-
-def label(name: str) -> str:
-    from .methods import get_method
-
-    return get_method(name).label if name in semantic_methods() else BASELINE_LABELS.get(name, name)
-
-
-def colour(name: str) -> str | None:
-    from .methods import get_method
-
-    return get_method(name).colour if name in semantic_methods() else BASELINE_COLOURS.get(name)
-
-
-def paper_points() -> list[dict]:
-    """Every registered method's published points (their axis: bits per sub-pixel, mean per-channel PSNR)."""
-    from .methods import all_methods
-
-    return [{"method": m.name, "source": p.source, "bits_per_subpixel": p.bits_per_subpixel, "psnr": p.psnr,
-             "ms_ssim": p.ms_ssim, "quality": p.quality} for m in all_methods() for p in m.paper_points]
-
-
-def paper_seconds(name: str, key: str) -> float:
-    from .methods import get_method
-
-    return get_method(name).paper_seconds.get(key, math.nan) if name in semantic_methods() else math.nan
-
-
-# --- rows and tables ----------------------------------------------------------------------------
-def load_rows(sources: Sequence[str | os.PathLike]) -> pd.DataFrame:
-    """Rows of several result files or hive trees; a (dataset, method) pair comes from the first
-    source that has it (so the device's rows win over, e.g., reports/calibration_rows.parquet)."""
-    frames, seen = [], set()
-    for source in sources:
-        table = aggregate.load_rows(source)
-        pairs = set(zip(table["dataset"], table["method"]))
-        keep = table[[(d, m) not in seen for d, m in zip(table["dataset"], table["method"])]]
-        seen |= pairs
-        frames.append(keep)
-    if not frames:
-        raise ConfigError("no result rows given")
-    rows = pd.concat(frames, ignore_index=True)
-    rows["layer_bits"] = [dict(v) for v in rows["layer_bits"]]
-    return rows.sort_values(list(results.SORT_KEY), kind="stable").reset_index(drop=True)
-
-
-def bd_tables(curves: pd.DataFrame, anchor: str = ANCHOR) -> pd.DataFrame:
-    """:func:`semlic.aggregate.bd_table` for every distortion of :data:`DISTORTIONS`, stacked."""
-    return pd.concat([aggregate.bd_table(curves, anchor=anchor, distortion=d) for d in DISTORTIONS], ignore_index=True)
-
-
-def speed_table(speed: pd.DataFrame) -> pd.DataFrame:
-    """Mean seconds per image by (method, device), with the papers' figures beside them."""
-    columns = ["enc_s", "enc_network_s", "enc_entropy_s", "dec_s", "dec_network_s", "dec_entropy_s"]
-    present = [c for c in columns if c in speed.columns]
-    grouped = speed.groupby(["method", "device"], sort=True)
-    table = grouped[present].mean()
-    table["images"] = grouped.size()
-    table["decoder_matched"] = grouped["matches_encoder"].all() if "matches_encoder" in speed.columns else np.nan
-    table = table.reset_index()
-    table["paper_enc_s_gpu"] = [paper_seconds(m, "enc_gpu") if not d.startswith("cpu") else math.nan
-                                for m, d in zip(table["method"], table["device"])]
-    table["paper_dec_s"] = [paper_seconds(m, "dec_cpu" if d.startswith("cpu") else "dec_gpu")
-                            for m, d in zip(table["method"], table["device"])]
-    return table
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-
-
-def training_table(results_dir: Path) -> pd.DataFrame:
-    """Images/s and GPU busy share of each training step, from the study's logs."""
-    logs, records = results_dir / "logs", []
-    for step in sorted(p.name[: -len("_chunks.jsonl")] for p in logs.glob("*_chunks.jsonl")):
-        chunks = _read_jsonl(logs / f"{step}_chunks.jsonl")
-        plan = json.loads((logs / f"{step}_plan.json").read_text()) if (logs / f"{step}_plan.json").is_file() else {}
-        if not chunks:
-            continue
-        trained = [c for c in chunks if c["iterations"] > 0]
-        images = sum(c["iterations"] * c["batch_size"] for c in trained)
-        seconds = sum(c["train_s"] for c in trained)
-        shares = [c["gpu_busy_share"] for c in trained if c.get("gpu_busy_share") is not None]
-        records.append({"step": step, "iterations": trained[-1]["end_iteration"] if trained else 0,
-                        "epochs": plan.get("epochs"), "epochs_wanted": plan.get("epochs_wanted"),
-                        "train_s": seconds, "wall_s": sum(c["wall_s"] for c in chunks),
-                        "images_per_s": images / seconds if seconds else math.nan,
-                        "steady_images_per_s": float(np.nanmax([c["steady_images_per_s"] for c in trained]))
-                        if trained and not all(math.isnan(c["steady_images_per_s"]) for c in trained) else math.nan,
-                        "gpu_busy_share": float(np.mean(shares)) if shares else math.nan, "calls": len(chunks)})
-    chunked = {r["step"] for r in records}
-    for path in sorted(logs.glob("*_train_log.parquet")):  # the other trainings: one loop each, from its log
-        step = path.name[: -len("_train_log.parquet")]     # e.g. segnet, smic_ssnet, hyperprior_q3, latent-seg_q3_gate
-        if step in chunked:
-            continue
-        log = pd.read_parquet(path)
-        plan = json.loads((logs / f"{step}_plan.json").read_text()) if (logs / f"{step}_plan.json").is_file() else {}
-        records.append({"step": step, "iterations": int(log["iteration"].max()) if len(log) else 0,
-                        "epochs": plan.get("epochs"), "epochs_wanted": None,
-                        "train_s": float(log["seconds"].max()) if len(log) and "seconds" in log else math.nan,
-                        "wall_s": math.nan,
-                        "images_per_s": float(log["images_per_s"].mean()) if len(log) else math.nan,
-                        "steady_images_per_s": float(log["images_per_s"].iloc[1:].median()) if len(log) > 1 else math.nan,
-                        "gpu_busy_share": math.nan, "calls": None})
-    return pd.DataFrame(records)
 
 
 def _steps_table(results_dir: Path) -> pd.DataFrame:
@@ -189,114 +61,9 @@ def _steps_table(results_dir: Path) -> pd.DataFrame:
 
 
 # --- published curves and figures ---------------------------------------------------------------
-def default_anchors_dir() -> Path | None:
-    path = Path(__file__).resolve().parents[2] / "shared" / "anchors" / "kodak"
-    return path if path.is_dir() else None
-
-
-def load_anchor(path: str | os.PathLike) -> dict:
-    """A CompressAI-style JSON curve: {name, bpp, psnr_rgb, ms_ssim (or None)}."""
-    data = json.loads(Path(path).read_text())
-    found = data["results"]
-    ms = found.get("ms-ssim-rgb", found.get("ms-ssim"))
-    return {"name": data.get("name", Path(path).stem), "bpp": np.asarray(found["bpp"], float),
-            "psnr_rgb": np.asarray(found["psnr-rgb"], float), "ms_ssim": None if ms is None else np.asarray(ms, float)}
-
-
-def load_anchors(anchors_dir: str | os.PathLike | None) -> dict[str, dict]:
-    if anchors_dir is None or not Path(anchors_dir).is_dir():
-        return {}
-    return {label: load_anchor(Path(anchors_dir) / name) for label, name in ANCHOR_FILES.items()
-            if (Path(anchors_dir) / name).is_file()}
-
-
-def _style(method: str) -> dict:
-    chosen = {"color": colour(method)} if colour(method) else {}
-    if method in semantic_methods():
-        return dict(linewidth=2.2, marker="o", markersize=4, **chosen)
-    if method == ANCHOR:
-        return dict(linewidth=2.2, marker="s", markersize=3.5, **chosen)
-    return dict(linewidth=1.2, marker=".", markersize=4, alpha=0.85, **chosen)
-
-
-def plot_rd(curves: pd.DataFrame, dataset: str, path: Path, anchors: dict | None = None, subpixel: bool = False,
-            title_note: str = "") -> None:
-    """PSNR and MS-SSIM against rate for every method of ``dataset``; published curves dashed."""
-    matplotlib = import_extra("matplotlib", "report", "the study report's figures")
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    rate = "bits_per_subpixel" if subpixel else "bpp"
-    psnr = "psnr_channel_mean" if subpixel else "psnr_rgb"
-    scale = 1 / 3 if subpixel else 1.0
-    data = curves[curves["dataset"] == dataset]
-    figure, axes = plt.subplots(1, 2, figsize=(15, 5))
-    order = [m for m in semantic_methods() + (ANCHOR,) + BASELINES if m in set(data["method"])]
-    order += sorted(set(data["method"]) - set(order))
-    for method in order:
-        curve = data[data["method"] == method].sort_values(rate)
-        axes[0].plot(curve[rate], curve[psnr], label=label(method), **_style(method))
-        axes[1].plot(curve[rate], curve["ms_ssim"], label=label(method), **_style(method))
-    for name, anchor in (anchors or {}).items():
-        style = dict(linestyle="--", linewidth=1.0, color=BASELINE_COLOURS.get(name, "0.5"), label=f"published: {name}")
-        axes[0].plot(anchor["bpp"] * scale, anchor["psnr_rgb"], **style)
-        if anchor["ms_ssim"] is not None:
-            axes[1].plot(anchor["bpp"] * scale, anchor["ms_ssim"], **style)
-    if anchors:  # the papers' own Kodak points (their axis: bits per sub-pixel, mean per-channel PSNR)
-        names = semantic_methods()
-        for point in paper_points():
-            x = point["bits_per_subpixel"] * (1 if subpixel else 3)
-            text = f"{point['source']}: {label(point['method'])}" + ("" if subpixel else " (x3)")
-            marker = PAPER_MARKERS[names.index(point["method"]) % len(PAPER_MARKERS)]
-            style = dict(marker=marker, markersize=11, linestyle="none", color=colour(point["method"]),
-                         markeredgecolor="black", label=text)
-            axes[0].plot([x], [point["psnr"]], **style)
-            axes[1].plot([x], [point["ms_ssim"]], **style)
-    xlabel = ("bits per sub-pixel = file bits / (3 H W) (the papers' 'bpp')" if subpixel
-              else "bits per pixel = file bits / (H W)")
-    ylabel = "PSNR, mean of R, G, B PSNRs (dB; the papers')" if subpixel else "PSNR-RGB (dB)"
-    for ax, y in zip(axes, (ylabel, "MS-SSIM (RGB)")):
-        ax.set_xscale("log")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(y)
-        ax.grid(True, which="both", alpha=0.3)
-    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
-    images = int(data["images"].max()) if len(data) else 0
-    figure.suptitle(f"{dataset}: mean over {images} images, every byte of each file counted{title_note}")
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
-    plt.close(figure)
-    atomic_write_bytes(path, buffer.getvalue())
 
 
 # --- the report ---------------------------------------------------------------------------------
-def bd_sections(bd: pd.DataFrame, digits: int = 2) -> list[str]:
-    """Markdown: one BD table against HEVC 4:4:4 per distortion of :data:`DISTORTIONS`."""
-    out = []
-    for distortion, title in (("psnr_rgb", "PSNR-RGB"), ("psnr_channel_mean", "the papers' mean per-channel PSNR"),
-                              ("ms_ssim", "MS-SSIM (BD-PSNR column in MS-SSIM units)")):
-        table = bd[bd["distortion"] == distortion][["dataset", "method", "bd_rate_pct", "bd_psnr_db", "points",
-                                                     "anchor_points", "note"]]
-        out += [f"## BD against HEVC 4:4:4, {title}", "Negative BD-rate / positive BD-PSNR: better than HEVC.", "",
-                markdown_table(table, {"bd_rate_pct": digits, "bd_psnr_db": 3 if distortion != "ms_ssim" else 4},
-                               signed=("bd_rate_pct", "bd_psnr_db")), ""]
-    return out
-
-
-def answer(bd: pd.DataFrame) -> list[str]:
-    """One sentence per (dataset, semantic method): does it beat HEVC intra, by BD-rate on PSNR-RGB?"""
-    lines = []
-    main = bd[bd["distortion"] == "psnr_rgb"]
-    for row in main[main["method"].isin(semantic_methods())].itertuples(index=False):
-        name = label(row.method)
-        if math.isfinite(row.bd_rate_pct):
-            verdict = "beats" if row.bd_rate_pct < 0 else "does not beat"
-            lines.append(f"{row.dataset}: {name} {verdict} HEVC intra 4:4:4: BD-rate {row.bd_rate_pct:+.1f} % "
-                         f"(BD-PSNR {row.bd_psnr_db:+.2f} dB) over the rates both cover.")
-        else:
-            lines.append(f"{row.dataset}: {name}: no BD-rate ({row.note or 'no overlap'}).")
-    return lines
 
 
 def study_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
@@ -305,13 +72,13 @@ def study_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
     """Write the files of the module docstring under ``out_dir``; return a summary dict."""
     results_dir, out_dir = Path(results_dir), Path(out_dir)
     sources = [results_dir / "rows"] if (results_dir / "rows").is_dir() else []
-    rows = load_rows(sources + [Path(p) for p in extra_rows])
-    curves = aggregate.rd_curves(rows)
+    rows = merge_rows(sources + [Path(p) for p in extra_rows])
+    curves = rd_curves(rows)
     bd = bd_tables(curves)
     shares = layer_shares(rows)
     speed_path = results_dir / "speed" / "speed.parquet"
     speed = speed_table(pd.read_parquet(speed_path)) if speed_path.is_file() else pd.DataFrame()
-    training = training_table(results_dir)
+    training = training_from_logs(results_dir)
     anchors = load_anchors(anchors_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results.write_rows(rows.to_dict("records"), out_dir / "rows.parquet")
@@ -324,7 +91,8 @@ def study_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
         published = anchors if dataset == "kodak" else {}
         for subpixel in (False, True):
             name = f"rd_{dataset}{'_subpixel' if subpixel else ''}.png"
-            plot_rd(curves, dataset, out_dir / name, published, subpixel=subpixel, title_note=note)
+            atomic_write_bytes(out_dir / name, rd_figure(curves, dataset, published=published, subpixel=subpixel,
+                                                         title_note=note))
             figures.append(name)
     provenance = json.loads((results_dir / "provenance.json").read_text()) if (results_dir / "provenance.json").is_file() else {}
     text = _markdown(rows, curves, bd, shares, speed, training, results_dir, provenance, figures, extra_rows,

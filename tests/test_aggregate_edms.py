@@ -1,4 +1,4 @@
-"""semlic.aggregate.comparisons (EDMS against DSSLIC, as the registry pairs them) on a hand-made rows table."""
+"""semlic.reporting.comparisons (EDMS against DSSLIC, as the registry pairs them) on a hand-made rows table."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from semlic import aggregate as agg
+from semlic import reporting
 from semlic import bd, results
 
 QPS = (40, 34, 28, 22, 16)
@@ -33,16 +34,16 @@ def make_rows(methods=("dsslic", "edms", "edms_noenh", "hevc"), dataset="synthet
 
 
 def test_the_registry_pairs_edms_and_the_ablations_with_dsslic():
-    assert agg.reference_pairs() == {"edms": "dsslic", "edms_noenh": "dsslic", "dsslic_noseg": "dsslic",
+    assert reporting.reference_pairs() == {"edms": "dsslic", "edms_noenh": "dsslic", "dsslic_noseg": "dsslic",
                                      "dsslic_upcomp": "dsslic", "dsslic_rd": "dsslic", "dsslic_rd_lossy": "dsslic",
                                      "dsslic_rd_derived": "dsslic", "sgfilter_nomap": "sgfilter", "sgfilter_sent": "sgfilter"}
 
 
 def test_edms_vs_dsslic_bd_against_dsslic_and_time_ratios():
     rows = pd.DataFrame(make_rows())
-    curves = agg.rd_curves(rows)
-    table = agg.comparisons(curves, rows=rows).set_index("method")
-    assert list(table.columns) == [c for c in agg.COMPARISON_COLUMNS if c != "method"]
+    curves = reporting.rd_curves(rows)
+    table = reporting.comparisons(curves, rows=rows).set_index("method")
+    assert list(table.columns) == [c for c in reporting.COMPARISON_COLUMNS if c != "method"]
     assert sorted(table.index) == ["edms", "edms_noenh"] and set(table.anchor) == {"dsslic"}
     anchor, test = curves[curves.method == "dsslic"], curves[curves.method == "edms"]
     assert table.at["edms", "bd_rate_pct"] == pytest.approx(bd.bd_rate(anchor.bpp, anchor.psnr_rgb, test.bpp,
@@ -57,16 +58,16 @@ def test_edms_vs_dsslic_bd_against_dsslic_and_time_ratios():
 
 def test_edms_vs_dsslic_is_empty_without_dsslic_or_edms():
     for methods in (("edms", "hevc"), ("dsslic", "hevc")):
-        curves = agg.rd_curves(pd.DataFrame(make_rows(methods)))
-        table = agg.comparisons(curves)
-        assert table.empty and list(table.columns) == list(agg.COMPARISON_COLUMNS)
+        curves = reporting.rd_curves(pd.DataFrame(make_rows(methods)))
+        table = reporting.comparisons(curves)
+        assert table.empty and list(table.columns) == list(reporting.COMPARISON_COLUMNS)
 
 
 def test_aggregate_writes_edms_vs_dsslic_csv_and_metrics(tmp_path):
     results.write_partitioned(make_rows() + make_rows(("dsslic", "hevc"), dataset="other"), tmp_path / "rows")
     doc = agg.aggregate(tmp_path / "rows", tmp_path / "out")
     csv = pd.read_csv(tmp_path / "out" / "comparisons.csv")
-    assert list(csv.columns) == list(agg.COMPARISON_COLUMNS)
+    assert list(csv.columns) == list(reporting.COMPARISON_COLUMNS)
     assert csv[["dataset", "method"]].values.tolist() == [["synthetic", "edms"], ["synthetic", "edms_noenh"]]
     figures = doc["comparisons"]["synthetic"]["edms"]
     assert figures["bd_rate_pct"] == pytest.approx(csv.bd_rate_pct[0], rel=1e-5)

@@ -122,7 +122,7 @@ def test_two_workers_give_the_same_rows(tmp_path):
 
 def test_each_baseline_codec_is_one_declaration():
     """Extension, knob range, default options, label and colour come from the codec's entry in CODECS."""
-    from semlic import study
+    from semlic import reporting
 
     for name in baselines.BASELINE_CODECS:
         codec = codecs.CODECS[name]
@@ -130,6 +130,6 @@ def test_each_baseline_codec_is_one_declaration():
         assert baselines.FILE_EXTENSIONS[name] == codec.extension
         assert baselines.QUALITY_RANGES[name] == codec.quality_range
         assert baselines.DEFAULT_OPTIONS.get(name, {}) == dict(codec.default_options)
-        assert study.BASELINE_LABELS[name] == codec.label and study.BASELINE_COLOURS[name] == codec.colour
+        assert reporting.BASELINE_LABELS[name] == codec.label and reporting.BASELINE_COLOURS[name] == codec.colour
     assert baselines.DEFAULT_OPTIONS["hevc"] == {"chroma": "444"}   # the anchor is HEVC 4:4:4
 

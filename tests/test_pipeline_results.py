@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from semlic import aggregate as agg
+from semlic import reporting
 from semlic import bd, query, results
 
 QUALITIES = {"hevc": [47, 37, 27, 17], "jpeg": [20, 40, 60, 80, 95]}
@@ -66,7 +67,7 @@ def test_aggregate_writes_every_file_and_bd_matches_semlic_bd(coded, tmp_path):
 
 def test_aggregate_is_deterministic_and_joins_timings(coded, tmp_path):
     root, rows = coded
-    timings = pd.DataFrame([{**{k: r[k] for k in agg.KEY_COLUMNS}, "enc_s": 1.5, "dec_s": 2.5} for r in rows])
+    timings = pd.DataFrame([{**{k: r[k] for k in reporting.KEY_COLUMNS}, "enc_s": 1.5, "dec_s": 2.5} for r in rows])
     timings.to_parquet(tmp_path / "timings.parquet")
     first, second = tmp_path / "r1", tmp_path / "r2"
     agg.aggregate(root, first, timings=tmp_path / "timings.parquet")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from semlic import run_report
+from semlic import reporting, run_report
 from semlic.methods import get_method
 
 from .conftest import make_image
@@ -29,10 +29,10 @@ def _rows(method, qualities, images=("a", "b"), dataset="camvid"):
 def test_a_variant_takes_the_shared_base_alone_rows_only_when_it_lacks_them():
     rows = pd.DataFrame(_rows("dsslic", [-1, 42, 28]) + _rows("dsslic_444", [42, 28], images=("a",))
                         + _rows("dsslic", [-1], dataset="kodak"))
-    out = run_report.with_shared_base(rows)
+    out = reporting.with_shared_base(rows, run_report.SHARED_BASE)
     added = out[(out.method == "dsslic_444") & (out.quality == -1)]
     assert added[["dataset", "image_id", "bpp"]].values.tolist() == [["camvid", "a", 0.1]]   # its own images only
     assert len(out) == len(rows) + 1 and not ((out.dataset == "kodak") & (out.method == "dsslic_444")).any()
-    assert run_report.with_shared_base(out).equals(out)   # nothing added twice
+    assert reporting.with_shared_base(out, run_report.SHARED_BASE).equals(out)   # nothing added twice
     alone = pd.DataFrame(_rows("dsslic", [-1, 42]))
-    assert run_report.with_shared_base(alone) is alone
+    assert reporting.with_shared_base(alone, run_report.SHARED_BASE) is alone

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from semlic import results, study
+from semlic import reporting, results, study
 from semlic.cli import main as cli_main
 
 RATES = np.array([0.1, 0.2, 0.4, 0.8, 1.6, 3.2])   # bpp of the anchor at its 6 qualities
@@ -136,7 +136,7 @@ def test_layer_shares_and_report_files(results_dir, tmp_path):
 def test_extra_rows_fill_only_missing_pairs(results_dir, tmp_path):
     extra = [_row("kodak", "a", "hevc", 12, 9.0, 99.0), _row("kodak", "a", "jpeg", 50, 1.0, 30.0)]
     path = results.write_rows(extra, tmp_path / "extra.parquet")
-    rows = study.load_rows([results_dir / "rows", path])
+    rows = reporting.merge_rows([results_dir / "rows", path])
     assert not (rows["psnr_rgb"] == 99.0).any()                 # hevc/kodak came from the run
     assert len(rows[(rows["method"] == "jpeg") & (rows["dataset"] == "kodak")]) == 1
 
@@ -149,5 +149,5 @@ def test_cli_and_published_anchors(results_dir, tmp_path, shared_data):
     text = (tmp_path / "cli" / "study.md").read_text()
     assert "DRY RUN" not in text and "## Answer" in text
     if anchors.is_dir():
-        loaded = study.load_anchors(anchors)
+        loaded = reporting.load_anchors(anchors)
         assert "BPG 4:4:4 x265 (CompressAI)" in loaded and loaded["BPG 4:4:4 x265 (CompressAI)"]["ms_ssim"] is not None

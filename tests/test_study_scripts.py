@@ -253,7 +253,7 @@ def test_cpu_dry_run_of_the_study(tmp_path):
     import yaml
 
     import run
-    from semlic import results, study
+    from semlic import reporting, results, study
     from semlic.data.synthetic import NUM_CLASSES, make_sample
     from semlic.imageio import save_png
 
@@ -300,7 +300,7 @@ def test_cpu_dry_run_of_the_study(tmp_path):
                                             ("hyperprior", 2)) for d in ("camvid", "kodak")}
     assert (rows["git_rev"] != "").all()
     # the training logs the report reads: probe-fitted chunks and minutes-bounded loops
-    training = study.training_table(res).set_index("step")
+    training = reporting.training_from_logs(res).set_index("step")
     assert {"dsslic", "smapnet", "segnet", "smic_ssnet", "smic_recnet", "hyperprior_q1", "latent-seg_teacher"} \
         <= set(training.index)
     assert training.loc["dsslic", "iterations"] == json.loads((res / "logs" / "dsslic_plan.json").read_text())[
@@ -309,7 +309,7 @@ def test_cpu_dry_run_of_the_study(tmp_path):
     # the clean timing pass and the paper-size decode
     speed = pd.read_parquet(res / "speed" / "speed.parquet")
     assert set(speed["method"]) == {"dsslic", "smic", "hyperprior"} and speed["matches_encoder"].all()
-    assert len(study.speed_table(speed)) == 3
+    assert len(reporting.speed_table(speed)) == 3
     paper = pd.read_parquet(res / "speed" / "cpu_paper_size.parquet").set_index("method")
     assert paper.loc["edms", "parameters"] > paper.loc["dsslic", "parameters"] > 0
     assert "smic" in paper.index and "hyperprior" not in paper.index  # no size presets: timed by speed alone
