@@ -46,7 +46,8 @@ import pandas as pd
 from . import metrics
 from .errors import ConfigError, SemlicError
 from .fileio import atomic_write_bytes
-from .reporting import bd_table, fmt, layer_share_columns, load_rows, rd_curves, rd_figure, segmentation_scores
+from .reporting import (bd_table, fmt, layer_share_columns, load_rows, rate_miou_figure, rd_curves, rd_figure,
+                        segmentation_scores)
 
 #: The commands this module adds to ``semlic`` (read by semlic.cli without importing it).
 COMMANDS = {
@@ -89,8 +90,6 @@ def _svg(curves: pd.DataFrame, dataset: str, anchor: str) -> str:
 
 def machines_section(machines_dir: str | os.PathLike | None, dataset: str) -> list[str]:
     """The rate-mIoU figure and table of one data set from the machines stage's folder (none there: [])."""
-    from . import machines
-
     if machines_dir is None or not (Path(machines_dir) / "summary.csv").is_file():
         return []
     summary = pd.read_csv(Path(machines_dir) / "summary.csv", dtype={"quality": str})
@@ -98,7 +97,7 @@ def machines_section(machines_dir: str | os.PathLike | None, dataset: str) -> li
     summary, table = summary[summary["dataset"] == dataset], table[table["dataset"] == dataset]
     if summary.empty:
         return []
-    svg = machines.plot_rate_miou(summary, dataset, fmt="svg").decode()
+    svg = rate_miou_figure(summary, dataset, fmt="svg").decode()
     columns = ["method", "output", "points", "bpp_min", "miou_best", "bd_rate_miou_pct", "bd_note", "bpp_90pct",
                "bpp_95pct"]
     shown = table[columns].rename(columns={"bd_rate_miou_pct": "BD-rate on mIoU (%)", "bpp_90pct": "bpp to 90 %",

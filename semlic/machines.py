@@ -14,7 +14,8 @@ the ground truth of its image, :func:`task_rows` measures, from the file alone:
 
 A row keeps the image's confusion matrix ((K + 1) x (K + 1): K classes and, last, "void", what a
 receiver's map may hold where it names no class; ground-truth void pixels are left out), so a data
-set's mIoU is computed from the summed matrices, as segmentation benchmarks do (:func:`summary`).
+set's mIoU is computed from the summed matrices, as segmentation benchmarks do
+(:func:`semlic.reporting.task_summary`).
 Rows of the same schema written elsewhere (the compressed-domain students, from real files:
 semlic.methods.latent_seg.evaluate) join them (:func:`read_rows`).
 
@@ -22,7 +23,7 @@ Per (dataset, method, output): the rate-mIoU curve, the Bjontegaard rate differe
 the anchor (HEVC 4:4:4 + the segmenter, as MPEG VCM and JPEG AI evaluate codecs for machines:
 pchip on log-rate over the mIoU range both share, on each curve's operational points) and the rate
 needed to reach 90 % and 95 % of the segmenter's mIoU on the uncompressed images
-(:func:`machine_table`).
+(:func:`semlic.reporting.task_table`; the tables and the figure are the report library's).
 
 Columns: dataset, image_id, method, quality (the file's quality label), output, bytes, pixels,
 bpp, miou, pixel_accuracy, dec_s (from the bytes to that output), confusion (flattened, row-major:
@@ -40,14 +41,11 @@ import numpy as np
 import pandas as pd
 
 from .errors import ConfigError, LabelMapError, SemlicError
+from .reporting import DECODED, ORIGINAL, confusion_scores, rate_miou_figure, task_summary, task_table
 
 COLUMNS = ["dataset", "image_id", "method", "quality", "output", "bytes", "pixels", "bpp", "miou", "pixel_accuracy",
            "dec_s", "confusion"]
 SORT = ["dataset", "method", "output", "quality", "image_id"]
-DECODED = "decoded"          # the segmenter on the decoded image
-ORIGINAL = "original"        # the method name of the rows on the uncompressed images
-ANCHOR = ("hevc", DECODED)
-FRACTIONS = (0.90, 0.95)
 
 
 # --- confusion and scores -----------------------------------------------------------------------
@@ -65,24 +63,10 @@ def confusion(prediction: np.ndarray, truth: np.ndarray, num_classes: int) -> np
     return counts.reshape(k + 1, k + 1)
 
 
-def scores(matrix: np.ndarray) -> tuple[float, float]:
-    """(mIoU over the classes present in the ground truth or predicted, pixel accuracy) of a
-    (K + 1) x (K + 1) matrix of :func:`confusion` (summed or not)."""
-    m = np.asarray(matrix, dtype=np.float64)
-    k = m.shape[0] - 1
-    tp = np.diag(m)[:k]
-    gt, predicted = m[:k].sum(1), m[:, :k].sum(0)
-    union = gt + predicted - tp
-    present = union > 0
-    miou = float((tp[present] / union[present]).mean()) if present.any() else math.nan
-    total = m[:k].sum()
-    return miou, float(tp.sum() / total) if total else math.nan
-
-
 def make_row(dataset: str, image_id: str, method: str, quality: str, output: str, n_bytes: float,
              matrix: np.ndarray, pixels: int, dec_s: float) -> dict:
     """One task row (module docstring); ``n_bytes`` NaN for the uncompressed image."""
-    miou, accuracy = scores(matrix)
+    miou, accuracy = confusion_scores(matrix)
     return {"dataset": dataset, "image_id": image_id, "method": method, "quality": quality, "output": output,
             "bytes": float(n_bytes), "pixels": int(pixels), "bpp": 8.0 * n_bytes / pixels if n_bytes == n_bytes
             else math.nan, "miou": miou, "pixel_accuracy": accuracy, "dec_s": float(dec_s),
@@ -237,120 +221,7 @@ def read_rows(paths: Iterable[str | Path]) -> pd.DataFrame:
     return frame(pd.concat(tables, ignore_index=True).to_dict("records"))
 
 
-# --- tables --------------------------------------------------------------------------------------
-def summary(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per (dataset, method, output, quality): images, mean bytes and bpp, mIoU and pixel accuracy
-    from the summed confusion matrices, median dec_s."""
-    out = []
-    for key, group in rows.groupby(["dataset", "method", "output", "quality"], sort=True):
-        matrices = np.stack([np.asarray(c, dtype=np.int64) for c in group["confusion"]])
-        side = int(round(math.sqrt(matrices.shape[1])))
-        miou, accuracy = scores(matrices.sum(0).reshape(side, side))
-        out.append({**dict(zip(["dataset", "method", "output", "quality"], key)), "images": len(group),
-                    "bytes": group["bytes"].mean(), "bpp": group["bpp"].mean(), "miou": miou,
-                    "pixel_accuracy": accuracy, "dec_s": group["dec_s"].median()})
-    return pd.DataFrame(out)
-
-
-def operational(points: pd.DataFrame) -> pd.DataFrame:
-    """The points of one curve that no cheaper point matches in mIoU (sorted by rate; repeated rates
-    kept once): the curve a receiver can operate on."""
-    from .bd import operational as operational_points
-
-    return operational_points(points, quality="miou")
-
-
-def rate_at(points: pd.DataFrame, target: float) -> tuple[float, str]:
-    """(bpp where the operational curve reaches mIoU ``target``, how): linear in log-rate between
-    the two points around it; ``"<="`` when the cheapest point already reaches it; NaN, "not reached"."""
-    curve = operational(points)
-    if curve.empty or curve["miou"].max() < target:
-        return math.nan, "not reached"
-    rates, mious = curve["bpp"].to_numpy(), curve["miou"].to_numpy()
-    if mious[0] >= target:
-        return float(rates[0]), "<="
-    i = int(np.argmax(mious >= target))
-    t = (target - mious[i - 1]) / (mious[i] - mious[i - 1])
-    return float(math.exp(math.log(rates[i - 1]) + t * (math.log(rates[i]) - math.log(rates[i - 1])))), "interpolated"
-
-
-def machine_table(table: pd.DataFrame, anchor: tuple[str, str] = ANCHOR,
-                  fractions: Sequence[float] = FRACTIONS) -> pd.DataFrame:
-    """Per (dataset, method, output) of a :func:`summary`: points, the rate range, best mIoU, BD-rate
-    on mIoU against ``anchor`` (NaN with the reason where it cannot be computed) and the bpp to reach
-    each fraction of the ``original`` mIoU."""
-    from . import bd
-
-    out = []
-    for dataset, rows in table.groupby("dataset", sort=True):
-        ceiling = rows.loc[rows["method"] == ORIGINAL, "miou"]
-        ceiling = float(ceiling.iloc[0]) if len(ceiling) else math.nan
-        anchor_curve = operational(rows[(rows["method"] == anchor[0]) & (rows["output"] == anchor[1])])
-        for (method, output), points in rows[rows["method"] != ORIGINAL].groupby(["method", "output"], sort=True):
-            curve = operational(points)
-            record = {"dataset": dataset, "method": method, "output": output, "images": int(points["images"].max()),
-                      "points": len(curve),
-                      "bpp_min": points["bpp"].min(), "bpp_max": points["bpp"].max(), "miou_best": points["miou"].max(),
-                      "original_miou": ceiling, "bd_rate_miou_pct": math.nan, "bd_note": ""}
-            if (method, output) == tuple(anchor):
-                record["bd_note"] = "anchor"
-            elif anchor_curve.empty:
-                record["bd_note"] = "no anchor rows"
-            else:
-                try:
-                    record["bd_rate_miou_pct"] = bd.bd_rate(anchor_curve["bpp"], anchor_curve["miou"], curve["bpp"],
-                                                            curve["miou"])
-                except ConfigError as exc:   # too few points, no shared mIoU range: said, not computed
-                    text = str(exc)
-                    short = (f"the anchor has {len(anchor_curve)}" if text.startswith("anchor") else
-                             f"{len(curve)}")
-                    record["bd_note"] = (f"{short} operational point(s): BD-rate needs {bd.MIN_POINTS}"
-                                         if "at least" in text else "no common mIoU range" if "overlap" in text
-                                         else text)
-            for fraction in fractions:
-                rate, how = rate_at(points, fraction * ceiling) if ceiling == ceiling else (math.nan, "no original")
-                record[f"bpp_{round(fraction * 100)}pct"] = rate
-                record[f"bpp_{round(fraction * 100)}pct_note"] = how
-            out.append(record)
-    return pd.DataFrame(out)
-
-
-def plot_rate_miou(table: pd.DataFrame, dataset: str, path: str | Path | None = None, fmt: str = "png") -> bytes:
-    """The rate-mIoU figure of one data set (every method and output; the original as a line)."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = table[table["dataset"] == dataset]
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    palette = plt.get_cmap("tab20")   # more curves than tab10's ten colours
-    ceiling = rows.loc[rows["method"] == ORIGINAL, "miou"]
-    if len(ceiling):
-        ax.axhline(float(ceiling.iloc[0]), color="black", lw=0.8, ls=":", label="uncompressed + segmenter")
-    for (method, output), points in rows[rows["method"] != ORIGINAL].groupby(["method", "output"], sort=True):
-        points = points.sort_values("bpp")
-        style = "-" if output == DECODED else "--"
-        ax.plot(points["bpp"], points["miou"], style, marker="o", ms=3, color=palette(len(ax.lines) % 20),
-                label=method if output == DECODED else f"{method}: {output}")
-    ax.set_xscale("log")
-    ax.set_xlabel("bits per pixel (what the receiver reads)")
-    ax.set_ylabel("mIoU")
-    ax.set_title(f"{dataset}: segmentation at the receiver")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format=fmt, dpi=110)
-    plt.close(fig)
-    data = buffer.getvalue()
-    if path is not None:
-        from .fileio import atomic_write_bytes
-
-        atomic_write_bytes(Path(path), data)
-    return data
+# --- outputs --------------------------------------------------------------------------------------
 
 
 def write_outputs(rows: pd.DataFrame, out_dir: str | Path) -> dict:
@@ -358,17 +229,17 @@ def write_outputs(rows: pd.DataFrame, out_dir: str | Path) -> dict:
     ``metrics.json`` (per method and output: its BD-rate on mIoU; DVC metrics) under ``out_dir``."""
     import json
 
-    from .fileio import atomic_write_text, write_parquet
+    from .fileio import atomic_write_bytes, atomic_write_text, write_parquet
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_parquet(rows, out / "rows.parquet")
-    table = summary(rows)
+    table = task_summary(rows)
     table.to_csv(out / "summary.csv", index=False, float_format="%.6g")
-    machines = machine_table(table)
+    machines = task_table(table)
     machines.to_csv(out / "machines.csv", index=False, float_format="%.6g")
     for dataset in sorted(table["dataset"].unique()):
-        plot_rate_miou(table, dataset, out / "figures" / f"rate_miou_{dataset}.png")
+        atomic_write_bytes(out / "figures" / f"rate_miou_{dataset}.png", rate_miou_figure(table, dataset))
     bd_rates: dict = {}
     for r in machines.itertuples():
         if r.bd_rate_miou_pct == r.bd_rate_miou_pct:

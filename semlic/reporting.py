@@ -23,6 +23,8 @@ training and speed     :func:`training_from_models` (the models' logs), :func:`t
                        (the GPU study's), :func:`speed_table`, :func:`timing_comparison`
 names and anchors      :func:`label`, :func:`colour` (registered methods and codecs),
                        :func:`paper_points`, :func:`load_anchors` (published curves)
+coding for machines    :func:`task_summary` (mIoU from summed confusions), :func:`task_table` (BD-rate
+                       on mIoU, rates to 90/95 % of the uncompressed mIoU), :func:`rate_miou_figure`
 figures                :func:`rd_figure`: every RD figure (PNG or SVG)
 text                   :func:`fmt`, :func:`markdown_table`, :func:`bd_sections`, :func:`answer`
 =====================  =========================================================================
@@ -497,6 +499,136 @@ def timing_comparison(rows: pd.DataFrame, methods: Sequence[str]) -> pd.DataFram
                                                   if row["dataset"] in base.index else math.nan
                                                   for _, row in table.iterrows()]
     return table
+
+
+# --- coding for machines: segmentation at the receiver against the bits it reads -------------------
+DECODED = "decoded"          # the output: the segmenter on the decoded image
+ORIGINAL = "original"        # the method name of the rows on the uncompressed images
+TASK_ANCHOR = ("hevc", DECODED)
+FRACTIONS = (0.90, 0.95)     # of the uncompressed images' mIoU: the rates to reach them
+
+
+def confusion_scores(matrix: np.ndarray) -> tuple[float, float]:
+    """(mIoU over the classes present in the ground truth or predicted, pixel accuracy) of a
+    (K + 1) x (K + 1) confusion matrix (rows: ground truth, columns: prediction; the last row and
+    column: void), summed or not (:func:`semlic.machines.confusion` makes one per image)."""
+    m = np.asarray(matrix, dtype=np.float64)
+    k = m.shape[0] - 1
+    tp = np.diag(m)[:k]
+    gt, predicted = m[:k].sum(1), m[:, :k].sum(0)
+    union = gt + predicted - tp
+    present = union > 0
+    miou = float((tp[present] / union[present]).mean()) if present.any() else math.nan
+    total = m[:k].sum()
+    return miou, float(tp.sum() / total) if total else math.nan
+
+
+def task_summary(rows: pd.DataFrame) -> pd.DataFrame:
+    """Coding for machines' task rows (:mod:`semlic.machines`) per (dataset, method, output, quality): images, mean bytes and bpp, mIoU and pixel accuracy
+    from the summed confusion matrices, median dec_s."""
+    out = []
+    for key, group in rows.groupby(["dataset", "method", "output", "quality"], sort=True):
+        matrices = np.stack([np.asarray(c, dtype=np.int64) for c in group["confusion"]])
+        side = int(round(math.sqrt(matrices.shape[1])))
+        miou, accuracy = confusion_scores(matrices.sum(0).reshape(side, side))
+        out.append({**dict(zip(["dataset", "method", "output", "quality"], key)), "images": len(group),
+                    "bytes": group["bytes"].mean(), "bpp": group["bpp"].mean(), "miou": miou,
+                    "pixel_accuracy": accuracy, "dec_s": group["dec_s"].median()})
+    return pd.DataFrame(out)
+
+
+def operational_miou(points: pd.DataFrame) -> pd.DataFrame:
+    """The points of one curve that no cheaper point matches in mIoU (sorted by rate; repeated rates
+    kept once): the curve a receiver can operate on."""
+    from .bd import operational as operational_points
+
+    return operational_points(points, quality="miou")
+
+
+def rate_at_miou(points: pd.DataFrame, target: float) -> tuple[float, str]:
+    """(bpp where the operational curve reaches mIoU ``target``, how): linear in log-rate between
+    the two points around it; ``"<="`` when the cheapest point already reaches it; NaN, "not reached"."""
+    curve = operational_miou(points)
+    if curve.empty or curve["miou"].max() < target:
+        return math.nan, "not reached"
+    rates, mious = curve["bpp"].to_numpy(), curve["miou"].to_numpy()
+    if mious[0] >= target:
+        return float(rates[0]), "<="
+    i = int(np.argmax(mious >= target))
+    t = (target - mious[i - 1]) / (mious[i] - mious[i - 1])
+    return float(math.exp(math.log(rates[i - 1]) + t * (math.log(rates[i]) - math.log(rates[i - 1])))), "interpolated"
+
+
+def task_table(table: pd.DataFrame, anchor: tuple[str, str] = TASK_ANCHOR,
+               fractions: Sequence[float] = FRACTIONS) -> pd.DataFrame:
+    """Per (dataset, method, output) of a :func:`task_summary`: points, the rate range, best mIoU, BD-rate
+    on mIoU against ``anchor`` (NaN with the reason where it cannot be computed) and the bpp to reach
+    each fraction of the ``original`` mIoU."""
+    out = []
+    for dataset, rows in table.groupby("dataset", sort=True):
+        ceiling = rows.loc[rows["method"] == ORIGINAL, "miou"]
+        ceiling = float(ceiling.iloc[0]) if len(ceiling) else math.nan
+        anchor_curve = operational_miou(rows[(rows["method"] == anchor[0]) & (rows["output"] == anchor[1])])
+        for (method, output), points in rows[rows["method"] != ORIGINAL].groupby(["method", "output"], sort=True):
+            curve = operational_miou(points)
+            record = {"dataset": dataset, "method": method, "output": output, "images": int(points["images"].max()),
+                      "points": len(curve),
+                      "bpp_min": points["bpp"].min(), "bpp_max": points["bpp"].max(), "miou_best": points["miou"].max(),
+                      "original_miou": ceiling, "bd_rate_miou_pct": math.nan, "bd_note": ""}
+            if (method, output) == tuple(anchor):
+                record["bd_note"] = "anchor"
+            elif anchor_curve.empty:
+                record["bd_note"] = "no anchor rows"
+            else:
+                try:
+                    record["bd_rate_miou_pct"] = bd.bd_rate(anchor_curve["bpp"], anchor_curve["miou"], curve["bpp"],
+                                                            curve["miou"])
+                except ConfigError as exc:   # too few points, no shared mIoU range: said, not computed
+                    text = str(exc)
+                    short = (f"the anchor has {len(anchor_curve)}" if text.startswith("anchor") else
+                             f"{len(curve)}")
+                    record["bd_note"] = (f"{short} operational point(s): BD-rate needs {bd.MIN_POINTS}"
+                                         if "at least" in text else "no common mIoU range" if "overlap" in text
+                                         else text)
+            for fraction in fractions:
+                rate, how = rate_at_miou(points, fraction * ceiling) if ceiling == ceiling else (math.nan, "no original")
+                record[f"bpp_{round(fraction * 100)}pct"] = rate
+                record[f"bpp_{round(fraction * 100)}pct_note"] = how
+            out.append(record)
+    return pd.DataFrame(out)
+
+
+def rate_miou_figure(table: pd.DataFrame, dataset: str, fmt: str = "png") -> bytes:
+    """The rate-mIoU figure of one data set of a :func:`task_summary` (every method and output; the original
+    as a line), as ``fmt`` (png or svg) bytes."""
+    matplotlib = import_extra("matplotlib", "report", "the rate-mIoU figure")
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    rows = table[table["dataset"] == dataset]
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    palette = plt.get_cmap("tab20")   # more curves than tab10's ten colours
+    ceiling = rows.loc[rows["method"] == ORIGINAL, "miou"]
+    if len(ceiling):
+        ax.axhline(float(ceiling.iloc[0]), color="black", lw=0.8, ls=":", label="uncompressed + segmenter")
+    for (method, output), points in rows[rows["method"] != ORIGINAL].groupby(["method", "output"], sort=True):
+        points = points.sort_values("bpp")
+        style = "-" if output == DECODED else "--"
+        ax.plot(points["bpp"], points["miou"], style, marker="o", ms=3, color=palette(len(ax.lines) % 20),
+                label=method if output == DECODED else f"{method}: {output}")
+    ax.set_xscale("log")
+    ax.set_xlabel("bits per pixel (what the receiver reads)")
+    ax.set_ylabel("mIoU")
+    ax.set_title(f"{dataset}: segmentation at the receiver")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=fmt, dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()
+
 
 
 # --- figures -------------------------------------------------------------------------------------

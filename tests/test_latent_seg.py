@@ -375,13 +375,13 @@ def test_evaluation_rows_and_summary(trained, bank, prepared, tmp_path):
         "miou": {name: figures["miou"] for name, figures in metrics.items()}}
     # the same rows as task rows of coding for machines (semlic.machines): bytes of the file, the
     # confusion with an empty void row and column, the same mIoU per (method, quality)
-    from semlic import machines
+    from semlic import machines, reporting
 
     task = machines.read_rows([tmp_path / "res" / "task_rows.parquet"])
     assert len(task) == len(rows) and set(task["method"]) == {"hyperprior"}
     assert set(task["output"]) == {"decoded+teacher"} | {f"student:{m}" for m in set(rows.method) - {"pixel"}}
     assert np.allclose(task["bytes"] * 8 / task["pixels"], task["bpp"])
-    merged = machines.summary(task).set_index(["output", "quality"])
+    merged = reporting.task_summary(task).set_index(["output", "quality"])
     assert merged.loc[("decoded+teacher", "3"), "miou"] == pytest.approx(expected)
     static = rows[(rows.method == "static4") & (rows.quality == 1)].sort_values("image_id")
     assert task[(task.output == "student:static4") & (task.quality == "1")]["bpp"].tolist() == \

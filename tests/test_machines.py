@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from semlic import format as fmt
-from semlic import machines
+from semlic import machines, reporting
 from semlic.errors import LabelMapError
 from semlic.fuzz import NUM_CLASSES, seed_image
 from semlic.imageio import save_png
@@ -24,7 +24,7 @@ def test_confusion_counts_void_predictions_as_misses_and_leaves_void_truth_out()
     matrix = machines.confusion(prediction, truth, 2)
     assert matrix.shape == (3, 3)
     assert matrix.tolist() == [[1, 0, 1], [0, 1, 0], [0, 0, 0]]
-    miou, accuracy = machines.scores(matrix)
+    miou, accuracy = reporting.confusion_scores(matrix)
     assert miou == pytest.approx((1 / 2 + 1 / 1) / 2)          # class 0: 1 of 2 pixels, no false positive
     assert accuracy == pytest.approx(2 / 3)
     with pytest.raises(LabelMapError):
@@ -33,12 +33,12 @@ def test_confusion_counts_void_predictions_as_misses_and_leaves_void_truth_out()
 
 def test_rate_at_and_the_operational_curve():
     points = pd.DataFrame({"bpp": [0.1, 0.2, 0.4, 0.3], "miou": [0.2, 0.4, 0.6, 0.3]})
-    curve = machines.operational(points)
+    curve = reporting.operational_miou(points)
     assert curve["bpp"].tolist() == [0.1, 0.2, 0.4]                  # 0.3 bpp does worse than 0.2 bpp
-    rate, how = machines.rate_at(points, 0.5)
+    rate, how = reporting.rate_at_miou(points, 0.5)
     assert how == "interpolated" and rate == pytest.approx(math.sqrt(0.2 * 0.4))
-    assert machines.rate_at(points, 0.1) == (0.1, "<=")
-    assert math.isnan(machines.rate_at(points, 0.7)[0])
+    assert reporting.rate_at_miou(points, 0.1) == (0.1, "<=")
+    assert math.isnan(reporting.rate_at_miou(points, 0.7)[0])
 
 
 def test_machine_table_bd_rate_on_miou_against_the_anchor():
@@ -52,7 +52,7 @@ def test_machine_table_bd_rate_on_miou_against_the_anchor():
               "images": 1} for i in range(3)]
     rows += [{"dataset": "d", "method": machines.ORIGINAL, "output": "decoded", "quality": "-", "bpp": math.nan,
               "miou": 0.56, "images": 2}]
-    table = machines.machine_table(pd.DataFrame(rows)).set_index("method")
+    table = reporting.task_table(pd.DataFrame(rows)).set_index("method")
     assert table.loc["half", "bd_rate_miou_pct"] == pytest.approx(-50.0, abs=1e-6)
     assert table.loc["hevc", "bd_note"] == "anchor" and table.loc["once", "images"] == 1
     assert math.isnan(table.loc["once", "bd_rate_miou_pct"]) and "1 operational point" in table.loc["once", "bd_note"]
@@ -62,7 +62,7 @@ def test_machine_table_bd_rate_on_miou_against_the_anchor():
     assert 0.8 < table.loc["hevc", "bpp_95pct"] < 1.6
     flat = pd.DataFrame(rows)
     flat.loc[flat["method"] == "hevc", "miou"] = 0.55                  # an anchor with one operational point
-    table = machines.machine_table(flat).set_index("method")
+    table = reporting.task_table(flat).set_index("method")
     assert table.loc["half", "bd_note"] == "the anchor has 1 operational point(s): BD-rate needs 4"
 
 
@@ -157,7 +157,7 @@ def test_summary_tables_and_figure_from_the_rows(coded, tmp_path):
     assert {"dsslic", "hevc"} <= set(table["method"])
     assert (tmp_path / "figures" / "rate_miou_d.png").stat().st_size > 1000
     assert headline["original_miou"]["d"] == pytest.approx(
-        machines.scores(np.asarray(rows[rows["method"] == machines.ORIGINAL]["confusion"].iloc[0]).reshape(
+        reporting.confusion_scores(np.asarray(rows[rows["method"] == machines.ORIGINAL]["confusion"].iloc[0]).reshape(
             NUM_CLASSES + 1, -1))[0], abs=1e-4)
     from semlic.html_report import machines_section
 
