@@ -14,9 +14,11 @@ reports/edms_agreement.md measured the score differences and the layer's cost (t
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from .errors import ConfigError
+from .lazy import lazy_module
+
+torch = lazy_module("torch")
 
 #: the default margin below which the encoder sends its class (reports/edms_agreement.md: class
 #: scores differed by at most 7.3e-5 between 1 and 2 CPU threads)

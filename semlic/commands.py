@@ -150,13 +150,17 @@ def cmd_methods(args) -> int:
 
 
 def cmd_model_info(args) -> int:
-    from .model_files import config_of, read_metadata
+    from .model_files import config_of, read_metadata, stored_config
 
     metadata = read_metadata(args.file)
-    name, config = config_of(args.file, metadata)
+    if args.check:   # the config against the network's config class (imports the network)
+        name, built = config_of(args.file, metadata)
+        config = built.to_dict()
+    else:
+        name, config = stored_config(args.file, metadata)
     info = {"model": name, "format": metadata.get("format"), "fingerprint": metadata.get("fingerprint"),
-            "config": config.to_dict(), **{k: v for k, v in metadata.items()
-                                           if k not in ("model", "format", "fingerprint", "config")}}
+            "config": config, **{k: v for k, v in metadata.items()
+                                 if k not in ("model", "format", "fingerprint", "config")}}
     print(json.dumps(info, indent=2, default=str))
     return 0
 
@@ -210,6 +214,8 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("model-info", help=COMMANDS["model-info"])
     p.add_argument("file")
+    p.add_argument("--check", action="store_true",
+                   help="also check the stored config against the network's config class (imports the network)")
     p.set_defaults(func=cmd_model_info)
 
     p = sub.add_parser("convert-model", help=COMMANDS["convert-model"])

@@ -39,7 +39,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
 import numpy as np
-import torch
 
 from . import format as fmt
 from .errors import ConfigError, DeclaredSizeError, LayerError
@@ -47,7 +46,10 @@ from .image_codecs import get_codec
 from .layers import LOSSLESS_CHOICES, LOSSLESS_DEFAULT, add_residual, array_to_tensor, check_image, code_lossless
 from .layers import decode_layer, image_to_tensor, module_device, offset_residual, pad_to_multiple, padded_side
 from .layers import scaled_residual, tensor_to_uint8, unoffset_residual, unscaled_residual
+from .lazy import inference_mode, lazy_module
 from .methods.base import DecoderMap, EncodeResult, Method, ModelSet, Option
+
+torch = lazy_module("torch")
 
 #: The residual QPs of the DSSLIC paper's evaluation script (docs/DESIGN.md), the layered codecs' default grid.
 PAPER_RESIDUAL_QPS = (32, 27, 23, 19, 16, 14, 12, 10)
@@ -97,7 +99,7 @@ class Section:
         return cls(multiple, None if qp == NO_RESIDUAL else qp, res_min, res_max)
 
 
-@torch.inference_mode()
+@inference_mode
 def compact_image(model: LayeredNetwork, image_padded: np.ndarray, seg_padded: np.ndarray) -> np.ndarray:
     """c^ = CompNet(x, s) rounded to 8 bits: (H / alpha, W / alpha, 3) uint8 from padded x and s."""
     device = module_device(model)
@@ -105,7 +107,7 @@ def compact_image(model: LayeredNetwork, image_padded: np.ndarray, seg_padded: n
     return tensor_to_uint8(model.compact(image_to_tensor(image_padded, device), labels))
 
 
-@torch.inference_mode()
+@inference_mode
 def predict(model: LayeredNetwork, compact: np.ndarray, seg_padded: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """x' = RecNet(s, c^) from the 8-bit compact image, cropped to ``size`` = (H, W), uint8."""
     device = module_device(model)

@@ -8,11 +8,13 @@ what a decoder reads against what the header implies.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from .errors import ConfigError, LayerError
 from .format import Layer
 from .image_codecs import CODECS_BY_ID, LOSSLESS, get_codec
+from .lazy import lazy_module
+
+torch = lazy_module("torch")
 
 LOSSLESS_DEFAULT = "jxl_lossless"  # smallest on label maps and compact images; "best" tries all (reports/lossless.md)
 LOSSLESS_CHOICES = ("best",) + LOSSLESS

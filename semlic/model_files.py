@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-import torch
-from safetensors.torch import load as safetensors_load
-from safetensors.torch import save as safetensors_save
-
 from .errors import CheckpointError, ConfigError
 from .fileio import atomic_write_bytes
+from .lazy import lazy_module
+
+torch = lazy_module("torch")
+safetensors_torch = lazy_module("safetensors.torch")
 
 FORMAT = "semlic/1"
 LEGACY_SEGNET_FORMAT = "semlic-segnet"   # PSPNet files written before the shared format
@@ -46,6 +46,18 @@ class ModelSpec:
 
 
 _MODELS: dict[str, ModelSpec] = {}
+_DECLARED: dict[str, str] = {}   # model name -> the module that registers it, imported when the model is used
+
+
+def declare_models(package: str, modules: dict[str, str]) -> None:
+    """Declare the networks a package registers in its modules, without importing them (and torch):
+    ``{model name: module}``, a module name relative to ``package`` when it starts with a dot. The
+    module is imported the first time the model is built, loaded or its config read
+    (:func:`model_spec`); :func:`model_names` lists declared models with the registered ones."""
+    import importlib.util
+
+    for name, module in modules.items():
+        _DECLARED[name] = importlib.util.resolve_name(module, package)
 
 
 def register_model(name: str, config_cls: type, preset: Callable[..., Any] | None = None):
@@ -72,15 +84,19 @@ def _ensure_registered() -> None:
 def model_spec(name: str) -> ModelSpec:
     if name not in _MODELS:  # a network not imported yet: load the registering packages
         _ensure_registered()
+    if name not in _MODELS and name in _DECLARED:   # declared by its package: import the module that registers it
+        import importlib
+
+        importlib.import_module(_DECLARED[name])
     try:
         return _MODELS[name]
     except KeyError:
-        raise CheckpointError(f"unknown model {name!r}; registered: {', '.join(sorted(_MODELS))}") from None
+        raise CheckpointError(f"unknown model {name!r}; registered: {', '.join(sorted(set(_MODELS) | set(_DECLARED)))}") from None
 
 
 def model_names() -> tuple[str, ...]:
     _ensure_registered()
-    return tuple(sorted(_MODELS))
+    return tuple(sorted(set(_MODELS) | set(_DECLARED)))
 
 
 def build_model(name: str, preset: str, num_classes: int, **overrides) -> torch.nn.Module:
@@ -124,7 +140,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
 def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     """Write tensors and metadata as safetensors, atomically (never half a file)."""
     cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    atomic_write_bytes(path, safetensors_save(cpu, metadata={"format": FORMAT, **metadata}))
+    atomic_write_bytes(path, safetensors_torch.save(cpu, metadata={"format": FORMAT, **metadata}))
 
 
 def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -139,7 +155,7 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
             raise ValueError(f"header declares {length} bytes but the file has {len(data)}")
         header = json.loads(data[8: 8 + length])
         metadata = dict(header.get("__metadata__") or {})
-        tensors = safetensors_load(data)
+        tensors = safetensors_torch.load(data)
     except Exception as exc:  # safetensors raises its own untyped errors
         raise CheckpointError(f"{path} is not a readable safetensors file ({exc})") from exc
     return tensors, metadata
@@ -227,6 +243,29 @@ def config_of(path: str | os.PathLike, metadata: dict[str, str] | None = None):
         return name, spec.config_cls.from_dict(json.loads(metadata["config"]))
     except (KeyError, json.JSONDecodeError, TypeError, ValueError, ConfigError) as exc:
         raise CheckpointError(f"{path}: the stored {name} config is missing or invalid ({exc})") from exc
+
+
+def stored_config(path: str | os.PathLike, metadata: dict[str, str] | None = None) -> tuple[str, dict]:
+    """(registered name, config as stored) of a model file, read from its header without building the
+    network's config class (so without importing the network or torch): what ``semlic model-info``
+    shows. The name must be a declared or registered model and the config a JSON object; the fields
+    are checked against the network when it is built (:func:`config_of`, :func:`load_model`). A file of
+    an earlier format goes through :func:`config_of` (its config is converted)."""
+    metadata = read_metadata(path) if metadata is None else metadata
+    name = model_name_of(metadata, path)
+    if metadata.get("format") != FORMAT:
+        name, config = config_of(path, metadata)
+        return name, config.to_dict()
+    _ensure_registered()
+    if name not in _MODELS and name not in _DECLARED:
+        raise CheckpointError(f"unknown model {name!r}; registered: {', '.join(sorted(set(_MODELS) | set(_DECLARED)))}")
+    try:
+        config = json.loads(metadata["config"])
+    except (KeyError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: the stored {name} config is missing or invalid ({exc})") from exc
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: the stored {name} config is not a JSON object")
+    return name, config
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", expect: str | None = None) -> torch.nn.Module:

@@ -76,3 +76,92 @@ def test_a_provider_without_commands_declared_is_refused(tmp_path):
     (tmp_path / "n.py").write_text("COMMANDS = {'x': 1}\n")
     with pytest.raises(TypeError, match="strings"):
         cli.declared_commands(tmp_path / "n.py")
+
+
+# --- commands that read metadata run without torch ------------------------------------------------
+BLOCKED = ("torch", "torchvision", "compressai")
+WITHOUT_TORCH = ("import sys\n"
+                 "class Block:\n"
+                 "    def find_spec(self, name, path=None, target=None):\n"
+                 f"        if name.split('.')[0] in {BLOCKED!r}:\n"
+                 "            raise ImportError('imported ' + name)\n"
+                 "sys.meta_path.insert(0, Block())\n")
+
+
+def _run(argv: list[str], block: bool) -> subprocess.CompletedProcess:
+    script = (WITHOUT_TORCH if block else "import sys\n") + "from semlic import cli\nsys.exit(cli.main(sys.argv[1:]))\n"
+    return subprocess.run([sys.executable, "-c", script, *argv], cwd=REPO, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def coded(tmp_path_factory):
+    """A DSSLIC model file (tiny, random weights) and a .sem file it coded."""
+    import numpy as np
+
+    from semlic.methods import get_method
+    from semlic.model_files import build_model, save_model
+
+    folder = tmp_path_factory.mktemp("coded")
+    model = build_model("dsslic", "tiny", 12)
+    save_model(folder / "dsslic.safetensors", model)
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    labels = ((np.arange(64)[:, None] // 16 + np.arange(96)[None] // 32) % 12).astype(np.uint8)
+    method = get_method("dsslic")
+    result = method.encode(image, {"dsslic": model}, method.parse_quality(30), segmentation=labels)
+    (folder / "image.sem").write_bytes(result.data)
+    return folder
+
+
+@pytest.mark.parametrize("command", ["methods", "info", "model-info"])
+def test_metadata_commands_run_without_torch_and_print_what_they_print_with_it(command, coded):
+    """With torch, torchvision and CompressAI made unimportable, `semlic methods`, `info FILE` and
+    `model-info FILE` give the same output as with them: every method package, the segmenter and the
+    model registry import their networks only when a network is used."""
+    argv = {"methods": ["methods", "--json"], "info": ["info", "--json", str(coded / "image.sem")],
+            "model-info": ["model-info", str(coded / "dsslic.safetensors")]}[command]
+    blocked, plain = _run(argv, block=True), _run(argv, block=False)
+    assert blocked.returncode == 0, blocked.stderr[-3000:]
+    assert plain.returncode == 0 and blocked.stdout == plain.stdout
+    if command == "methods":
+        names = {row["name"] for row in json.loads(blocked.stdout)}
+        assert {"dsslic", "edms", "smic", "hyperprior", "dsslic_rd", "sgfilter"} <= names
+    if command == "info":
+        roles = [layer["role"] for layer in json.loads(blocked.stdout)["layers"]]
+        assert roles == ["header", "segmentation", "compact", "residual"]
+
+
+def test_model_info_check_builds_the_config_and_refuses_a_wrong_one(coded, tmp_path):
+    from semlic.model_files import read_metadata, save_tensors
+
+    checked = _run(["model-info", "--check", str(coded / "dsslic.safetensors")], block=False)
+    assert checked.returncode == 0 and json.loads(checked.stdout)["config"]["n_blocks"] == 2
+    metadata = read_metadata(coded / "dsslic.safetensors")
+    for config, exit_code in (("[1, 2]", 5), ('{"n_blocks": "many", "bogus": 1}', 0)):
+        bad = tmp_path / "bad.safetensors"
+        save_tensors(bad, {}, {k: v for k, v in metadata.items() if k != "format"} | {"config": config})
+        shown = _run(["model-info", str(bad)], block=True)    # what the file says, read without torch
+        assert shown.returncode == exit_code, shown.stderr
+        if exit_code == 0:   # a JSON object is shown as stored; --check builds it and refuses it
+            assert json.loads(shown.stdout)["config"] == json.loads(config)
+            refused = _run(["model-info", "--check", str(bad)], block=False)
+            assert refused.returncode == 5 and "config is missing or invalid" in refused.stderr
+
+
+def test_every_registered_network_is_declared_by_its_package():
+    """A package declares each network it registers (model name -> module), so that the model registry
+    finds it without importing it: importing every declared module registers exactly the declared names
+    (in a fresh process: other tests register toy networks)."""
+    script = ("import importlib, json\n"
+              "from semlic import model_files\n"
+              "from semlic.registry import load_builtin\n"
+              "load_builtin()\n"
+              "declared = dict(model_files._DECLARED)\n"
+              "before = sorted(model_files._MODELS)\n"
+              "for module in sorted(set(declared.values())):\n"
+              "    importlib.import_module(module)\n"
+              "print(json.dumps([declared, before, {n: s.cls.__module__ for n, s in model_files._MODELS.items()}]))\n")
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=True)
+    declared, before, registered = json.loads(out.stdout)
+    assert before == []            # loading the registry imported no network
+    assert registered == declared  # each declared network registered by the module that declares it, no other

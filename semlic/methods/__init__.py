@@ -3,7 +3,10 @@
 A method is a :class:`~semlic.methods.base.Method` subclass registered under its paper's name
 with :func:`register_method`; each system lives in its own subpackage here (``dsslic``,
 ``edms``, ...), and every subpackage is imported the first time the registry is read, so a
-new system is a new folder: nothing else lists it. Code outside a method's package asks the
+new system is a new folder: nothing else lists it. A package imports its codec (which registers
+its methods) and declares its networks (:func:`semlic.model_files.declare_models`); the networks,
+and torch with them, are imported when a network is first used (:mod:`semlic.lazy`), so reading
+the registry or a file's header needs neither. Code outside a method's package asks the
 registry (:func:`get_method`, :func:`method_names`, :func:`method_by_format_id`) and never
 branches on a method's name. A method package imports the core and, where it extends another
 system's networks, that system's public model module; nothing else crosses between them

@@ -18,15 +18,17 @@ import hashlib
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Mapping, Sequence
 
 import numpy as np
-import torch
 
 from .. import format as fmt
 from ..errors import ConfigError, FingerprintMismatchError, LayerError, MissingModelError
 
-ModelSet = Mapping[str, torch.nn.Module]
+if TYPE_CHECKING:   # the networks come in with a method's code, when it encodes or decodes
+    import torch
+
+ModelSet = Mapping[str, "torch.nn.Module"]
 """Networks by registered model name (``{"dsslic": ..., "pspnet": ...}``)."""
 
 

@@ -13,13 +13,20 @@ Modules, one concept each:
 * :mod:`.inference`, :mod:`.evaluate`, :mod:`.segment` running a trained model;
 * :mod:`.commands` the ``train-segnet``, ``segment`` and ``convert-segnet`` commands.
 
-Importing the package gives the network and inference; training is imported from
+Importing the package declares the network (model ``pspnet``) without importing torch; its names
+(the network, inference, metrics) import their module when first used; training is imported from
 :mod:`.train` only by what trains (a decoder does not load training code).
 """
 
-from .inference import predict_labels
-from .metrics import SegmentationScores, confusion_matrix, scores_from_confusion
-from .pspnet import PRESETS, PSPNet, PSPNetConfig, pspnet_config, pspnet_loss
+from ..lazy import lazy_exports
+from ..model_files import declare_models
+
+# the network (torch) is imported when first used: `semlic methods` and `semlic info` run without it
+declare_models(__name__, {"pspnet": ".pspnet"})
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "predict_labels": ".inference", "SegmentationScores": ".metrics", "confusion_matrix": ".metrics",
+    "scores_from_confusion": ".metrics", "PRESETS": ".pspnet", "PSPNet": ".pspnet", "PSPNetConfig": ".pspnet",
+    "pspnet_config": ".pspnet", "pspnet_loss": ".pspnet"})
 
 __all__ = [
     "PRESETS", "PSPNet", "PSPNetConfig", "pspnet_config", "pspnet_loss",

@@ -9,7 +9,12 @@
 """
 
 from .codec import DSSLICCodec
-from .model import DSSLIC, PRESETS, DSSLICConfig, build_discriminator, dsslic_config
+from ...lazy import lazy_exports
+from ...model_files import declare_models
+
+# the networks (torch) are imported when first used: `semlic methods` and `semlic info` run without them
+declare_models(__name__, {"dsslic": ".model", "dsslic_noseg": ".model"})
+__getattr__, __dir__ = lazy_exports(__name__, {"DSSLIC": ".model", "PRESETS": ".model", "DSSLICConfig": ".model", "build_discriminator": ".model", "dsslic_config": ".model"})
 
 
 def register_cli(sub) -> None:

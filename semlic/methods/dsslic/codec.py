@@ -6,14 +6,18 @@ losslessly (the machinery's default hooks); noSeg and upComp change the map and 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from ... import format as fmt
 from ...layered_codec import ROLE_COMPACT, ROLE_RESIDUAL, LayeredCodec
 from ...layers import image_to_tensor, module_device, tensor_to_uint8
+from ...lazy import inference_mode
 from .. import ModelSet, PaperPoint, register_method
-from .model import DSSLIC
+
+if TYPE_CHECKING:
+    from .model import DSSLIC
 
 
 @register_method
@@ -91,7 +95,7 @@ class UpCompCodec(LayeredCodec):
     def required_roles(self):
         return (ROLE_COMPACT,), (ROLE_COMPACT, ROLE_RESIDUAL)
 
-    @torch.inference_mode()
+    @inference_mode
     def predict(self, model: DSSLIC, compact: np.ndarray, used_map, size: tuple[int, int]) -> np.ndarray:
         device = module_device(model)
         up = model.upsample(image_to_tensor(compact, device))

@@ -9,7 +9,12 @@
 """
 
 from .codec import DerivedMapCodec, LossyMapCodec, RDCodec, parse_quality
-from .model import SCALE, RDBank, RDConfig, RDNet, bank_from_nets, rd_config
+from ...lazy import lazy_exports
+from ...model_files import declare_models
+
+# the networks (torch) are imported when first used: `semlic methods` and `semlic info` run without them
+declare_models(__name__, {"dsslic_rd": ".model", "dsslic_rd_lossy": ".model", "dsslic_rd_derived": ".model"})
+__getattr__, __dir__ = lazy_exports(__name__, {"SCALE": ".model", "RDBank": ".model", "RDConfig": ".model", "RDNet": ".model", "bank_from_nets": ".model", "rd_config": ".model"})
 
 
 def register_cli(sub) -> None:

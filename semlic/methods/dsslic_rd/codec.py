@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
 from ... import format as fmt
 from ...agreement import AGREEMENT_TAU, corrected, correction_layers
@@ -49,8 +48,11 @@ from ...layers import (
 )
 from ...layered_codec import (ROLE_COMPACT, ROLE_CORRECTION, ROLE_RESIDUAL, ROLE_SEGMENTATION, SECTION, LayeredCodec,
                               Section, parse_qp)
+from ...lazy import inference_mode, lazy_module
 from .. import EncodeResult, ModelSet, Option, register_method
-from .model import SCALE, RDBank
+
+torch = lazy_module("torch")
+rd_model = lazy_module("semlic.methods.dsslic_rd.model")   # the networks: torch and CompressAI
 
 MAX_LEVELS = 32
 
@@ -138,15 +140,15 @@ class RDCodec(LayeredCodec):
         return f"l{level}" + ("none" if qp is None else f"q{qp}")
 
     # --- the bank ----------------------------------------------------------------------------
-    def bank(self, models: ModelSet) -> RDBank:
+    def bank(self, models: ModelSet) -> "rd_model.RDBank":
         bank = models[self.network]
-        if not isinstance(bank, RDBank) or not bank.ready():
+        if not isinstance(bank, rd_model.RDBank) or not bank.ready():
             raise MissingModelError(f"{self.name}: the {self.network} model has no entropy tables (an unfinished "
                                     "training state?): give the model file train_dsslic_rd wrote")
         return bank
 
     # --- the compact image --------------------------------------------------------------------
-    @torch.inference_mode()
+    @inference_mode
     def compact_layer(self, model, image_padded, seg_padded, options, timings):
         bank = self.bank({self.network: model})
         net = bank.level(options["level"])
@@ -159,10 +161,10 @@ class RDCodec(LayeredCodec):
         string = net.entropy_bottleneck.compress(y)[0]
         y_hat = net.entropy_bottleneck.decompress([string], tuple(y.shape[-2:]))   # what the decoder will have
         timings["entropy_compact_s"] = time.perf_counter() - t
-        values = (y_hat / SCALE)[0].permute(1, 2, 0).float().cpu().numpy()
+        values = (y_hat / rd_model.SCALE)[0].permute(1, 2, 0).float().cpu().numpy()
         return Compact(int(options["level"]), values), fmt.Layer(ROLE_COMPACT, fmt.RAW, string)
 
-    @torch.inference_mode()
+    @inference_mode
     def decoded_compact(self, sem, model, shape):
         layer = sem.layer(ROLE_COMPACT)
         if layer.codec != fmt.RAW:
@@ -176,9 +178,9 @@ class RDCodec(LayeredCodec):
         channels = net.generator.config.image_nc
         string = bounded_string(layer.payload, channels * shape[0] * shape[1])
         y_hat = net.entropy_bottleneck.decompress([string], tuple(shape))
-        return Compact(level, (y_hat / SCALE)[0].permute(1, 2, 0).float().cpu().numpy())
+        return Compact(level, (y_hat / rd_model.SCALE)[0].permute(1, 2, 0).float().cpu().numpy())
 
-    @torch.inference_mode()
+    @inference_mode
     def predict(self, model, compact: Compact, used_map, size):
         net = self.bank({self.network: model}).level(compact.level)
         device = module_device(net)

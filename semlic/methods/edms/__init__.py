@@ -14,7 +14,12 @@ Built on :mod:`semlic.methods.dsslic` (its networks and layered codec).
 """
 
 from .codec import AGREEMENT_TAU, EDMSCodec, EDMSWithoutEnhancement, MatchedMapCodec
-from .smapnet import SMAPNET_PRESETS, SMapNet, SMapNetConfig, smapnet_config
+from ...lazy import lazy_exports
+from ...model_files import declare_models
+
+# the networks (torch) are imported when first used: `semlic methods` and `semlic info` run without them
+declare_models(__name__, {"smapnet": ".smapnet"})
+__getattr__, __dir__ = lazy_exports(__name__, {"SMAPNET_PRESETS": ".smapnet", "SMapNet": ".smapnet", "SMapNetConfig": ".smapnet", "smapnet_config": ".smapnet"})
 
 
 def register_cli(sub) -> None:

@@ -13,14 +13,21 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import torch
 
 from ... import format as fmt
 from ...agreement import AGREEMENT_TAU, corrected, correction_layers
 from ...errors import ModelMismatchError
 from ...layered_codec import ROLE_COMPACT, ROLE_CORRECTION, ROLE_RESIDUAL, LayeredCodec
+from ...lazy import lazy_module
 from .. import ModelSet, Option, PaperPoint, register_method
-from .matched import matched_scores
+
+torch = lazy_module("torch")
+matched = lazy_module("semlic.methods.edms.matched")   # the networks: torch
+
+
+def matched_scores(*args, **kwargs):
+    """:func:`semlic.methods.edms.matched.matched_scores`, imported when first called (it brings torch)."""
+    return matched.matched_scores(*args, **kwargs)
 
 
 class MatchedMapCodec(LayeredCodec):

@@ -17,7 +17,12 @@
 """
 
 from .codec import HyperpriorCodec
-from .networks import DeepLabV3, LatentSegNet
+from ...lazy import lazy_exports
+from ...model_files import declare_models
+
+# the networks (torch) are imported when first used: `semlic methods` and `semlic info` run without them
+declare_models(__name__, {"deeplabv3": ".networks", "latent_seg": ".networks", "hyperprior": ".hyperprior"})
+__getattr__, __dir__ = lazy_exports(__name__, {"DeepLabV3": ".networks", "LatentSegNet": ".networks"})
 
 
 def register_cli(sub) -> None:

@@ -32,15 +32,17 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
 from ... import format as fmt
 from ...entropy import bounded_string
 from ...errors import ConfigError, DeclaredSizeError, EntropyModelMismatchError, LayerError
 from ...layers import check_image
+from ...lazy import lazy_module
 from .. import EncodeResult, Method, ModelSet, Option, register_method
-from .hyperprior import (MULTIPLE, Latents, analyse, check_quality, compress_channels, decompress_channels, hyper_decode,
-                         integer_hyper_decoder, synthesise)
+from .qualities import MULTIPLE, check_quality
+
+torch = lazy_module("torch")
+hyperprior = lazy_module("semlic.methods.latent_seg.hyperprior")   # the networks: torch and CompressAI
 
 ROLE_HYPER, ROLE_TASK, ROLE_REST = 1, 2, 3
 _SECTION = struct.Struct("<BHHH")
@@ -111,7 +113,7 @@ def image_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
 
 
-def encode_latents(method: "HyperpriorCodec", bank, quality: int, latents: Latents, size: tuple[int, int],
+def encode_latents(method: "HyperpriorCodec", bank, quality: int, latents: "hyperprior.Latents", size: tuple[int, int],
                    selected: Sequence[int] | None = None, with_rest: bool = True) -> fmt.SemFile:
     """The file of an analysed image: ``selected`` channels in the task layer (None: all)."""
     codec = bank.codec(quality)
@@ -121,9 +123,9 @@ def encode_latents(method: "HyperpriorCodec", bank, quality: int, latents: Laten
     crcs = (symbols_crc(latents.y_hat, task), symbols_crc(latents.y_hat, rest)) if latents.integer else None
     section = Section(quality, latents.z_shape, m, chosen, crcs)
     layers = [fmt.Layer(ROLE_HYPER, fmt.RAW, latents.z_string),
-              fmt.Layer(ROLE_TASK, fmt.RAW, compress_channels(codec, latents.y_hat, latents.indexes, task))]
+              fmt.Layer(ROLE_TASK, fmt.RAW, hyperprior.compress_channels(codec, latents.y_hat, latents.indexes, task))]
     if rest and with_rest:
-        layers.append(fmt.Layer(ROLE_REST, fmt.RAW, compress_channels(codec, latents.y_hat, latents.indexes, rest)))
+        layers.append(fmt.Layer(ROLE_REST, fmt.RAW, hyperprior.compress_channels(codec, latents.y_hat, latents.indexes, rest)))
     return fmt.SemFile(method.name, size[1], size[0], method.fingerprint({"hyperprior": bank}), section.pack(),
                        tuple(layers))
 
@@ -149,13 +151,13 @@ def read_latents(sem: fmt.SemFile, bank, need_all: bool = False) -> tuple[torch.
     if need_all and rest and rest_layer is None:
         raise LayerError(f"this file carries only the {len(task)} latent channels of the task, not the image: "
                          "it decodes to a segmentation (semlic eval-latent-seg), not to pixels")
-    indexes = hyper_decode(codec, hyper.payload, section.z_shape, integer=section.checked)
+    indexes = hyperprior.hyper_decode(codec, hyper.payload, section.z_shape, integer=section.checked)
     y_hat = torch.zeros(indexes.shape, dtype=torch.float32)
     try:
-        y_hat[:, task] = decompress_channels(codec, task_layer.payload, indexes, task)
+        y_hat[:, task] = hyperprior.decompress_channels(codec, task_layer.payload, indexes, task)
         sent = list(task)
         if rest and rest_layer is not None:
-            y_hat[:, rest] = decompress_channels(codec, rest_layer.payload, indexes, rest)
+            y_hat[:, rest] = hyperprior.decompress_channels(codec, rest_layer.payload, indexes, rest)
             sent += rest
     except (RuntimeError, ValueError) as exc:
         raise LayerError(f"the latent strings do not decode: {exc}") from exc
@@ -209,20 +211,20 @@ class HyperpriorCodec(Method):
         quality = self.parse_quality(quality)
         bank = models["hyperprior"]
         started = time.perf_counter()
-        latents = analyse(bank.codec(quality), image_tensor(image), integer=options["hyper_decoder"] == "integer")
+        latents = hyperprior.analyse(bank.codec(quality), image_tensor(image), integer=options["hyper_decoder"] == "integer")
         network_s = time.perf_counter() - started
         t = time.perf_counter()
         sem = encode_latents(self, bank, quality, latents, image.shape[:2])
         data = fmt.pack(sem)
         entropy_s = time.perf_counter() - t
-        reconstruction = synthesise(bank.codec(quality), latents.y_hat, image.shape[:2])
+        reconstruction = hyperprior.synthesise(bank.codec(quality), latents.y_hat, image.shape[:2])
         return EncodeResult(data, reconstruction, self.layer_bits(sem), quality, time.perf_counter() - started,
                             {"network_s": network_s, "entropy_s": entropy_s})
 
     def decode_file(self, sem: fmt.SemFile, models: ModelSet) -> np.ndarray:
         bank = models["hyperprior"]
         y_hat, _ = read_latents(sem, bank, need_all=True)
-        return synthesise(bank.codec(Section.unpack(sem.section).quality), y_hat, (sem.height, sem.width))
+        return hyperprior.synthesise(bank.codec(Section.unpack(sem.section).quality), y_hat, (sem.height, sem.width))
 
     def entropy_parameters(self, data, models: ModelSet) -> dict[str, np.ndarray]:
         """The scales (the integer hyper-decoder's accumulators, or h_s's floats in an unchecked file) and the
@@ -237,10 +239,10 @@ class HyperpriorCodec(Method):
         with torch.inference_mode():
             z_hat = codec.entropy_bottleneck.decompress([bounded_string(hyper.payload, symbols)], section.z_shape)
             if section.checked:
-                scales = integer_hyper_decoder(codec).scales_accumulator(z_hat)
+                scales = hyperprior.integer_hyper_decoder(codec).scales_accumulator(z_hat)
             else:
                 scales = codec.h_s(z_hat)
-        indexes = hyper_decode(codec, hyper.payload, section.z_shape, integer=section.checked)
+        indexes = hyperprior.hyper_decode(codec, hyper.payload, section.z_shape, integer=section.checked)
         return {"scales": scales.cpu().numpy(), "indexes": indexes.cpu().numpy()}
 
     def describe(self, sem: fmt.SemFile) -> dict:

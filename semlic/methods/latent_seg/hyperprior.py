@@ -20,7 +20,6 @@ table), Adam lr 1e-4 on the network, Adam lr 1e-3 on the entropy bottleneck's qu
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
@@ -31,10 +30,9 @@ from ...config_files import dataclass_from_dict
 from ...errors import CheckpointError, ConfigError
 from ...entropy import bounded_string, compressai_models
 from ...model_files import load_model, register_model, save_model
+from .qualities import LAMBDAS, MULTIPLE, check_quality  # noqa: F401  (the hyperprior's names)
 
 #: CompressAI zoo: MSE lambda and (N, M) per quality
-LAMBDAS = {1: 0.0018, 2: 0.0035, 3: 0.0067, 4: 0.0130, 5: 0.0250, 6: 0.0483, 7: 0.0932, 8: 0.1800}
-MULTIPLE = 64                  # g_a (x16) then h_a (x4): inputs padded to a multiple of 64
 HYPERPRIOR_FILE = "hyperprior.safetensors"
 _TABLE_DTYPES = {"float32": torch.float32, "int32": torch.int32, "int64": torch.int64}
 
@@ -45,14 +43,6 @@ def zoo_widths(quality: int) -> tuple[int, int]:
     return (128, 192) if quality <= 5 else (192, 320)
 
 
-def check_quality(quality: Any) -> int:
-    try:
-        value = int(quality)
-    except (TypeError, ValueError):
-        raise ConfigError(f"hyperprior: a quality is an integer 1..8, got {quality!r}") from None
-    if value not in LAMBDAS or value != quality:
-        raise ConfigError(f"hyperprior: a quality is an integer 1..8 (CompressAI's zoo), got {quality!r}")
-    return value
 
 
 @dataclass

@@ -12,7 +12,12 @@ the map costs no bits). Beyond the papers.
 """
 
 from .codec import SGFilterCodec, SGFilterNoMap, SGFilterSent
-from .network import PRESETS, SGFilter, SGFilterConfig, enhance, sgfilter_config
+from ...lazy import lazy_exports
+from ...model_files import declare_models
+
+# the networks (torch) are imported when first used: `semlic methods` and `semlic info` run without them
+declare_models(__name__, {"sgfilter": ".network", "sgfilter_sent": ".network", "sgfilter_nomap": ".network", "sgfilter_truth": ".network"})
+__getattr__, __dir__ = lazy_exports(__name__, {"PRESETS": ".network", "SGFilter": ".network", "SGFilterConfig": ".network", "enhance": ".network", "sgfilter_config": ".network"})
 
 
 def register_cli(sub) -> None:

@@ -30,8 +30,10 @@ from ...errors import ConfigError, LayerError
 from ...image_codecs import CODECS, get_codec
 from ...layered_codec import segment_image
 from ...layers import LOSSLESS_CHOICES, LOSSLESS_DEFAULT, check_image, code_lossless, decode_layer
+from ...lazy import lazy_module
 from .. import DecoderMap, EncodeResult, Method, ModelSet, Option, register_method
-from .network import enhance
+
+sgf_network = lazy_module("semlic.methods.sgfilter.network")   # the network: torch
 
 ROLE_IMAGE, ROLE_MAP = 1, 2
 SECTION = struct.Struct("<BB")   # QP, flags
@@ -131,7 +133,7 @@ class SGFilterCodec(Method):
         enhanced = decoded
         if options["enhance"] != "off":
             t = time.perf_counter()
-            enhanced = enhance(models[self.network], decoded, labels, qp)
+            enhanced = sgf_network.enhance(models[self.network], decoded, labels, qp)
             timings["network_s"] = time.perf_counter() - t
         mse_hevc, mse_enhanced = _mse(decoded, image), _mse(enhanced, image)
         flag = options["enhance"] == "on" or (options["enhance"] == "auto" and mse_enhanced < mse_hevc)
@@ -162,7 +164,7 @@ class SGFilterCodec(Method):
         decoded = self._decoded(sem)
         if not flag:
             return decoded
-        return enhance(models[self.network], decoded, self.decoder_labels(sem, decoded, models), qp)
+        return sgf_network.enhance(models[self.network], decoded, self.decoder_labels(sem, decoded, models), qp)
 
     def decoder_maps(self, sem: fmt.SemFile, models: ModelSet) -> dict[str, DecoderMap]:
         output = self.map_output()

@@ -16,7 +16,12 @@ when wanted (mIoU), are the nearest palette colours.
 """
 
 from .codec import SMICCodec, downsample, parse_quality, upsample
-from .networks import PRESETS, RecNet, RecNetConfig, SSNet, SSNetConfig, default_palette, recnet_config, ssnet_config
+from ...lazy import lazy_exports
+from ...model_files import declare_models
+
+# the networks (torch) are imported when first used: `semlic methods` and `semlic info` run without them
+declare_models(__name__, {"smic_ssnet": ".networks", "smic_recnet": ".networks"})
+__getattr__, __dir__ = lazy_exports(__name__, {"PRESETS": ".networks", "RecNet": ".networks", "RecNetConfig": ".networks", "SSNet": ".networks", "SSNetConfig": ".networks", "default_palette": ".networks", "recnet_config": ".networks", "ssnet_config": ".networks"})
 
 
 def register_cli(sub) -> None:

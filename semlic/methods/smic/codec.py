@@ -24,20 +24,24 @@ import re
 import struct
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-import torch
 from PIL import Image
-from torch.nn import functional as F
 
 from ... import format as fmt
 from ...errors import ConfigError, DeclaredSizeError, LayerError
 from ...image_codecs import get_codec
 from ...layers import (LOSSLESS_CHOICES, LOSSLESS_DEFAULT, array_to_tensor, check_image, code_lossless, decode_layer,
                        module_device, tensor_to_uint8)
+from ...lazy import inference_mode, lazy_module
 from .. import DecoderMap, EncodeResult, Method, ModelSet, Option, register_method
-from .networks import RecNet, SSNet
+
+if TYPE_CHECKING:
+    from .networks import RecNet, SSNet
+
+torch = lazy_module("torch")
+F = lazy_module("torch.nn.functional")
 
 ROLE_MAP, ROLE_SMALL = 1, 2
 FACTORS = (2, 4, 8, 16)
@@ -99,7 +103,7 @@ def _pad(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
 
 
-@torch.inference_mode()
+@inference_mode
 def draw_map(ssnet: SSNet, image: np.ndarray) -> np.ndarray:
     """snap(SS-Net(x)): the map in palette colours, (H, W, 3) uint8."""
     h, w = image.shape[:2]
@@ -107,7 +111,7 @@ def draw_map(ssnet: SSNet, image: np.ndarray) -> np.ndarray:
     return ssnet.snap(drawn)[0].permute(1, 2, 0).cpu().numpy()
 
 
-@torch.inference_mode()
+@inference_mode
 def reconstruct(recnet: RecNet, small: np.ndarray, decoded_map: np.ndarray, factor: int) -> np.ndarray:
     """x~ = Rec-Net(up(small), m^, f), (H, W, 3) uint8, H x W the map's size."""
     device = module_device(recnet)
@@ -226,7 +230,7 @@ class SMICCodec(Method):
         small = decode_layer(sem.layer(ROLE_SMALL), 3, small_size(sem.height, sem.width, section.factor), "small image")
         return reconstruct(models["smic_recnet"], small, decoded_map, section.factor)
 
-    @torch.inference_mode()
+    @inference_mode
     def decoder_maps(self, sem: fmt.SemFile, models: ModelSet) -> dict[str, DecoderMap]:
         """The decoded map layer read as classes: each pixel's nearest palette colour (void: 255)."""
         self.check_roles(sem, (ROLE_MAP, ROLE_SMALL), (ROLE_MAP, ROLE_SMALL))
