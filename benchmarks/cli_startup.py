@@ -1,7 +1,9 @@
 """Start-up of the ``semlic`` command line: wall seconds and peak memory of each command that needs
-metadata, not networks, with the command modules imported lazily (the command line as it is) and
+metadata, not networks, with the command modules imported lazily (the command line as it is),
 eagerly (every provider imported before parsing, as ``semlic.cli.build_parser()`` without argv
-does, and as the command line did before it read the commands from the source), side by side.
+does, and as the command line did before it read the commands from the source) and with every
+network imported first (as the method packages did before they declared their networks and
+imported them on first use), side by side.
 
     .venv/bin/python benchmarks/cli_startup.py [--repeat 5] [--out reports/pipeline/cli_startup.csv]
 
@@ -21,7 +23,11 @@ import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = "import sys\nfrom semlic import cli\n{prelude}sys.exit(cli.main(sys.argv[1:]))\n"
-MODES = {"lazy": "", "eager": "cli.build_parser()\n"}
+MODES = {"lazy": "", "eager": "cli.build_parser()\n",
+         # every network imported before the command runs, as the method packages did before they declared
+         # their networks (semlic.model_files.declare_models) and imported them on first use
+         "networks": ("import importlib\nfrom semlic import model_files\n"
+                      "[importlib.import_module(m) for m in sorted(set(model_files.declared_models().values()))]\n")}
 # A forked child starts with its parent's peak memory, kept across exec: a bare interpreter (~11 MiB)
 # starts the command and reports its wait4 figures, so the peak is the command's own.
 LAUNCH = ("import os, sys, time\nt = time.perf_counter()\npid = os.fork()\n"

@@ -81,6 +81,12 @@ def _ensure_registered() -> None:
     load_builtin()
 
 
+def declared_models() -> dict[str, str]:
+    """{model name: the module that registers it} of every network a loaded package declared."""
+    _ensure_registered()
+    return dict(_DECLARED)
+
+
 def model_spec(name: str) -> ModelSpec:
     if name not in _MODELS:  # a network not imported yet: load the registering packages
         _ensure_registered()

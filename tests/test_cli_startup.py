@@ -156,7 +156,7 @@ def test_every_registered_network_is_declared_by_its_package():
               "from semlic import model_files\n"
               "from semlic.registry import load_builtin\n"
               "load_builtin()\n"
-              "declared = dict(model_files._DECLARED)\n"
+              "declared = model_files.declared_models()\n"
               "before = sorted(model_files._MODELS)\n"
               "for module in sorted(set(declared.values())):\n"
               "    importlib.import_module(module)\n"
