@@ -93,12 +93,14 @@ def colour(name: str) -> str | None:
     return get_method(name).colour if name in semantic_methods() else BASELINE_COLOURS.get(name)
 
 
-def paper_points() -> list[dict]:
-    """Every registered method's published points (their axis: bits per sub-pixel, mean per-channel PSNR)."""
+def paper_points(dataset: str | None = "Kodak") -> list[dict]:
+    """Every registered method's published points on ``dataset`` (None: every data set; their axis: bits
+    per sub-pixel, mean per-channel PSNR)."""
     from .methods import all_methods
 
     return [{"method": m.name, "source": p.source, "bits_per_subpixel": p.bits_per_subpixel, "psnr": p.psnr,
-             "ms_ssim": p.ms_ssim, "quality": p.quality} for m in all_methods() for p in m.paper_points]
+             "ms_ssim": p.ms_ssim, "quality": p.quality, "dataset": p.dataset, "setting": p.setting}
+            for m in all_methods() for p in m.paper_points if dataset is None or p.dataset == dataset]
 
 
 def paper_seconds(name: str, key: str) -> float:
@@ -251,6 +253,32 @@ def bd_table(curves: pd.DataFrame, anchor: str = "hevc", distortion: str = "psnr
 def bd_tables(curves: pd.DataFrame, anchor: str = ANCHOR) -> pd.DataFrame:
     """:func:`bd_table` for every distortion of :data:`DISTORTIONS`, stacked."""
     return pd.concat([bd_table(curves, anchor=anchor, distortion=d) for d in DISTORTIONS], ignore_index=True)
+
+
+def ablation_table(curves: pd.DataFrame) -> pd.DataFrame:
+    """The base-alone points (quality :data:`NO_RESIDUAL`) of every method whose paper reports that setting
+    (:class:`~semlic.methods.base.PaperPoint` ``setting``: DSSLIC's Table 1, withSeg / noSeg / upComp), per
+    data set, with the paper's figures on each data set it measured (``paper_<dataset>_*``)."""
+    published: dict[str, list[dict]] = {}
+    for point in paper_points(dataset=None):
+        if point["setting"] and point["quality"] == NO_RESIDUAL:
+            published.setdefault(point["method"], []).append(point)
+    records = []
+    for dataset in sorted(curves["dataset"].unique()):
+        for method, points in published.items():
+            at = curves[(curves["dataset"] == dataset) & (curves["method"] == method) & (curves["quality"] == NO_RESIDUAL)]
+            if at.empty:
+                continue
+            p = at.iloc[0]
+            record = {"dataset": dataset, "setting": points[0]["setting"], "method": method, "images": int(p["images"]),
+                      "bpp": p["bpp"], "bits_per_subpixel": p["bits_per_subpixel"], "psnr_rgb": p["psnr_rgb"],
+                      "psnr_channel_mean": p["psnr_channel_mean"], "ms_ssim": p["ms_ssim"]}
+            for point in sorted(points, key=lambda q: q["dataset"]):
+                key = point["dataset"].lower()
+                record.update({f"paper_{key}_bits_per_subpixel": point["bits_per_subpixel"],
+                               f"paper_{key}_psnr": point["psnr"], f"paper_{key}_ms_ssim": point["ms_ssim"]})
+            records.append(record)
+    return pd.DataFrame(records)
 
 
 def pair_bd(curves: pd.DataFrame, method: str, anchor: str) -> pd.DataFrame:

@@ -37,7 +37,7 @@ import pandas as pd
 from . import results
 from .errors import ConfigError
 from .fileio import atomic_write_bytes
-from .reporting import (ANCHOR, BASELINES, NO_RESIDUAL, answer, bd_sections, bd_tables, default_anchors_dir,
+from .reporting import (ANCHOR, BASELINES, ablation_table, answer, bd_sections, bd_tables, default_anchors_dir,
                         layer_shares, load_anchors, markdown_table, pair_bd, rd_curves, rd_figure, read_rows, row_counts,
                         segmentation_table, timing_comparison, training_from_models, with_shared_base)
 
@@ -46,13 +46,6 @@ COMMANDS = {
     "run-report": "a pipeline run's report: BD against HEVC, ablation, chroma, EDMS vs DSSLIC, training",
 }
 
-#: DSSLIC paper, Table 1 (no residual): bits per sub-pixel, PSNR (mean of the channels' PSNRs), MS-SSIM.
-PAPER_TABLE1 = {
-    ("ADE20K", "upComp"): (0.095, 17.50, 0.759), ("ADE20K", "noSeg"): (0.080, 22.24, 0.905),
-    ("ADE20K", "withSeg"): (0.095, 23.11, 0.914), ("Kodak", "upComp"): (0.087, 17.77, 0.738),
-    ("Kodak", "noSeg"): (0.080, 21.46, 0.887), ("Kodak", "withSeg"): (0.087, 21.91, 0.891),
-}
-ABLATION = {"dsslic_upcomp": "upComp", "dsslic_noseg": "noSeg", "dsslic": "withSeg"}
 #: A layered codec's curve is its base alone (no residual) plus its residual QPs, one definition in
 #: every report. A variant that differs from another only in how its residual is coded has the
 #: same base-alone file, byte for byte (tests/test_run_report.py): where a run coded that file
@@ -60,27 +53,6 @@ ABLATION = {"dsslic_upcomp": "upComp", "dsslic_noseg": "noSeg", "dsslic": "withS
 SHARED_BASE = {"dsslic_444": "dsslic"}
 #: EDMS (with and without SMapNet) against DSSLIC at the residual QPs all three coded: edms_vs_dsslic.csv.
 EDMS_TIMING = ("dsslic", "edms", "edms_noenh")
-
-
-def ablation_table(curves: pd.DataFrame) -> pd.DataFrame:
-    """The no-residual points of the three ablation codecs per data set, with the paper's figures."""
-    records = []
-    for dataset in sorted(curves["dataset"].unique()):
-        for method, name in ABLATION.items():
-            point = curves[(curves["dataset"] == dataset) & (curves["method"] == method)
-                           & (curves["quality"] == NO_RESIDUAL)]
-            if point.empty:
-                continue
-            p = point.iloc[0]
-            record = {"dataset": dataset, "setting": name, "method": method, "images": int(p["images"]),
-                      "bpp": p["bpp"], "bits_per_subpixel": p["bits_per_subpixel"], "psnr_rgb": p["psnr_rgb"],
-                      "psnr_channel_mean": p["psnr_channel_mean"], "ms_ssim": p["ms_ssim"]}
-            for paper_set in ("ADE20K", "Kodak"):
-                bps, psnr, ms = PAPER_TABLE1[(paper_set, name)]
-                record.update({f"paper_{paper_set.lower()}_bits_per_subpixel": bps,
-                               f"paper_{paper_set.lower()}_psnr": psnr, f"paper_{paper_set.lower()}_ms_ssim": ms})
-            records.append(record)
-    return pd.DataFrame(records)
 
 
 def run_report(out_dir: str | os.PathLike, *, rows: str | os.PathLike | None = None,

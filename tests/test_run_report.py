@@ -36,3 +36,19 @@ def test_a_variant_takes_the_shared_base_alone_rows_only_when_it_lacks_them():
     assert reporting.with_shared_base(out, run_report.SHARED_BASE).equals(out)   # nothing added twice
     alone = pd.DataFrame(_rows("dsslic", [-1, 42]))
     assert reporting.with_shared_base(alone, run_report.SHARED_BASE) is alone
+
+
+def test_the_ablation_table_comes_from_the_methods_published_settings():
+    """DSSLIC's Table 1 beside the measured base-alone points: which methods, their setting names and the
+    paper's figures come from the registered methods' PaperPoints (no method named in the report code)."""
+    curves = pd.DataFrame([{"dataset": d, "method": m, "quality": q, "images": 3, "bpp": 0.3, "bits_per_subpixel": 0.1,
+                            "psnr_rgb": 20.0, "psnr_channel_mean": 20.5, "ms_ssim": 0.8}
+                           for d in ("camvid", "kodak") for m in ("dsslic", "dsslic_noseg", "dsslic_upcomp", "edms", "hevc")
+                           for q in (-1.0, 32.0)])
+    table = reporting.ablation_table(curves).set_index(["dataset", "setting"])
+    assert sorted(table.index) == [(d, s) for d in ("camvid", "kodak") for s in ("noSeg", "upComp", "withSeg")]
+    assert table.loc[("kodak", "noSeg"), "method"] == "dsslic_noseg"
+    assert table.loc[("camvid", "withSeg"), "paper_kodak_psnr"] == 21.91
+    assert table.loc[("camvid", "upComp"), "paper_ade20k_ms_ssim"] == 0.759
+    kodak_only = {p["dataset"] for p in reporting.paper_points()}
+    assert kodak_only == {"Kodak"} and {p["dataset"] for p in reporting.paper_points(None)} == {"Kodak", "ADE20K"}

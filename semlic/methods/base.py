@@ -84,6 +84,8 @@ class PaperPoint:
     psnr: float                  # mean of per-channel PSNRs, as the papers report
     ms_ssim: float
     quality: float | None = None  # the quality value (results schema) of the published setting, if known
+    dataset: str = "Kodak"        # the data set the paper measured it on
+    setting: str = ""             # the paper's name for the configuration (an ablation's row, e.g. "noSeg")
 
 
 class Method(ABC):

@@ -33,7 +33,9 @@ class DSSLICCodec(LayeredCodec):
     colour = "tab:blue"
     paper_points = (
         PaperPoint("EDMS paper, Table 1", 0.671, 31.86, 0.964, quality=32.0),
-        PaperPoint("DSSLIC paper, Table 1 (no residual)", 0.087, 21.91, 0.891, quality=-1.0),
+        PaperPoint("DSSLIC paper, Table 1 (no residual)", 0.087, 21.91, 0.891, quality=-1.0, setting="withSeg"),
+        PaperPoint("DSSLIC paper, Table 1 (no residual, ADE20K)", 0.095, 23.11, 0.914, quality=-1.0, dataset="ADE20K",
+                   setting="withSeg"),
     )
     # EDMS Table 1 (Kodak, V100, BPG QP 32) and the DSSLIC paper's RecNet decode on a CPU.
     paper_seconds = {"enc_gpu": 1.08, "dec_gpu": 0.342, "dec_cpu": 44.0}
@@ -55,7 +57,10 @@ class NoSegCodec(LayeredCodec):
     uses_segmentation = False
     map_output = None
     compare_to = "dsslic"
-    paper_points = (PaperPoint("DSSLIC paper, Table 1 (noSeg, no residual, Kodak)", 0.080, 21.46, 0.887, quality=-1.0),)
+    paper_points = (PaperPoint("DSSLIC paper, Table 1 (noSeg, no residual, Kodak)", 0.080, 21.46, 0.887, quality=-1.0,
+                               setting="noSeg"),
+                    PaperPoint("DSSLIC paper, Table 1 (noSeg, no residual, ADE20K)", 0.080, 22.24, 0.905, quality=-1.0,
+                               dataset="ADE20K", setting="noSeg"))
 
     def _segmentation(self, image, segmentation, models, timings) -> np.ndarray:
         return np.zeros(image.shape[:2], np.uint8)
@@ -84,7 +89,10 @@ class UpCompCodec(LayeredCodec):
     models = ("dsslic",)
     map_output = None
     compare_to = "dsslic"
-    paper_points = (PaperPoint("DSSLIC paper, Table 1 (upComp, no residual, Kodak)", 0.087, 17.77, 0.738, quality=-1.0),)
+    paper_points = (PaperPoint("DSSLIC paper, Table 1 (upComp, no residual, Kodak)", 0.087, 17.77, 0.738, quality=-1.0,
+                               setting="upComp"),
+                    PaperPoint("DSSLIC paper, Table 1 (upComp, no residual, ADE20K)", 0.095, 17.50, 0.759, quality=-1.0,
+                               dataset="ADE20K", setting="upComp"))
 
     def map_layers(self, segmentation, seg_padded, compact, models, options, timings):
         return None, [], [], {}
