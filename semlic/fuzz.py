@@ -71,7 +71,13 @@ def tiny_models(seed: int = 0) -> dict:
     wanted = sorted({name for m in all_methods() for name in (*m.models, *m.encoder_models)})
     models = {}
     for name in wanted:
-        if model_spec(name).preset is not None:
+        if name == "hyperprior":
+            from .methods.latent_seg.hyperprior import HyperpriorBank, HyperpriorConfig
+
+            bank = HyperpriorBank(HyperpriorConfig(qualities=(1, 3), widths={"1": [8, 8], "3": [8, 8]}))
+            bank.update_tables()
+            models[name] = bank.eval()
+        elif model_spec(name).preset is not None:
             models[name] = build_model(name, "tiny", NUM_CLASSES).eval()
             if hasattr(models[name], "update_tables"):   # a learned entropy coder's tables
                 models[name].update_tables()

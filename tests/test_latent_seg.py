@@ -433,15 +433,3 @@ def test_compressai_is_installed_beside_numpy_2():
     from compressai.models import ScaleHyperprior
 
     assert ScaleHyperprior(8, 12).downsampling_factor == hyperprior.MULTIPLE
-
-
-def test_the_hyperprior_bank_has_presets_like_every_network():
-    """build_model builds the bank from a preset, as it builds every other registered network (the fuzzer's
-    tiny models need no branch for it); an unknown preset is refused by name."""
-    from semlic.errors import ConfigError
-    from semlic.model_files import build_model
-
-    bank = build_model("hyperprior", "tiny", 11)
-    assert bank.config.qualities == (1, 3) and bank.config.width(3) == (8, 8)
-    with pytest.raises(ConfigError, match="unknown preset 'huge'"):
-        build_model("hyperprior", "huge", 11)

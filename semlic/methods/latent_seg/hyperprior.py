@@ -69,25 +69,13 @@ class HyperpriorConfig:
         return {"qualities": list(self.qualities), "widths": self.widths, "tables": self.tables}
 
 
-#: Presets of the bank (``build_model("hyperprior", preset, ...)``): ``tiny``, two qualities at 8 channels
-#: (CPU tests and the fuzzer's seed files); ``zoo``, CompressAI's widths at quality 3.
-PRESETS = {"tiny": dict(qualities=(1, 3), widths={"1": [8, 8], "3": [8, 8]}), "zoo": dict(qualities=(3,))}
-
-
-def hyperprior_config(preset: str = "zoo", num_classes: int | None = None, **overrides) -> HyperpriorConfig:
-    """A preset of :data:`PRESETS` with any overrides (``num_classes`` is not the codec's concern)."""
-    if preset not in PRESETS:
-        raise ConfigError(f"hyperprior: unknown preset {preset!r}; known: {', '.join(PRESETS)}")
-    return HyperpriorConfig(**{**PRESETS[preset], **overrides})
-
-
 def _table_buffers(module: nn.Module) -> dict[str, torch.Tensor]:
     """The entropy models' table buffers (their shapes change when CompressAI's update() fills them)."""
     names = ("_offset", "_quantized_cdf", "_cdf_length", "scale_table")
     return {k: v for k, v in module.state_dict().items() if k.rsplit(".", 1)[-1] in names}
 
 
-@register_model("hyperprior", HyperpriorConfig, preset=hyperprior_config)
+@register_model("hyperprior", HyperpriorConfig)
 class HyperpriorBank(nn.Module):
     """One CompressAI ScaleHyperprior per quality (module docstring)."""
 
