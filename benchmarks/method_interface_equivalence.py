@@ -1,6 +1,10 @@
-"""Same study before and after the method interface: rows and layer payloads compared.
+"""Same study before and after a change of the code: rows and layer payloads compared.
 
     make repro && .venv/bin/python benchmarks/method_interface_equivalence.py
+    # another "before": snapshot the rows and layers of a run at an earlier revision, then compare
+    .venv/bin/python benchmarks/method_interface_equivalence.py --snapshot DIR --rd OLD/data/results/rd.parquet \
+        --files OLD/data/coded/files
+    .venv/bin/python benchmarks/method_interface_equivalence.py --before DIR --before-label "revision X" --out FILE
 
 The "before" side is what `dvc repro` of the offline default produced at revision 397fdf4
 (reports/method_interface/rd_before.parquet: aggregate's rd rows; layers_before.csv: every
@@ -26,7 +30,7 @@ from semlic import format as fmt  # noqa: E402
 from semlic.methods import get_method  # noqa: E402
 
 KEY = ["dataset", "method", "image_id", "quality"]
-METRICS = ["psnr_rgb", "psnr_channel_mean", "ms_ssim"]
+METRICS = ["psnr_rgb", "psnr_channel_mean", "ms_ssim", "lpips"]
 
 
 def layers_of(files_root: Path) -> pd.DataFrame:
@@ -50,15 +54,27 @@ def main(argv=None) -> int:
     parser.add_argument("--rd", default="data/results/rd.parquet")
     parser.add_argument("--files", default="data/coded/files")
     parser.add_argument("--out", default="reports/method_interface/equivalence.md")
+    parser.add_argument("--before-label", default="`dvc repro` at revision 397fdf4 (format version 1)",
+                        help="what the before side is, for the report's heading")
+    parser.add_argument("--title", default="The offline default before and after the method interface")
+    parser.add_argument("--snapshot", metavar="DIR",
+                        help="write --rd's rows and --files' layers to DIR as a before side (rd_before.parquet, "
+                             "layers_before.csv), then stop")
     args = parser.parse_args(argv)
+    if args.snapshot:
+        Path(args.snapshot).mkdir(parents=True, exist_ok=True)
+        pd.read_parquet(args.rd).to_parquet(Path(args.snapshot) / "rd_before.parquet", index=False)
+        layers_of(Path(args.files)).to_csv(Path(args.snapshot) / "layers_before.csv", index=False)
+        return 0
     before = pd.read_parquet(Path(args.before) / "rd_before.parquet")
     after = pd.read_parquet(args.rd)
+    metrics = [m for m in METRICS if m in before.columns and m in after.columns]
     joined = before.merge(after, on=KEY, how="outer", suffixes=("_before", "_after"), indicator=True)
     only = joined[joined["_merge"] != "both"]
     both = joined[joined["_merge"] == "both"]
-    metric_diff = {m: float((both[f"{m}_before"] - both[f"{m}_after"]).abs().max()) for m in METRICS}
+    metric_diff = {m: float((both[f"{m}_before"] - both[f"{m}_after"]).abs().max()) for m in metrics}
     metric_equal = {m: bool(((both[f"{m}_before"] == both[f"{m}_after"])
-                             | (both[f"{m}_before"].isna() & both[f"{m}_after"].isna())).all()) for m in METRICS}
+                             | (both[f"{m}_before"].isna() & both[f"{m}_after"].isna())).all()) for m in metrics}
     size_diff = (both["bytes_total_after"] - both["bytes_total_before"]).groupby(both["method"]).agg(["min", "max"])
     layers_before = pd.read_csv(Path(args.before) / "layers_before.csv", dtype={"quality": str})
     layers_after = layers_of(Path(args.files))
@@ -67,13 +83,13 @@ def main(argv=None) -> int:
     payload_equal = bool((lj["_merge"] == "both").all() and (lj["payload_sha256_before"] == lj["payload_sha256_after"]).all())
     header = layers_after.groupby("method")["header_bytes"].agg(["min", "max"])
     ok = only.empty and all(metric_equal.values()) and payload_equal
-    lines = ["# The offline default before and after the method interface", "",
-             "`make repro && .venv/bin/python benchmarks/method_interface_equivalence.py`", "",
-             f"Before: `dvc repro` at revision 397fdf4 (format version 1). After: the current tree. Rows compared: "
+    command = "make repro && .venv/bin/python benchmarks/method_interface_equivalence.py " + " ".join(argv or sys.argv[1:])
+    lines = [f"# {args.title}", "", f"`{command.strip()}`", "",
+             f"Before: {args.before_label}. After: the current tree. Rows compared: "
              f"{len(both)} (only before or only after: {len(only)}); layers compared: {int((lj['_merge'] == 'both').sum())}"
              f" (unmatched: {int((lj['_merge'] != 'both').sum())}).", "",
              "| figure | equal for every row | largest difference |", "|---|---|---|"]
-    lines += [f"| {m} | {'yes' if metric_equal[m] else 'NO'} | {metric_diff[m]:.3g} |" for m in METRICS]
+    lines += [f"| {m} | {'yes' if metric_equal[m] else 'NO'} | {metric_diff[m]:.3g} |" for m in metrics]
     lines += ["", f"Every layer payload has the same bytes: {'yes' if payload_equal else 'NO'}.", "",
               "File size after minus before (bytes), per method: the container's header change only.", "",
               "| method | min | max | header bytes after |", "|---|---|---|---|"]
