@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import shlex
+import shutil
 import sys
 from pathlib import Path
 
@@ -63,7 +65,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.snapshot:
         Path(args.snapshot).mkdir(parents=True, exist_ok=True)
-        pd.read_parquet(args.rd).to_parquet(Path(args.snapshot) / "rd_before.parquet", index=False)
+        shutil.copyfile(args.rd, Path(args.snapshot) / "rd_before.parquet")
         layers_of(Path(args.files)).to_csv(Path(args.snapshot) / "layers_before.csv", index=False)
         return 0
     before = pd.read_parquet(Path(args.before) / "rd_before.parquet")
@@ -83,7 +85,7 @@ def main(argv=None) -> int:
     payload_equal = bool((lj["_merge"] == "both").all() and (lj["payload_sha256_before"] == lj["payload_sha256_after"]).all())
     header = layers_after.groupby("method")["header_bytes"].agg(["min", "max"])
     ok = only.empty and all(metric_equal.values()) and payload_equal
-    command = "make repro && .venv/bin/python benchmarks/method_interface_equivalence.py " + " ".join(argv or sys.argv[1:])
+    command = "make repro && .venv/bin/python benchmarks/method_interface_equivalence.py " + shlex.join(argv or sys.argv[1:])
     lines = [f"# {args.title}", "", f"`{command.strip()}`", "",
              f"Before: {args.before_label}. After: the current tree. Rows compared: "
              f"{len(both)} (only before or only after: {len(only)}); layers compared: {int((lj['_merge'] == 'both').sum())}"
