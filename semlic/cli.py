@@ -118,13 +118,21 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()   # here, so that a reader gone early is met by the handler below, not at exit
+        return code
     except SemlicError as exc:
         print(f"semlic {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"semlic {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:   # the reader stopped early (`semlic methods | head`): not an error of ours
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())   # Python's exit-time flush would fail on the closed pipe again
+        return 141   # 128 + SIGPIPE, as a shell reports a command killed by it
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -165,3 +165,14 @@ def test_every_registered_network_is_declared_by_its_package():
     declared, before, registered = json.loads(out.stdout)
     assert before == []            # loading the registry imported no network
     assert registered == declared  # each declared network registered by the module that declares it, no other
+
+
+def test_a_reader_that_stops_early_gets_no_traceback():
+    """`semlic methods | head -1` where head has gone before the output is written: the command ends
+    quietly with exit status 141 (128 + SIGPIPE, what a shell reports), no traceback."""
+    script = ("import os, sys\n"
+              "r, w = os.pipe()\nos.close(r)\nos.dup2(w, 1)\n"   # stdout: a pipe whose reader is gone
+              "from semlic import cli\nsys.exit(cli.main(['methods']))\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 141, proc.stderr
+    assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr, proc.stderr
