@@ -146,6 +146,10 @@ def test_model_info_check_builds_the_config_and_refuses_a_wrong_one(coded, tmp_p
             assert json.loads(shown.stdout)["config"] == json.loads(config)
             refused = _run(["model-info", "--check", str(bad)], block=False)
             assert refused.returncode == 5 and "config is missing or invalid" in refused.stderr
+    unknown = tmp_path / "unknown.safetensors"   # a name no package declares: refused by name, without torch
+    save_tensors(unknown, {}, {k: v for k, v in metadata.items() if k != "format"} | {"model": "nosuchnet"})
+    shown = _run(["model-info", str(unknown)], block=True)
+    assert shown.returncode == 5 and "unknown model 'nosuchnet'" in shown.stderr and "dsslic" in shown.stderr
 
 
 def test_every_registered_network_is_declared_by_its_package():
