@@ -73,7 +73,7 @@ test-kernels: install weights
 	  env $$setting PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest -q -ra -m numeric -p no:cacheprovider || exit 1; \
 	done
 
-# The stages run `python -m flows.<stage>`: the virtualenv goes first on PATH. The first stage
+# The stages run `python -m flows <stage>`: the virtualenv goes first on PATH. The first stage
 # (weights) converts the published weights the others use.
 repro: install
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/dvc repro

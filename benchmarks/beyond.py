@@ -6,7 +6,7 @@
 with camvid and kodak, ``data/segments``, ``data/models/dsslic`` and ``data/models/segnet``); the
 params are params.yaml with the reference run's profile (``--profile camvid_cpu``), written to
 ``WORK/params.yaml``. Three steps, each a pipeline stage run as ``dvc repro`` runs it
-(``python -m flows.<stage>`` in WORK):
+(``python -m flows <stage>`` in WORK):
 
 1. ``train_dsslic_rd`` as the profile says: the rate-aware base layer, every run starting from the
    reference DSSLIC model (``init: dsslic``), all runs at once within the same minutes each: the map

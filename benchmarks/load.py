@@ -6,12 +6,12 @@ In a work folder (``--work``, kept: a rerun reuses its images, models and prepar
 generates ``--images`` scenes of the synthetic generator at ``--size`` (PNG, a ``folder`` data
 set), writes randomly initialised tiny models of every registered method (semlic.fuzz.tiny_models:
 the compute of the tiny presets, not their quality), prepares the set with ``python -m
-flows.prepare`` and then runs ``python -m flows.code`` as ``dvc repro`` would: every baseline of
+flows prepare`` and then runs ``python -m flows code`` as ``dvc repro`` would: every baseline of
 params.yaml and every method of ``code.methods`` with its qualities, ``--shard-size`` images per
 task, on a local Ray of ``base.workers`` CPUs under the stage's own Prefect API.
 
 While the stage runs, a sampler reads every ``--interval`` seconds the RSS of the driver (the
-``flows.code`` process), of each Ray worker process, of Ray's own processes (GCS, raylet,
+``flows code`` process), of each Ray worker process, of Ray's own processes (GCS, raylet,
 dashboard...) and of the Prefect API, and counts the shard parts written so far. The stage's
 ``--record`` gives each shard task's seconds and when it ended. The report gives, per thousand
 images (in the order the stage submits them): the wall seconds per image (from the tasks' end
@@ -143,7 +143,7 @@ def run_code_stage(work: Path, sets: list[str], interval: float) -> tuple[dict, 
     record.unlink(missing_ok=True)
     start = time.time()
     log = (work / "code.log").open("w")
-    process = subprocess.Popen([sys.executable, "-m", "flows.code", "--params", str(REPO / "params.yaml"), *sets,
+    process = subprocess.Popen([sys.executable, "-m", "flows", "code", "--params", str(REPO / "params.yaml"), *sets,
                                 "--record", str(record)], cwd=work, env=stage_env(work), stdout=log,
                                stderr=subprocess.STDOUT)
     sampler = Sampler(process.pid, work / "data" / ".staging" / "data__coded" / "parts", interval)
@@ -239,7 +239,7 @@ MERGE_WAYS = {
         "table, timings = split_timings(results.merge_tables(parts))\n"
         "results.write_partitioned_table(table, out / 'rows')\n"
         "write_parquet(timings, out / 'timings.parquet')"),
-    # the code stage now (flows.code.merge_parts): partition by partition, in row groups as the parts are read
+    # the code stage now (semlic.pipeline.stages.code.merge_parts): partition by partition, in row groups as the parts are read
     "piece by piece": "merge_parts(parts, out / 'rows', out / 'timings.parquet')",
 }
 
@@ -257,7 +257,7 @@ def merge_memory(parts_dir: Path, out_dir: Path, shard_size: int) -> list[dict]:
         script = (
             "import resource, sys, time, json\nfrom pathlib import Path\nimport pyarrow as pa\n"
             "from semlic import results\nfrom semlic.fileio import write_parquet\n"
-            "from flows.code import merge_parts, split_timings\n"
+            "from semlic.pipeline.stages.code import merge_parts, split_timings\n"
             f"parts = sorted(Path({str(parts_dir)!r}).glob('*.parquet'))\nout = Path({str(out)!r})\n"
             "out.mkdir(parents=True, exist_ok=True)\n"
             "def rss():\n    return int(open('/proc/self/statm').read().split()[1]) * 4096\n"
@@ -298,7 +298,7 @@ def plot(samples: list[dict], rows: list[dict], parts_total: int, images: int, p
         most = max(most, s["parts"])
         done.append(most / parts_total * images)
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
-    left.plot(done, [s["driver"] / MiB for s in samples], label="driver (flows.code)", color="tab:blue")
+    left.plot(done, [s["driver"] / MiB for s in samples], label="driver (flows code)", color="tab:blue")
     pids = sorted({pid for s in samples for pid in s["workers"]})
     for n, pid in enumerate(pids):
         points = [(d, s["workers"][pid] / MiB) for d, s in zip(done, samples) if pid in s["workers"]]
@@ -340,7 +340,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
         "# Load: the code stage over generated images",
         "",
         f"{meta['images']:,} generated {meta['size']}x{meta['size']} scenes (the synthetic generator, seed "
-        f"{meta['seed']}) through the code stage (`python -m flows.code`, as `dvc repro` runs it): baselines "
+        f"{meta['seed']}) through the code stage (`python -m flows code`, as `dvc repro` runs it): baselines "
         f"{', '.join(meta['baselines'])} and the methods {', '.join(meta['methods'])} with params.yaml's "
         f"qualities, randomly initialised tiny models ({', '.join(meta['models'])}), {meta['shard_size']} images "
         f"per task, {meta['tasks']} tasks, a local Ray of {meta['workers']} CPUs on {meta['cpus']} cores. "
@@ -422,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
           file=sys.stderr)
     models = write_tiny_models(work / "data" / "models")
     common = ["-S", "base.dataset=folder", "-S", f"base.data_root={work / 'raw'}", "-S", f"base.workers={args.workers}"]
-    out = subprocess.run([sys.executable, "-m", "flows.prepare", "--params", str(REPO / "params.yaml"), *common],
+    out = subprocess.run([sys.executable, "-m", "flows", "prepare", "--params", str(REPO / "params.yaml"), *common],
                          cwd=work, env=stage_env(work), capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"prepare failed:\n{out.stderr[-3000:]}")
@@ -478,7 +478,7 @@ def write_merge_section(work: Path, args, out: Path) -> None:
              "", "| merge | RSS added (MiB) | seconds |", "|---|---|---|"]
     lines += [f"| {m['way']} | {m['added_mib']:.0f} | {m['seconds']:.1f} |" for m in measured]
     lines += ["", "The code stage merges partition by partition (method, data set), each written in row groups as its "
-              "parts are read (flows.code.merge_parts, semlic.results.merge_partitioned).", "",
+              "parts are read (semlic.pipeline.stages.code.merge_parts, semlic.results.merge_partitioned).", "",
               "    OMP_NUM_THREADS=1 .venv/bin/python "
               f"benchmarks/load.py --merge-only --work {args.work} --shard-size {args.shard_size}", ""]
     text = out.read_text() if out.is_file() else ""

@@ -35,7 +35,8 @@ from prefect import flow, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 from flows.prefect_api import stage_session  # noqa: E402
-from flows.runner import SemlicRayTaskRunner, ray_runner, wait_all  # noqa: E402
+from flows.runner import SemlicRayTaskRunner, ray_runner  # noqa: E402
+from semlic.pipeline.executor import wait_all  # noqa: E402
 
 
 def noop(i: int) -> dict:

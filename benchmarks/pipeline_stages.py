@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/pipeline_stages.py --out reports/pipeline_stages.json
 
-In a scratch copy of the project (params.yaml, dvc.yaml, flows/, tasks/, semlic/, fresh
+In a scratch copy of the project (params.yaml, dvc.yaml, flows/, semlic/, fresh
 git + DVC), runs the stages of dvc.yaml in its order (or ``--stages``: the methods coded and
 the models trained are what params.yaml says) with ``dvc repro --single-item <stage>``,
 timing each one as DVC runs it (process start to exit: DVC's hashing, the Prefect server
@@ -38,7 +38,7 @@ def pipeline_stages(root: Path) -> list[str]:
 
 def scratch_project(root: Path) -> Path:
     """A copy of the code (a snapshot: edits made meanwhile in the checkout change nothing)."""
-    for name in ("flows", "tasks", "semlic"):
+    for name in ("flows", "semlic"):
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("params.yaml", "dvc.yaml", ".dvcignore"):
         shutil.copy(REPO / name, root / name)

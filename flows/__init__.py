@@ -1,13 +1,14 @@
-"""Prefect flows, one per DVC stage (docs/DESIGN.md section 3); run as ``python -m flows.<stage>``.
+"""The Prefect + Ray runner of the pipeline's stages (docs/DESIGN.md section 3): ``python -m flows <stage>``.
 
-What every stage shares, one concept per module:
+The stages are library functions (:mod:`semlic.pipeline`); this package runs them as Prefect flows
+whose units of work are Prefect tasks on Ray, one concept per module:
 
-* :mod:`flows.params` - the params file, ``--set`` overrides, shards of work items;
-* :mod:`flows.staging` - staged outputs and the content signatures that let a rerun resume;
+* :mod:`flows.stage` - ``python -m flows <stage>``: a stage bound to Prefect and Ray (:func:`~flows.stage.stage_flow`);
+* :mod:`flows.pipeline` - every stage's flow by name (prefect.yaml's entrypoints) and the deployments;
+* :mod:`flows.executor` - the executor a stage is given: its units as Prefect tasks on Ray;
 * :mod:`flows.prefect_api` - one Prefect API per stage (its server) and the stage's session;
 * :mod:`flows.ray_cluster` - connecting to Ray, the workers' environment, remote options;
 * :mod:`flows.runner` - the task runner (driver side) and the Ray workers' start-up hook;
-* :mod:`flows.stage` - ``python -m flows.<stage>``: the argument parser and :func:`run_stage`;
 * :mod:`flows._private` - the only code that uses Prefect's, prefect-ray's or Ray's internals.
 """
 
@@ -21,4 +22,4 @@ from flows import _env  # noqa: F401,E402  (before anything imports Prefect or R
 import ray  # noqa: F401,E402
 
 REPO = Path(__file__).resolve().parent.parent
-"""The repository root: what the Ray workers import ``flows``, ``tasks`` and ``semlic`` from."""
+"""The repository root: what the Ray workers import ``flows`` and ``semlic`` from."""

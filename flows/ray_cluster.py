@@ -10,8 +10,8 @@ on a shared file system at the same path.
 Every Ray worker process of the job gets, through the job's ``runtime_env``, the Prefect
 API URL of the stage (so no worker starts a server of its own), ``PYTHONPATH`` (tasks and
 flows are pickled by reference) and a start-up hook, :func:`flows.runner.worker_setup`.
-The remote options (:func:`shard_options`, :func:`training_options`, :func:`gpu_options`)
-are given to a task through prefect-ray's ``remote_options``.
+A unit's resources (:class:`semlic.pipeline.executor.Resources`) become Ray remote options
+(:func:`ray_options`, :func:`gpu_options`), given to its task through prefect-ray's ``remote_options``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import os
 from typing import Any
 
 from flows import REPO
-from flows.params import base_from_file
+from semlic.pipeline.params import base_from_file
 
 # Passed to every Ray worker process (runtime_env env_vars) besides PREFECT_API_URL.
 # Thread counts are not passed: a task sets torch's threads to the CPUs Ray gave it.
@@ -46,7 +46,7 @@ def worker_env(api_url: str | None) -> dict[str, str]:
     env = {k: os.environ[k] for k in WORKER_ENV_KEYS if k in os.environ}
     if api_url:
         env["PREFECT_API_URL"] = api_url
-    # tasks and flows are pickled by reference: workers import them from the repository
+    # units and flows are pickled by reference: workers import them from the repository
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
     return env
 
@@ -92,27 +92,21 @@ def gpu_options(base: dict) -> dict:
     return {}
 
 
-def shard_options(base: dict, gpu: bool = True) -> dict:
-    """Ray remote options for a shard task: one CPU (and one GPU for a model on CUDA when
-    ``gpu``), spread over the nodes."""
-    return {"num_cpus": 1, "scheduling_strategy": base.get("scheduling", "SPREAD"),
-            **(gpu_options(base) if gpu else {})}
-
-
-def training_options(base: dict, concurrent: int = 1) -> dict:
-    """Ray remote options for a training task: ``base.workers`` CPUs (at most a node's) shared by
-    ``concurrent`` trainings that run at once, a GPU each on CUDA. More trainings than CPUs get a
-    fraction of one each (e.g. 0.4 for five on two), so that they all start at once, as their
-    budgets in minutes assume, instead of waiting for each other."""
-    import math
-
+def ray_options(base: dict, resources) -> dict:
+    """Ray remote options for a unit's :class:`semlic.pipeline.executor.Resources`: its CPUs (a whole
+    number at most the largest node's; a fraction as it is), a GPU when it asks for one and the cluster
+    has one (:func:`gpu_options`), spread over the nodes when it asks to be."""
     import ray
 
-    workers, concurrent = int(base.get("workers", 2)), max(1, concurrent)
-    if concurrent > workers:
-        return {"num_cpus": math.floor(100 * workers / concurrent) / 100, **gpu_options(base)}
-    cpus = max(1, workers // concurrent)
-    if ray.is_initialized():
-        largest = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=1)
-        cpus = max(1, min(cpus, int(largest)))
-    return {"num_cpus": cpus, **gpu_options(base)}
+    cpus = resources.cpus
+    if cpus >= 1:
+        cpus = int(cpus)
+        if ray.is_initialized():
+            largest = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=1)
+            cpus = max(1, min(cpus, int(largest)))
+    options: dict[str, Any] = {"num_cpus": cpus}
+    if resources.spread:
+        options["scheduling_strategy"] = base.get("scheduling", "SPREAD")
+    if resources.gpu:
+        options.update(gpu_options(base))
+    return options

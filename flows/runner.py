@@ -15,14 +15,14 @@ import os
 from typing import Any
 
 from flows import _private
-from flows.params import base_from_file
+from semlic.pipeline.params import base_from_file
 from flows.ray_cluster import cluster_address, connect_ray
 
 
 class SemlicRayTaskRunner(_private.RayTaskRunnerWithoutSettings):
     """A Ray task runner that connects through :func:`flows.ray_cluster.connect_ray`.
 
-    Inside :func:`flows.prefect_api.stage_session` (``python -m flows.<stage>``) Ray is
+    Inside :func:`flows.prefect_api.stage_session` (``python -m flows <stage>``) Ray is
     already connected and is reused. Run by a deployment's worker, it resolves the cluster
     itself (:func:`flows.ray_cluster.cluster_address`) and disconnects when the flow ends.
     """
@@ -63,13 +63,6 @@ def ray_runner(base: dict | None = None, address: str | None = None) -> SemlicRa
         address = address or cluster_address(base)
         init_kwargs["num_cpus"] = int(base.get("workers", 2))
     return SemlicRayTaskRunner(address=address, init_kwargs=init_kwargs)
-
-
-def wait_all(futures: list) -> list:
-    """Results of every future, in order; waits for all before raising the first failure."""
-    for future in futures:
-        future.wait()
-    return [future.result() for future in futures]
 
 
 _WORKER_CLIENT = None

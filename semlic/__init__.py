@@ -1,7 +1,7 @@
 """semlic: semantic-segmentation-based image compression, measured honestly.
 
 Layers: this package is the library (torch, numpy, Pillow; no Prefect or Ray);
-``tasks/`` and ``flows/`` wrap it for the pipeline. See README.md.
+``semlic.pipeline`` holds the stages; ``flows/`` runs them with Prefect and Ray. See README.md.
 
 * the core knows no method by name: the file format (:mod:`.format`), image codecs
   (:mod:`.image_codecs`), layered-coding helpers (:mod:`.layers`), metrics and Bjontegaard

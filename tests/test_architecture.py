@@ -1,6 +1,7 @@
 """The layers hold: import-linter's contracts (pyproject.toml) pass, and no module imports itself in a circle.
 
-Layers: runners (flows/) -> tasks -> the library; in the library the method packages are peers on
+Layers: the Prefect + Ray runner (flows/) -> the stages (semlic.pipeline, which import neither
+Prefect nor Ray) -> the rest of the library, which imports no stage; in the library the method packages are peers on
 the core (semlic.layered_codec, semlic.entropy, semlic.registry, format, codecs, ...), which imports
 none of them. Type-checking imports are left out: they do not run.
 """
@@ -18,7 +19,7 @@ import grimp
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("semlic", "flows", "tasks")
+PACKAGES = ("semlic", "flows")
 
 
 def import_cycles(graph) -> list[list[str]]:
@@ -96,6 +97,17 @@ def test_contracts_name_every_method_package():
     assert set(contracts["The core imports no method"]["forbidden_modules"]) == packages
     core = contracts["The core imports no method"]["source_modules"]
     assert not any(module.startswith(tuple(packages)) for module in core)
+
+
+def test_contracts_name_every_module_below_the_stages():
+    """A new module of semlic is covered by the contract that keeps the stages above the library."""
+    import semlic
+
+    below = {f"semlic.{info.name}" for info in pkgutil.iter_modules(semlic.__path__)} - \
+        {"semlic.pipeline", "semlic.cli", "semlic.__main__"}
+    contracts = {c["name"]: c for c in tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+                 ["contracts"]}
+    assert set(contracts["The library below the stages imports no stage"]["source_modules"]) == below
 
 
 def test_import_linter_contracts_pass():

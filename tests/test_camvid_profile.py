@@ -78,14 +78,14 @@ def test_the_profile_names_only_keys_the_stages_read():
     dsslic = {k: v for k, v in merged["train_dsslic"].items() if k != "noseg"}
     assert DSSLICTrainConfig.from_dict({**dsslic, "label_nc": 11}).minutes == profile["train_dsslic"]["minutes"]
     assert SMapNetTrainConfig.from_dict(merged["train_smapnet"]).minutes == profile["train_smapnet"]["minutes"]
-    from flows.train_dsslic_rd import runs
+    from semlic.pipeline.stages.train_dsslic_rd import runs
     from semlic.methods.dsslic_rd.training import RDTrainConfig
 
     plan = runs({**merged, "base": {**merged["base"], "dataset": "camvid"}}, {"models": Path("data/models")})
     assert sorted(plan) == ["derived_l0", "lossless_l0", "lossless_l1", "lossless_l2", "lossy_l0"]
     assert all(RDTrainConfig.from_dict(cfg).minutes == profile["train_dsslic_rd"]["minutes"] for cfg in plan.values())
     assert plans["dsslic_rd"].method.name == "dsslic_rd"
-    from flows.train_sgfilter import runs as sgfilter_runs
+    from semlic.pipeline.stages.train_sgfilter import runs as sgfilter_runs
     from semlic.methods.sgfilter.training import SGFilterTrainConfig
 
     sgfilter = sgfilter_runs({**merged, "base": {**merged["base"], "dataset": "camvid"}})
@@ -153,7 +153,7 @@ def test_the_camvid_profile_runs_end_to_end_with_tiny_budgets(tmp_path):
     data_root = make_data_root(tmp_path / "raw")
     project = tmp_path / "study"
     project.mkdir()
-    for name in ("flows", "tasks", "semlic", "profiles"):
+    for name in ("flows", "semlic", "profiles"):
         shutil.copytree(REPO / name, project / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("params.yaml", "dvc.yaml", ".dvcignore"):
         shutil.copy(REPO / name, project / name)
@@ -161,8 +161,12 @@ def test_the_camvid_profile_runs_end_to_end_with_tiny_budgets(tmp_path):
     # The lite0 presets need ImageNet weights: a stand-in file in the published layout (random values) is
     # what `make weights` would have put there, and the stage keeps it offline
     stand_in_efficientnet(project / "weights" / "efficientnet_lite0.safetensors")
+    # The stages run with the local runner (SEMLIC_RUNNER=local: the same stage functions, local processes):
+    # what this test checks is the profile's parameters through every stage; tests/test_pipeline_repro.py runs
+    # every stage on Prefect and Ray, and this saves each stage its Prefect server and Ray start.
     env = stage_env(project, PYTHONPATH=str(project), GIT_AUTHOR_NAME="semlic", GIT_AUTHOR_EMAIL="semlic@localhost",
-                    GIT_COMMITTER_NAME="semlic", GIT_COMMITTER_EMAIL="semlic@localhost", PIP_NO_INDEX="1")
+                    GIT_COMMITTER_NAME="semlic", GIT_COMMITTER_EMAIL="semlic@localhost", PIP_NO_INDEX="1",
+                    SEMLIC_RUNNER="local")
     dvc = str(Path(PYTHON).parent / "dvc")
     for cmd in (["git", "init", "-q"], [dvc, "init", "-q"], [dvc, "config", "core.analytics", "false"],
                 ["git", "add", "-A"], ["git", "commit", "-qm", "the project"]):
@@ -174,6 +178,7 @@ def test_the_camvid_profile_runs_end_to_end_with_tiny_budgets(tmp_path):
     assert run.returncode == 0, f"{run.stdout[-6000:]}\n{run.stderr[-6000:]}"
     for stage in yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]:
         assert f"Running stage '{stage}'" in run.stdout, stage
+        assert f"{stage}: done in" in run.stdout + run.stderr and "(local processes)" in run.stdout + run.stderr
 
     from semlic import query
     from semlic.model_files import read_metadata

@@ -54,7 +54,7 @@ def cli(*args: str, env: dict, cwd: Path, timeout: float = 300) -> str:
 
 def test_deployment_run_on_process_worker(tmp_path):
     project = make_project(tmp_path / "project", PARAMS)
-    for name in ("flows", "tasks", "semlic"):
+    for name in ("flows", "semlic"):
         os.symlink(REPO / name, project / name)
     shutil.copy(REPO / "prefect.yaml", project / "prefect.yaml")
     prepare_synthetic(project, limit=2)

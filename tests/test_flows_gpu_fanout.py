@@ -2,16 +2,16 @@
 two at once, each on the GPU Ray gave it.
 
 Ray is told the machine has two GPUs (``num_gpus=2``; none is there, Ray only accounts for
-them and sets ``CUDA_VISIBLE_DEVICES`` in each task's worker). A small flow, run the way
-``python -m flows.<stage>`` runs a stage (:func:`flows.stage.run_stage`: one Prefect API
-and one private local Ray, the project's RayTaskRunner), submits two probe tasks under the
-remote options the stages use: ``training_options(base, concurrent=2)`` (the hyperprior's
-qualities, the ablation models, SMIC's parts) and ``shard_options(base)`` (segment and code
+them and sets ``CUDA_VISIBLE_DEVICES`` in each task's worker). A small stage (registered here),
+run the way ``python -m flows <stage>`` runs a stage (:func:`flows.stage.run_stage`: one Prefect
+API and one private local Ray, the project's RayTaskRunner and executor), submits two probe units
+under the resources the stages use: ``training_resources(base, concurrent=2)`` (the hyperprior's
+qualities, the ablation models, SMIC's parts) and ``shard_resources(base)`` (segment and code
 shards). The probes meet at a rendezvous (each waits for the other's file), so they pass
 only if both run at once, and report their ``CUDA_VISIBLE_DEVICES``, Ray's GPU ids and
-:func:`tasks.common.task_device`'s answer, which every GPU task routes its device through.
+:func:`semlic.pipeline.executor.unit_device`'s answer, which every GPU unit routes its device through.
 
-The flow runs in its own process (``python -m tests.test_flows_gpu_fanout``, its own
+The stage runs in its own process (``python -m tests.test_flows_gpu_fanout``, its own
 Prefect home), as a stage does; the stage session shuts its Ray and Prefect server down
 at the end, and the process tree is killed if it overruns.
 """
@@ -26,12 +26,10 @@ import time
 from pathlib import Path
 
 import pytest
-from prefect import flow, task
-from prefect_ray.context import remote_options
 
-from flows.ray_cluster import shard_options, training_options
-from flows.runner import ray_runner, wait_all
-from tasks.common import TASK_OPTIONS, task_device, timed, where
+from flows.ray_cluster import ray_options
+from semlic.pipeline.executor import shard_resources, timed, training_resources, unit_device, wait_all, where
+from semlic.pipeline.stage import stage
 
 STAGE = "gpu_fanout"
 FAKE_GPUS = 2
@@ -39,9 +37,8 @@ HOLD_S = 1.0          # each probe keeps its GPU this long after meeting the oth
 RENDEZVOUS_S = 60.0   # a probe gives up waiting for the other after this long
 
 
-# --- the flow (run in a child process by the test below) -------------------------------------
+# --- the stage (run in a child process by the test below) ------------------------------------
 
-@task(name="gpu-probe", **{**TASK_OPTIONS, "retries": 0})
 def gpu_probe(name: str, rendezvous: str, peers: list[str]) -> dict:
     """Report the GPU Ray gave this task; wait until every peer runs too, then hold it a while."""
     import os
@@ -49,7 +46,7 @@ def gpu_probe(name: str, rendezvous: str, peers: list[str]) -> dict:
     import ray
 
     with timed({"name": name}) as record:
-        record.update(device=task_device("cuda"), cpu_device=task_device("cpu"),
+        record.update(device=unit_device("cuda"), cpu_device=unit_device("cpu"),
                       env_cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
                       ray_gpu_ids=[str(i) for i in ray.get_gpu_ids()])
         folder = Path(rendezvous)
@@ -64,20 +61,21 @@ def gpu_probe(name: str, rendezvous: str, peers: list[str]) -> dict:
     return record
 
 
-@flow(name=STAGE, task_runner=ray_runner())
-def gpu_fanout(params: dict) -> dict:
-    """Two probes under each of the stages' GPU options; one probe on CPU options."""
+@stage(STAGE, sections=("base",))
+def gpu_fanout(params: dict, executor) -> dict:
+    """Two probes under each of the stages' GPU resources; one probe on CPU resources."""
     base = params["base"]
     root = Path.cwd() / "rendezvous"
     out = {}
-    for kind, options, count in (("training", training_options(base, concurrent=2), 2),
-                                 ("shard", shard_options(base), 2),
-                                 ("cpu_shard", shard_options(base, gpu=False), 1)):
+    for kind, resources, count in (("training", training_resources(base, concurrent=2), 2),
+                                   ("shard", shard_resources(base), 2),
+                                   ("cpu_shard", shard_resources(base, gpu=False), 1)):
         folder = root / kind
         folder.mkdir(parents=True)
         names = [f"{kind}-{i}" for i in range(count)]
-        with remote_options(**options):
-            records = wait_all([gpu_probe.submit(name, str(folder), names) for name in names])
+        records = wait_all([executor.submit(gpu_probe, name, str(folder), names, resources=resources)
+                            for name in names])
+        options = ray_options(base, resources)
         out[kind] = {"options": {k: v for k, v in options.items() if k != "scheduling_strategy"},
                      "records": records}
     out["driver"] = where()
@@ -106,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     from flows.stage import run_stage
 
     declare_gpus(FAKE_GPUS)
-    run_stage(gpu_fanout, STAGE, ("base",), argv)
+    run_stage([STAGE, *(argv if argv is not None else sys.argv[1:])])
     return 0
 
 
@@ -170,24 +168,25 @@ def test_the_driver_has_no_gpu_of_its_own(fanout_record):
     assert fanout_record["driver"]["gpu_ids"] == []
 
 
-# Each GPU stage submits its tasks under the options tested above.
-STAGE_OPTIONS = {
-    "segment": r"remote_options\(\*\*shard_options\(base\)\)",
-    "code": r"remote_options\(\*\*shard_options\(base\)\)",
-    "smap_pairs": r"remote_options\(\*\*shard_options\(base\)\)",
-    "eval_latent_seg": r"remote_options\(\*\*shard_options\(base\)\)",
-    "train_hyperprior": r"remote_options\(\*\*training_options\(base, concurrent=len\(qualities\)\)\)",
-    "train_latent_seg": r"remote_options\(\*\*training_options\(base, concurrent=len\(qualities\)\)\)",
-    "train_dsslic": r"remote_options\(\*\*training_options\(base, concurrent=len\(runs\)\)\)",
-    "train_dsslic_rd": r"remote_options\(\*\*training_options\(base, concurrent=len\(plan\)\)\)",
-    "train_smic": r"remote_options\(\*\*training_options\(base, concurrent=2 if parallel else 1\)\)",
+# Each GPU stage submits its units with the resources tested above.
+STAGE_RESOURCES = {
+    "segment": r"resources=shard_resources\(base\)",
+    "code": r"resources=shard_resources\(base\)",
+    "smap_pairs": r"resources=shard_resources\(base\)",
+    "eval_latent_seg": r"resources=shard_resources\(base\)",
+    "train_hyperprior": r"resources = training_resources\(base, concurrent=len\(qualities\)\)",
+    "train_latent_seg": r"resources = training_resources\(base, concurrent=len\(qualities\)\)",
+    "train_dsslic": r"resources = training_resources\(base, concurrent=len\(runs\)\)",
+    "train_dsslic_rd": r"resources = training_resources\(base, concurrent=len\(plan\)\)",
+    "train_smic": r"resources = training_resources\(base, concurrent=2 if parallel else 1\)",
 }
 
 
-@pytest.mark.parametrize("stage", sorted(STAGE_OPTIONS))
-def test_gpu_stages_submit_under_these_options(stage):
-    source = (Path(__file__).resolve().parent.parent / "flows" / f"{stage}.py").read_text()
-    assert re.search(STAGE_OPTIONS[stage], source), f"flows/{stage}.py no longer submits under {STAGE_OPTIONS[stage]}"
+@pytest.mark.parametrize("stage", sorted(STAGE_RESOURCES))
+def test_gpu_stages_submit_with_these_resources(stage):
+    source = (Path(__file__).resolve().parent.parent / "semlic" / "pipeline" / "stages" / f"{stage}.py").read_text()
+    assert re.search(STAGE_RESOURCES[stage], source), \
+        f"semlic/pipeline/stages/{stage}.py no longer submits with {STAGE_RESOURCES[stage]}"
 
 
 def test_gpu_options_ask_for_one_gpu_only_on_cuda_with_a_gpu_in_the_cluster(monkeypatch):
@@ -200,19 +199,25 @@ def test_gpu_options_ask_for_one_gpu_only_on_cuda_with_a_gpu_in_the_cluster(monk
     monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": {"CPU": 4.0, "GPU": 2.0}}])
     cuda = {"device": "cuda", "workers": 4}
     assert gpu_options(cuda) == {"num_gpus": 1}
-    assert shard_options(cuda)["num_gpus"] == 1 and "num_gpus" not in shard_options(cuda, gpu=False)
-    assert training_options(cuda, concurrent=2) == {"num_cpus": 2, "num_gpus": 1}
-    assert gpu_options({"device": "cpu"}) == {} and "num_gpus" not in training_options({"device": "cpu"})
+    shard, cpu_shard = ray_options(cuda, shard_resources(cuda)), ray_options(cuda, shard_resources(cuda, gpu=False))
+    assert shard["num_gpus"] == 1 and "num_gpus" not in cpu_shard
+    assert shard["scheduling_strategy"] == "SPREAD" and shard["num_cpus"] == 1
+    assert ray_options(cuda, training_resources(cuda, concurrent=2)) == {"num_cpus": 2, "num_gpus": 1}
+    assert ray_options(cuda, training_resources(cuda, concurrent=8)) == {"num_cpus": 0.5, "num_gpus": 1}
+    cpu = {"device": "cpu"}
+    assert gpu_options(cpu) == {} and "num_gpus" not in ray_options(cpu, training_resources(cpu))
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": {"CPU": 3.0}}])
+    assert ray_options(cuda, training_resources(cuda)) == {"num_cpus": 3, "num_gpus": 1}  # at most a node's CPUs
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 4.0})
     assert gpu_options(cuda) == {}
 
 
-# --- task_device and where(), without Ray ---------------------------------------------------
+# --- unit_device and where(), without Ray ---------------------------------------------------
 
 @pytest.mark.parametrize("device", ["cpu", "cuda", "cuda:1", "mps"])
-def test_task_device_outside_ray_is_the_device_unchanged(device, monkeypatch):
+def test_unit_device_without_assigned_gpus_is_the_device_unchanged(device, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
-    assert task_device(device) == device
+    assert unit_device(device) == device
 
 
 @pytest.mark.parametrize("visible, ids, expected", [
@@ -221,30 +226,31 @@ def test_task_device_outside_ray_is_the_device_unchanged(device, monkeypatch):
     (None, [1], "cuda:1"),             # RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES: Ray's id
     ("GPU-ab12", ["GPU-ab12"], "cuda:0"),
 ])
-def test_task_device_is_the_gpu_ray_assigned(visible, ids, expected, monkeypatch):
-    from tasks import common
+def test_unit_device_is_the_gpu_the_executor_assigned(visible, ids, expected, monkeypatch):
+    from semlic.pipeline.executor import UnitContext, unit_context
 
     if visible is None:
         monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     else:
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
-    monkeypatch.setattr(common, "assigned_gpu_ids", lambda: ids)
-    assert task_device("cuda") == expected
-    assert task_device("cuda:5") == expected  # the params cannot name another task's GPU
-    assert task_device("cpu") == "cpu"
+    with unit_context(UnitContext(gpu_ids=ids)):
+        assert unit_device("cuda") == expected
+        assert unit_device("cuda:5") == expected  # the params cannot name another unit's GPU
+        assert unit_device("cpu") == "cpu"
+    assert unit_device("cuda") == "cuda"  # outside the unit: nothing assigned
 
 
 def test_where_records_gpus(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
     record = where()
     assert record["cuda_visible_devices"] == "1"
-    assert record["gpu_ids"] == []  # not a Ray task
+    assert record["gpu_ids"] == []  # not a unit given GPUs
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     assert where()["cuda_visible_devices"] is None
 
 
 if __name__ == "__main__":
-    # by its module name, so that Ray workers import the same flow and task (pickled by reference)
+    # by its module name, so that Ray workers import the same stage and unit (pickled by reference)
     from tests.test_flows_gpu_fanout import main as _main
 
     sys.exit(_main())

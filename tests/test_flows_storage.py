@@ -15,7 +15,7 @@ import subprocess
 
 import pytest
 
-from flows.stage import STORAGE_ERRNOS, storage_error, storage_message
+from semlic.pipeline.staging import STORAGE_ERRNOS, storage_error, storage_message
 from tests.test_flows_support import make_project, prepare_synthetic, run_stage, stage_env, start_stage, tree_bytes
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]

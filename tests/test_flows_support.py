@@ -1,7 +1,7 @@
 """Helpers shared by the flow tests (no tests here): small projects, running a stage, cleanup.
 
 A "project" is a temporary directory holding a params.yaml and data/; a stage runs in it as
-``python -m flows.<stage>`` with the repository on PYTHONPATH, its own PREFECT_HOME and
+``python -m flows <stage>`` with the repository on PYTHONPATH, its own PREFECT_HOME and
 one thread per process, exactly as ``dvc repro`` runs it.
 """
 
@@ -51,7 +51,7 @@ def stage_env(project: Path, **extra: str) -> dict:
 
 
 def start_stage(stage: str, project: Path, env: dict, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([PYTHON, "-m", f"flows.{stage}", "--record", str(project / f"record-{stage}.json"), *args],
+    return subprocess.Popen([PYTHON, "-m", "flows", stage, "--record", str(project / f"record-{stage}.json"), *args],
                             cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -64,7 +64,7 @@ def run_stage(stage: str, project: Path, env: dict, *args: str, timeout: float =
         kill_tree(proc)
         raise
     if proc.returncode != 0:
-        raise AssertionError(f"flows.{stage} exited {proc.returncode}:\n{output[-6000:]}")
+        raise AssertionError(f"flows {stage} exited {proc.returncode}:\n{output[-6000:]}")
     return json.loads((project / f"record-{stage}.json").read_text())
 
 

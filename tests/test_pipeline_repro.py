@@ -33,7 +33,7 @@ BUDGET_S = 15 * 60
 def test_dvc_repro_end_to_end_then_up_to_date(tmp_path):
     project = tmp_path / "study"
     project.mkdir()
-    for name in ("flows", "tasks", "semlic"):  # a snapshot of the code, as a fresh clone has
+    for name in ("flows", "semlic"):  # a snapshot of the code, as a fresh clone has
         shutil.copytree(REPO / name, project / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("params.yaml", "dvc.yaml", ".dvcignore"):
         shutil.copy(REPO / name, project / name)

@@ -1,14 +1,15 @@
 """What every stage shares, without Ray or Prefect running: params, shards, staged outputs,
-addresses (flows.params, flows.staging, flows.ray_cluster), and the flow modules' imports."""
+addresses (semlic.pipeline.params, semlic.pipeline.staging, flows.ray_cluster), dvc.yaml and
+prefect.yaml against the stage registry, and the stage modules' imports."""
 
 from __future__ import annotations
 
 import pytest
 import yaml
 
-from flows import params as flow_params
 from flows import ray_cluster
-from flows.staging import content_signature, staged_dir
+from semlic.pipeline import params as flow_params
+from semlic.pipeline.staging import content_signature, staged_dir
 from tests.test_flows_support import REPO
 
 
@@ -36,14 +37,9 @@ def test_params_sections_and_overrides(tmp_path):
 
 STAGES = ["weights", "prepare", "train_segnet", "segment", "train_dsslic", "train_dsslic_rd", "smap_pairs", "train_smapnet",
           "train_sgfilter", "train_smic", "train_hyperprior", "train_latent_seg", "eval_latent_seg", "code", "machines", "aggregate"]
-TASK_MODULES = {"weights": "weights", "prepare": "data", "train_segnet": "segnet", "segment": "segnet", "train_dsslic": "training",
-                "train_dsslic_rd": "training",
-                "smap_pairs": "edms", "train_smapnet": "edms", "train_sgfilter": "sgfilter", "train_smic": "smic", "code": "coding",
-                "train_hyperprior": "latent_seg", "train_latent_seg": "latent_seg", "eval_latent_seg": "latent_seg",
-                "machines": "machines", "aggregate": "aggregate"}
-
-
-OUTSIDE_STAGES = {"profile"}   # flows/profile.py runs `dvc exp run`; no stage imports it
+OUTSIDE_STAGES = {"profile", "pipeline"}   # flows/profile.py runs `dvc exp run`; flows/pipeline.py: deployments
+PIPELINE_SHARED = {"semlic/pipeline/__init__.py", "semlic/pipeline/stages/__init__.py", "semlic/pipeline/executor.py",
+                   "semlic/pipeline/params.py", "semlic/pipeline/stage.py", "semlic/pipeline/staging.py"}
 
 
 def _stages() -> dict:
@@ -64,12 +60,16 @@ def test_repository_params_have_a_section_per_stage():
     stages = _stages()
     assert list(stages) == STAGES
     shared = {f"flows/{p.name}" for p in (REPO / "flows").glob("*.py")   # every stage runs these
-              if p.stem not in stages and p.stem not in OUTSIDE_STAGES}
-    assert {"flows/__init__.py", "flows/params.py", "flows/staging.py", "flows/runner.py", "flows/_private.py"} <= shared
+              if p.stem not in OUTSIDE_STAGES} | PIPELINE_SHARED
+    assert {"flows/__init__.py", "flows/__main__.py", "flows/stage.py", "flows/executor.py", "flows/runner.py",
+            "flows/_private.py", "semlic/pipeline/executor.py", "semlic/pipeline/staging.py"} <= shared
     for name, stage in stages.items():
-        assert stage["cmd"] == f"python -m flows.{name}"
-        assert {f"flows/{name}.py", f"tasks/{TASK_MODULES[name]}.py", "tasks/common.py"} | shared <= set(stage["deps"])
-        assert "semlic" not in stage["deps"] and "tasks" not in stage["deps"]  # the code it runs, not all of it
+        assert stage["cmd"] == f"python -m flows {name}"
+        assert {f"semlic/pipeline/stages/{name}.py"} | shared <= set(stage["deps"])
+        # the code it runs, not all of it: no other stage's module
+        assert "semlic" not in stage["deps"] and "semlic/pipeline" not in stage["deps"]
+        assert not [d for d in stage["deps"] if d.startswith("semlic/pipeline/stages/")
+                    and d != f"semlic/pipeline/stages/{name}.py" and d != "semlic/pipeline/stages/__init__.py"]
         assert all(p.split(".")[0] in ("base", name) or p == "code.split" and name == "machines"
                    for p in stage["params"])
     for name in ("prepare", "train_segnet", "segment", "train_dsslic", "train_smic", "train_hyperprior",
@@ -79,21 +79,30 @@ def test_repository_params_have_a_section_per_stage():
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_each_stage_depends_on_the_code_it_imports(stage):
-    """Importing a stage's flow and task module (tasks import the library functions they call) and
-    loading the method registry where the stage uses it, every module of the repository that is
-    loaded lies under one of the stage's dvc.yaml deps."""
+    """Importing the runner, the stage's module and every module its functions import (the units
+    import the library functions they call when they run), and loading the method registry where
+    the stage uses it, every module of the repository that is loaded lies under one of the stage's
+    dvc.yaml deps."""
+    import ast
     import subprocess
     import sys
 
     deps = _stages()[stage]["deps"]
+    tree = ast.parse((REPO / "semlic" / "pipeline" / "stages" / f"{stage}.py").read_text())
+    used = sorted({node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+                  | {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names})
+    used = [m for m in used if m.split(".")[0] in ("semlic", "flows")]
+    if "training_section(" in ast.unparse(tree):   # semlic.pipeline.params reads the data set's classes
+        used.append("semlic.data.datasets")
+    assert "semlic.pipeline.stage" in used
     registry = "from semlic.methods import all_methods; all_methods(); " if "semlic/methods" in deps else ""
-    code = (f"import sys, flows.{stage}, tasks.{TASK_MODULES[stage]}; {registry}"
+    code = (f"import sys, flows.stage, flows.executor, semlic.pipeline.stages.{stage}, {', '.join(used)}; {registry}"
             "from pathlib import Path; root = Path.cwd().resolve(); "
             "print('\\n'.join(sorted(str(Path(m.__file__).resolve().relative_to(root)) for m in list(sys.modules.values()) "
             "if getattr(m, '__file__', None) and Path(m.__file__).resolve().is_relative_to(root) "
             "and '.venv' not in m.__file__)))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
-    loaded = [line for line in out.stdout.split() if line.startswith(("semlic/", "flows/", "tasks/"))]
+    loaded = [line for line in out.stdout.split() if line.startswith(("semlic/", "flows/"))]
     uncovered = [m for m in loaded if not any(m == d or m.startswith(d.rstrip("/") + "/") for d in deps)]
     assert loaded and not uncovered, f"{stage} imports code its dvc.yaml deps do not name: {uncovered}"
 
@@ -167,12 +176,11 @@ def test_cluster_address_precedence(monkeypatch):
 
 
 def test_flow_modules_start_without_importing_torch_or_the_server():
+    """Every stage's flow (flows.pipeline makes them all) is built without torch or Prefect's server."""
     import subprocess
     import sys
 
-    code = ("import sys, flows.code, flows.prepare, flows.segment, flows.train_dsslic, flows.train_segnet, "
-            "flows.smap_pairs, flows.train_smapnet, flows.train_smic, flows.train_hyperprior, flows.train_latent_seg, "
-            "flows.eval_latent_seg, flows.aggregate; print(sorted(m for m in ('torch', 'prefect.server.api.server') "
+    code = ("import sys, flows.pipeline; print(sorted(m for m in ('torch', 'prefect.server.api.server') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -187,3 +195,22 @@ def test_ray_workers_get_the_api_the_repository_and_the_setup_hook(monkeypatch):
     assert env["PYTHONPATH"].split(":") == [str(REPO), "/elsewhere"]
     module, _, name = ray_cluster.WORKER_SETUP_HOOK.rpartition(".")  # Ray imports it by name in each worker
     assert callable(getattr(importlib.import_module(module), name))
+
+
+def test_prefect_yaml_has_one_deployment_per_stage_derived_from_the_registry():
+    from flows.pipeline import deployments
+
+    written = yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
+    assert [{k: d[k] for k in ("name", "entrypoint", "description", "parameters")} for d in written] == deployments()
+    assert [d["entrypoint"] for d in written] == [f"flows.pipeline.{name}" for name in STAGES]
+    assert all(d["work_pool"]["name"] == "semlic-process" for d in written)
+
+
+def test_every_stage_module_is_a_dvc_stage_and_has_its_flow():
+    import flows.pipeline
+    from semlic.pipeline.stage import get_stage, plan, stage_modules
+
+    assert sorted(stage_modules()) == sorted(STAGES) and plan() == STAGES
+    for name in STAGES:
+        flow = getattr(flows.pipeline, name)
+        assert flow.name == name and get_stage(name).description.startswith(f"Stage {name}:")

@@ -297,13 +297,12 @@ def test_code_stage_rows(models, tmp_path):
 
 def test_stage_task_keeps_a_part_already_trained(prepared, models):
     """A rerun of the killed stage does not give a budget-trained part a second budget."""
-    pytest.importorskip("prefect")
-    from tasks.smic import train_smic_part
+    from semlic.pipeline.stages.train_smic import train_smic_part
 
     _, out = models
     model = out / "ssnet" / "smic_ssnet.safetensors"
     before = model.read_bytes()
-    record = train_smic_part.fn({"ssnet": {**SS, "iterations": 8}, "num_classes": 8}, str(prepared), str(out),
+    record = train_smic_part({"ssnet": {**SS, "iterations": 8}, "num_classes": 8}, str(prepared), str(out),
                                 "ssnet", "cpu")
     assert record["reused"] and record["iterations"] == 4 and record["completed"] and record["stopped_by"] is None
     assert model.read_bytes() == before

@@ -1,14 +1,13 @@
 """Stage ``train_dsslic_rd``: DSSLIC-RD's rate-aware base layer -> ``<paths.models>/dsslic_rd/``.
 
-One Ray task per map mode of ``maps`` (a mapping: mode -> its lambdas; [] leaves the mode
-out) and each of its lambdas, all at once (they share the CPUs, or take a GPU each
-on CUDA), on the prepared train images and their PSPNet maps, each
-resuming from its own state when the stage was killed. ``init: dsslic`` starts every network
-from the train_dsslic stage's model (a path: that file; null: from scratch); ``map: derived``
-runs the segnet stage's PSPNet in the loop. The lambdas of each map mode then merge into one
-bank: ``dsslic_rd.safetensors`` (map lossless), ``dsslic_rd_lossy.safetensors``,
-``dsslic_rd_derived.safetensors``, which the code stage's methods of the same names read. Each
-run's training log stays in ``<map>_l<level>/train_log.parquet``.
+One training unit per map mode of ``maps`` (a mapping: mode -> its lambdas; [] leaves the mode
+out) and each of its lambdas, all at once (they share the CPUs, or take a GPU each on CUDA), on
+the prepared train images and their PSPNet maps, each resuming from its own state when the stage
+was killed. ``init: dsslic`` starts every network from the train_dsslic stage's model (a path:
+that file; null: from scratch); ``map: derived`` runs the segnet stage's PSPNet in the loop. The
+lambdas of each map mode then merge into one bank: ``dsslic_rd.safetensors`` (map lossless),
+``dsslic_rd_lossy.safetensors``, ``dsslic_rd_derived.safetensors``, which the code stage's
+methods of the same names read. Each run's training log stays in ``<map>_l<level>/train_log.parquet``.
 """
 
 from __future__ import annotations
@@ -16,17 +15,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from prefect import flow
-from prefect_ray.context import remote_options
-
-from flows.params import PARAMS_FILE, load_params, stage_paths
-from flows.ray_cluster import training_options
-from flows.runner import ray_runner, wait_all
-from flows.stage import run_stage
-from flows.staging import code_signature, content_signature, staged_dir, write_live
+from semlic.pipeline.executor import Executor, run_training, training_resources, wait_all
+from semlic.pipeline.params import stage_paths
+from semlic.pipeline.stage import stage
+from semlic.pipeline.staging import code_signature, content_signature, staged_dir, write_live
 
 STAGE = "train_dsslic_rd"
-SECTIONS = ("base", "paths", STAGE)
 
 
 def runs(params: dict, paths: dict) -> dict[str, dict]:
@@ -61,14 +55,21 @@ def runs(params: dict, paths: dict) -> dict[str, dict]:
             for m, values in maps.items() for level, lmbda in enumerate(values)}
 
 
-@flow(name=STAGE, task_runner=ray_runner())
-def train_dsslic_rd(params: dict | None = None) -> dict:
+def train_dsslic_rd_unit(config: dict, image_dir: str, seg_dir: str, out_dir: str, device: str) -> dict:
+    """semlic.methods.dsslic_rd.training.train_dsslic_rd: one lambda of one map mode, resuming from its state."""
+    from semlic.methods.dsslic_rd.training import train_dsslic_rd as train
+
+    return run_training(train, {"out_dir": out_dir, "map": config.get("map"), "lmbda": config.get("lmbda")},
+                        config, image_dir, seg_dir, out_dir, device=device)
+
+
+@stage(STAGE)
+def train_dsslic_rd(params: dict, executor: Executor) -> dict:
+    """Stage train_dsslic_rd: DSSLIC-RD's rate-aware base layer, one bank per map mode -> data/models/dsslic_rd/"""
     from semlic.methods.dsslic_rd.model import bank_class
     from semlic.methods.dsslic_rd.training import merge_levels
     from semlic.train_loop import STATE_FILE
-    from tasks.training import train_dsslic_rd as train
 
-    params = params or load_params(PARAMS_FILE, SECTIONS)
     base, paths = params["base"], stage_paths(params)
     plan = runs(params, paths)
     images = paths["prepared"] / base["dataset"] / "train" / "images"
@@ -77,9 +78,10 @@ def train_dsslic_rd(params: dict | None = None) -> dict:
     inputs += sorted({Path(c[k]) for c in plan.values() for k in ("init", "segnet") if c.get(k)})
     fingerprint = [plan, base["device"], code_signature(), content_signature(*inputs)]
     with staged_dir(paths["models"] / "dsslic_rd", fingerprint) as staging:
-        with remote_options(**training_options(base, concurrent=len(plan))):
-            records = wait_all([train.submit(cfg, str(images), str(segments), str(staging / name), base["device"])
-                                for name, cfg in plan.items()])
+        resources = training_resources(base, concurrent=len(plan))
+        records = wait_all([executor.submit(train_dsslic_rd_unit, cfg, str(images), str(segments),
+                                            str(staging / name), base["device"], resources=resources)
+                            for name, cfg in plan.items()])
         for mode in dict.fromkeys(cfg["map"] for cfg in plan.values()):
             model = bank_class(mode).registry_name
             files = [staging / name / f"{model}.safetensors" for name, cfg in plan.items() if cfg["map"] == mode]
@@ -93,12 +95,3 @@ def train_dsslic_rd(params: dict | None = None) -> dict:
               f"({record['stopped_by'] or 'complete'}) in {record['seconds']:.0f} s", file=sys.stderr)
     write_live(STAGE, paths["models"] / "dsslic_rd", paths)  # DVCLive: dvc plots / dvc exp show
     return {"runs": records}
-
-
-def main(argv: list[str] | None = None) -> int:
-    run_stage(train_dsslic_rd, STAGE, SECTIONS, argv)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -4,7 +4,7 @@ Coding for machines (semlic.machines): for each labelled data set the code stage
 under ``<paths.coded>/files/<dataset>`` is decoded from its bytes as a receiver would; the pipeline's
 PSPNet segments the decoded image (output ``decoded``, bytes = the file) and each method's decoder
 maps are read from the layers they need (output ``map``, ``derived``, ...; bytes = those layers and
-the header). Shards of ``machines.shard_size`` images are mapped over Ray, each task loading the
+the header). Shards of ``machines.shard_size`` images are units, each loading the
 models once. The task rows of ``machines.include`` (other stages' rows in the same schema: the
 compressed-domain students of eval_latent_seg) are added. Output: ``rows.parquet`` (DuckDB view
 ``task`` of ``semlic results``), ``summary.csv`` (per method, output and quality: mIoU from the summed
@@ -19,28 +19,39 @@ import shutil
 import sys
 from pathlib import Path
 
-from prefect import flow
-from prefect_ray.context import remote_options
-
-from flows.params import PARAMS_FILE, load_params, shards, stage_paths
-from flows.ray_cluster import shard_options
-from flows.runner import ray_runner, wait_all
-from flows.stage import run_stage
-from flows.staging import code_signature, content_signature, staged_dir
+from semlic.pipeline.executor import Executor, shard_resources, timed, unit_device, unit_threads, wait_all
+from semlic.pipeline.params import shards, stage_paths
+from semlic.pipeline.stage import stage
+from semlic.pipeline.staging import code_signature, content_signature, staged_dir
 
 STAGE = "machines"
-SECTIONS = ("base", "paths", "code", "machines")
 
 
-@flow(name=STAGE, task_runner=ray_runner())
-def machines(params: dict | None = None) -> dict:
-    import pandas as pd
+def machines_shard(prepared_dir: str, split: str, ids: list[str], files_dir: str, models_dir: str, dataset: str,
+                   part_path: str, device: str) -> dict:
+    """semlic.machines.task_rows on a shard (the models loaded once); rows to ``part_path``."""
+    from semlic import machines
+    from semlic.fileio import write_parquet
+    from semlic.segnet.prepared import list_prepared
 
+    device = unit_device(device)  # the GPU the executor gave this unit, if any
+    with timed({"part": part_path, "images": len(ids)}) as record:
+        record["threads"] = unit_threads()
+        wanted = set(ids)
+        samples = [s for s in list_prepared(prepared_dir, split) if s.id in wanted]
+        receiver = machines.Receiver(models_dir, device)
+        rows = machines.frame(machines.task_rows(samples, files_dir, receiver, dataset=dataset, progress=False))
+        write_parquet(rows, part_path)
+        record["rows"] = len(rows)
+    return record
+
+
+@stage(STAGE, sections=("base", "paths", "code", "machines"))
+def machines(params: dict, executor: Executor) -> dict:
+    """Stage machines: the segmentation every coded file delivers at the receiver -> data/machines/"""
     from semlic import machines as task_rows
     from semlic.errors import ConfigError
-    from tasks.machines import machines_shard
 
-    params = params or load_params(PARAMS_FILE, SECTIONS)
     base, cfg, paths = params["base"], params[STAGE], stage_paths(params)
     split = params["code"].get("split", "test")
     sets = task_rows.labelled_sets(paths["coded"], paths["prepared"], split)
@@ -60,10 +71,10 @@ def machines(params: dict | None = None) -> dict:
                 part = parts / f"{dataset}-{index:04d}.parquet"
                 all_parts.append(part)
                 if not part.is_file():
-                    with remote_options(**shard_options(base)):
-                        futures.append(machines_shard.submit(
-                            str(paths["prepared"] / dataset), split, shard, str(paths["coded"] / "files" / dataset),
-                            str(paths["models"]), dataset, str(part), base["device"]))
+                    futures.append(executor.submit(
+                        machines_shard, str(paths["prepared"] / dataset), split, shard,
+                        str(paths["coded"] / "files" / dataset), str(paths["models"]), dataset, str(part),
+                        base["device"], resources=shard_resources(base)))
         records = wait_all(futures)
         rows = task_rows.read_rows(all_parts + include)
         headline = task_rows.write_outputs(rows, staging)
@@ -74,12 +85,3 @@ def machines(params: dict | None = None) -> dict:
         for name, value in sorted(values.items()):
             print(f"machines: {dataset} {name}: BD-rate on mIoU against HEVC + PSPNet {value:+.1f} %", file=sys.stderr)
     return {"rows": len(rows), "metrics": headline}
-
-
-def main(argv: list[str] | None = None) -> int:
-    run_stage(machines, STAGE, SECTIONS, argv)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -10,6 +10,7 @@ discarded.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -17,7 +18,6 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
-from flows import REPO
 
 STAGING = Path("data") / ".staging"
 
@@ -76,8 +76,8 @@ def content_signature(*paths: str | os.PathLike) -> str:
 
 
 def code_signature() -> str:
-    """Signature of the code a stage runs: semlic/ and tasks/."""
-    return content_signature(REPO / "semlic", REPO / "tasks")
+    """Signature of the code a stage runs: the library (``semlic/``, the stages included)."""
+    return content_signature(Path(__file__).resolve().parents[1])
 
 
 def write_live(stage: str, models_out: str | os.PathLike, paths: dict) -> dict:
@@ -88,3 +88,27 @@ def write_live(stage: str, models_out: str | os.PathLike, paths: dict) -> dict:
     live_root = paths.get("live") or (Path.cwd() / "data" / "live")
     with staged_dir(Path(live_root) / stage) as staging:
         return export_training(models_out, staging)
+
+
+# Errors of the storage a stage writes to: the stage stops with a message saying so (and what is kept).
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def storage_error(exc: BaseException | None) -> OSError | None:
+    """The OSError of :data:`STORAGE_ERRNOS` behind ``exc`` (a task's error reaches the flow through
+    Prefect's retries and Ray's RayTaskError: its ``cause``, ``__cause__`` or ``__context__``)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
+            return exc
+        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
+    return None
+
+
+def storage_message(stage: str, error: OSError) -> str:
+    where = f" writing {error.filename}" if error.filename else ""
+    return (f"{stage}: failed{where}: {error.strerror or errno.errorcode.get(error.errno, error.errno)}. The stage's "
+            "previous output is intact (an output is swapped in whole only when its stage succeeds); the work it "
+            "finished is kept under data/.staging. Free space or make the data folder writable, then rerun: it "
+            "resumes.")

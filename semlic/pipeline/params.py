@@ -66,13 +66,19 @@ def shards(items: Sequence, size: int) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
+def seeded_section(params: dict, stage: str) -> dict:
+    """A stage's section with ``seed`` from ``base`` unless the section sets one."""
+    config = dict(params[stage])
+    config.setdefault("seed", params["base"]["seed"])
+    return config
+
+
 def training_section(params: dict, stage: str) -> dict:
     """A training stage's section: ``seed`` from ``base`` unless it has its own, ``num_classes`` null
     (or absent) -> the data set's number of classes."""
     from semlic.data.datasets import get_spec
 
-    config = dict(params[stage])
-    config.setdefault("seed", params["base"]["seed"])
+    config = seeded_section(params, stage)
     if config.get("num_classes") is None:
         config["num_classes"] = get_spec(params["base"]["dataset"]).num_classes
     return config

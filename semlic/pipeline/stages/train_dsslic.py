@@ -1,11 +1,11 @@
 """Stage ``train_dsslic``: the DSSLIC generator (CompNet + FineNet) -> ``<paths.models>/dsslic/``.
 
-One GPU task (semlic.methods.dsslic.training.train_dsslic) on the prepared train images and
+One training unit (semlic.methods.dsslic.training.train_dsslic) on the prepared train images and
 their PSPNet maps. Killed midway, the rerun resumes from the training loop's state in the
 staging directory. Output: ``dsslic.safetensors`` (model ``dsslic``) and ``train_log.parquet``.
 
 ``noseg: true`` also trains the paper's noSeg ablation (the same settings, no map in: model
-``dsslic_noseg``, in ``noseg/``) as a second task at the same time, each on half the CPUs (a
+``dsslic_noseg``, in ``noseg/``) as a second unit at the same time, each on half the CPUs (a
 GPU each on CUDA), so that both get the same compute within the same budget.
 """
 
@@ -14,17 +14,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from prefect import flow
-from prefect_ray.context import remote_options
-
-from flows.params import PARAMS_FILE, load_params, stage_paths
-from flows.ray_cluster import training_options
-from flows.runner import ray_runner
-from flows.stage import run_stage
-from flows.staging import code_signature, content_signature, staged_dir, write_live
+from semlic.pipeline.executor import Executor, run_training, training_resources
+from semlic.pipeline.params import stage_paths
+from semlic.pipeline.stage import stage
+from semlic.pipeline.staging import code_signature, content_signature, staged_dir, write_live
 
 STAGE = "train_dsslic"
-SECTIONS = ("base", "paths", "train_dsslic")
 
 
 def dsslic_config(params: dict) -> dict:
@@ -38,12 +33,18 @@ def dsslic_config(params: dict) -> dict:
     return config
 
 
-@flow(name=STAGE, task_runner=ray_runner())
-def train_dsslic(params: dict | None = None) -> dict:
-    from semlic.train_loop import STATE_FILE
-    from tasks.training import train_dsslic as train
+def train_dsslic_unit(config: dict, image_dir: str, seg_dir: str, out_dir: str, device: str) -> dict:
+    """semlic.methods.dsslic.training.train_dsslic (CompNet + FineNet), resuming from its own state."""
+    from semlic.methods.dsslic.training import train_dsslic as train
 
-    params = params or load_params(PARAMS_FILE, SECTIONS)
+    return run_training(train, {"out_dir": out_dir}, config, image_dir, seg_dir, out_dir, device=device)
+
+
+@stage(STAGE)
+def train_dsslic(params: dict, executor: Executor) -> dict:
+    """Stage train_dsslic: the DSSLIC generator (and its noSeg ablation) -> data/models/dsslic/"""
+    from semlic.train_loop import STATE_FILE
+
     base, config, paths = params["base"], dsslic_config(params), stage_paths(params)
     noseg = bool(config.pop("noseg", False))
     images = paths["prepared"] / base["dataset"] / "train" / "images"
@@ -53,9 +54,10 @@ def train_dsslic(params: dict | None = None) -> dict:
                    content_signature(images.parent.parent / "manifest.parquet", segments.parent / "train.parquet")]
     runs = {".": config, **({"noseg": {**config, "segmentation": False}} if noseg else {})}
     with staged_dir(out, [*fingerprint, noseg]) as staging:
-        with remote_options(**training_options(base, concurrent=len(runs))):
-            futures = {name: train.submit(cfg, str(images), str(segments), str(staging / name), base["device"])
-                       for name, cfg in runs.items()}
+        resources = training_resources(base, concurrent=len(runs))
+        futures = {name: executor.submit(train_dsslic_unit, cfg, str(images), str(segments), str(staging / name),
+                                         base["device"], resources=resources)
+                   for name, cfg in runs.items()}
         records = {name: future.result() for name, future in futures.items()}
         for name in runs:
             (staging / name / STATE_FILE).unlink(missing_ok=True)  # the model is complete
@@ -64,12 +66,3 @@ def train_dsslic(params: dict | None = None) -> dict:
               f"{record['seconds']:.0f} s", file=sys.stderr)
     write_live(STAGE, out, paths)  # DVCLive: dvc plots / dvc exp show
     return records["."] if not noseg else {**records["."], "noseg": records["noseg"]}
-
-
-def main(argv: list[str] | None = None) -> int:
-    run_stage(train_dsslic, STAGE, SECTIONS, argv)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

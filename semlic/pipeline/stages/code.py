@@ -1,10 +1,10 @@
 """Stage ``code``: the test images through every method of ``code.methods`` and every baseline -> ``<paths.coded>``.
 
 ``code.also`` names more data sets (prepared by ``prepare.also``) whose ``test`` split is coded
-with the same models; ``code.sample`` codes an evenly spaced sample of N images of each. Shards of ``code.shard_size`` images are mapped over Ray: one baselines task and one task per
+with the same models; ``code.sample`` codes an evenly spaced sample of N images of each. Shards of ``code.shard_size`` images are units: one baselines unit and one unit per
 registered method named in ``code.methods`` (its section: ``qualities`` and the method's
 options, semlic.code_stage.MethodPlan; ``{}`` for the method's defaults, null to leave it out)
-per shard; each task finds the models its method needs
+per shard; each unit finds the models its method needs
 by name below ``<paths.models>`` and loads them once. A method that takes a segmentation map
 runs its segmentation network on each image (``segmentation: segnet``, the time counted in
 enc_s as in the papers) or reads the segment stage's maps (``precomputed``). Output::
@@ -26,17 +26,12 @@ import shutil
 import sys
 from pathlib import Path
 
-from prefect import flow
-from prefect_ray.context import remote_options
-
-from flows.params import PARAMS_FILE, load_params, shards, stage_paths
-from flows.ray_cluster import shard_options
-from flows.runner import ray_runner, wait_all
-from flows.stage import run_stage
-from flows.staging import code_signature, content_signature, staged_dir
+from semlic.pipeline.executor import Executor, shard_resources, timed, unit_device, unit_threads, wait_all
+from semlic.pipeline.params import shards, stage_paths
+from semlic.pipeline.stage import stage
+from semlic.pipeline.staging import code_signature, content_signature, staged_dir
 
 STAGE = "code"
-SECTIONS = ("base", "paths", "code")
 TIMING_COLUMNS = ("enc_s", "dec_s")
 KEY_COLUMNS = ("dataset", "method", "image_id", "quality")
 
@@ -94,14 +89,44 @@ def merge_parts(parts: list[Path], rows_dir: Path, timings_path: Path) -> tuple[
         tmp.unlink(missing_ok=True)
     return count, sorted(methods)
 
+def baselines_shard(image_paths: list[str], codecs: list[str], sweep: dict | None, options: dict | None,
+                    dataset: str, files_dir: str, part_path: str, with_lpips: bool = True) -> dict:
+    """semlic.baselines.run_baselines on a shard; rows to ``part_path``."""
+    from semlic import results
+    from semlic.baselines import run_baselines
 
-@flow(name=STAGE, task_runner=ray_runner())
-def code(params: dict | None = None) -> dict:
+    with timed({"part": part_path, "images": len(image_paths), "method": "baselines"}) as record:
+        record["threads"] = unit_threads()
+        rows = run_baselines(image_paths, codecs, out_dir=files_dir, sweep=sweep or None, dataset=dataset,
+                             workers=1, options=options or None, progress=False, with_lpips=with_lpips)
+        results.write_rows(rows, part_path)
+        record["rows"] = len(rows)
+    return record
+
+
+def method_shard(image_paths: list[str], method: str, section: dict | None, models_dir: str, seg_dir: str | None,
+                 dataset: str, files_dir: str, part_path: str, device: str, with_lpips: bool = True) -> dict:
+    """semlic.code_stage.code_shard: one registered method on a shard, its models (found by name
+    in ``models_dir``) loaded once; rows to ``part_path``."""
+    from semlic import results
+    from semlic.code_stage import code_shard
+
+    device = unit_device(device)  # the GPU the executor gave this unit, if any
+    with timed({"part": part_path, "images": len(image_paths), "method": method}) as record:
+        record["threads"] = unit_threads()
+        rows = code_shard(image_paths, method, section, models_dir=models_dir, dataset=dataset, seg_dir=seg_dir,
+                          out_dir=files_dir, device=device, with_lpips=with_lpips)
+        results.write_rows(rows, part_path)
+        record["rows"] = len(rows)
+    return record
+
+
+@stage(STAGE)
+def code(params: dict, executor: Executor) -> dict:
+    """Stage code: the test images through every method and baseline -> data/coded/ (files, rows, timings)"""
     from semlic.code_stage import MethodPlan, sample_images
     from semlic.errors import ConfigError
-    from tasks.coding import baselines_shard, method_shard
 
-    params = params or load_params(PARAMS_FILE, SECTIONS)
     base, cfg, paths = params["base"], params[STAGE], stage_paths(params)
     split = cfg.get("split", "test")
     sets = coded_sets(base["dataset"], split, cfg.get("also"))
@@ -138,19 +163,18 @@ def code(params: dict | None = None) -> dict:
                 if baselines:
                     part = parts / f"{tag}baselines-{index:04d}.parquet"
                     all_parts.append(part)
-                    if not part.is_file():
-                        with remote_options(**shard_options(base, gpu=False)):  # the codecs run on CPU
-                            futures.append(baselines_shard.submit(
-                                shard, list(baselines["codecs"]), baselines.get("sweep"), baselines.get("options"),
-                                dataset, str(files), str(part), with_lpips))
+                    if not part.is_file():   # the codecs run on CPU
+                        futures.append(executor.submit(
+                            baselines_shard, shard, list(baselines["codecs"]), baselines.get("sweep"),
+                            baselines.get("options"), dataset, str(files), str(part), with_lpips,
+                            resources=shard_resources(base, gpu=False)))
                 for name, section in sorted(methods.items()):
                     part = parts / f"{tag}{name}-{index:04d}.parquet"
                     all_parts.append(part)
                     if not part.is_file():
-                        with remote_options(**shard_options(base)):
-                            futures.append(method_shard.submit(
-                                shard, name, section, str(paths["models"]), str(seg_dir), dataset, str(files),
-                                str(part), base["device"], with_lpips))
+                        futures.append(executor.submit(
+                            method_shard, shard, name, section, str(paths["models"]), str(seg_dir), dataset,
+                            str(files), str(part), base["device"], with_lpips, resources=shard_resources(base)))
         records = wait_all(futures)
         count, coded = merge_parts(all_parts, staging / "rows", staging / "timings.parquet")
         shutil.rmtree(parts, ignore_errors=True)
@@ -158,12 +182,3 @@ def code(params: dict | None = None) -> dict:
           f"methods {coded} "
           f"({len(records)} of {len(all_parts)} shard tasks run)", file=sys.stderr)
     return {"rows": count, "methods": coded, "shards": records}
-
-
-def main(argv: list[str] | None = None) -> int:
-    run_stage(code, STAGE, SECTIONS, argv)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

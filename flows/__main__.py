@@ -1,0 +1,5 @@
+import sys
+
+from flows.stage import main
+
+sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from semlic.pipeline.local import main
+
+sys.exit(main())
