@@ -74,9 +74,11 @@ test-kernels: install weights
 	done
 
 # The stages run `python -m flows <stage>`: the virtualenv goes first on PATH. The first stage
-# (weights) converts the published weights the others use.
+# (weights) converts the published weights the others use. flows.session starts one Prefect server
+# and one local Ray that every stage joins, instead of one of each per stage (`dvc repro` alone
+# works too, each stage then starting its own).
 repro: install
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/dvc repro
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m flows.session $(VENV)/bin/dvc repro
 
 # The reference run on real data (profiles/camvid_cpu.yaml: CamVid and Kodak, every learned system
 # trained on 2 CPU cores, ~100 min) as a DVC experiment. DATA_ROOT holds camvid/ and kodak/

@@ -68,12 +68,14 @@ def connect_ray(address: str | None, num_cpus: int, api_url: str | None) -> bool
         namespace="semlic", log_to_driver=False,
         runtime_env={"env_vars": worker_env(api_url), "worker_process_setup_hook": WORKER_SETUP_HOOK},
     )
-    if address in (None, "", "local"):
-        from flows._private import ray_loopback
+    from flows._private import ray_loopback
 
+    if address in (None, "", "local"):
         ray_loopback()
         kwargs.update(address="local", num_cpus=num_cpus, include_dashboard=False)
     else:
+        if str(address).startswith(("127.0.0.1:", "localhost:")):   # a Ray on loopback (flows.session's)
+            ray_loopback()                                          # joined from loopback too
         kwargs.update(address=address)
     # Connect here rather than in RayTaskRunner (which treats "auto" as "start one").
     ray.init(**kwargs)

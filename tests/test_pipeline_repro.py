@@ -1,4 +1,5 @@
-"""The whole study, offline, as a user runs it: ``dvc repro`` on the builtin default.
+"""The whole study, offline, as a user runs it: ``make repro`` (``python -m flows.session dvc repro``) on the
+builtin default.
 
 In a scratch copy of the project (params.yaml, dvc.yaml, .dvcignore and the code) with a
 fresh git and DVC, without weights/ and with no package index (PIP_NO_INDEX): every stage runs,
@@ -44,11 +45,14 @@ def test_dvc_repro_end_to_end_then_up_to_date(tmp_path):
         subprocess.run(command, cwd=project, env=env, check=True)
 
     start = time.perf_counter()
-    first = subprocess.run([DVC, "repro"], cwd=project, env=env, capture_output=True, text=True)
+    # as `make repro` runs it: one Prefect server and one local Ray that every stage joins (flows.session)
+    first = subprocess.run([PYTHON, "-m", "flows.session", DVC, "repro"], cwd=project, env=env, capture_output=True,
+                           text=True)
     elapsed = time.perf_counter() - start
     assert first.returncode == 0, f"{first.stdout[-6000:]}\n{first.stderr[-6000:]}"
     for stage in yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]:
         assert f"Running stage '{stage}'" in first.stdout
+    assert "flows.session: Prefect API http://127.0.0.1:" in first.stderr   # the stages shared them
     assert elapsed < BUDGET_S, f"dvc repro took {elapsed:.0f} s"
     manifest = json.loads((project / "weights" / "manifest.json").read_text())
     assert "missing" in manifest["lpips_alex"]

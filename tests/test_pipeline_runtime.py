@@ -37,7 +37,7 @@ def test_params_sections_and_overrides(tmp_path):
 
 STAGES = ["weights", "prepare", "train_segnet", "segment", "train_dsslic", "train_dsslic_rd", "smap_pairs", "train_smapnet",
           "train_sgfilter", "train_smic", "train_hyperprior", "train_latent_seg", "eval_latent_seg", "code", "machines", "aggregate"]
-OUTSIDE_STAGES = {"profile", "pipeline"}   # flows/profile.py runs `dvc exp run`; flows/pipeline.py: deployments
+OUTSIDE_STAGES = {"profile", "pipeline", "session"}   # `dvc exp run`; the deployments; `make repro`'s wrapper
 PIPELINE_SHARED = {"semlic/pipeline/__init__.py", "semlic/pipeline/stages/__init__.py", "semlic/pipeline/executor.py",
                    "semlic/pipeline/params.py", "semlic/pipeline/stage.py", "semlic/pipeline/staging.py"}
 
