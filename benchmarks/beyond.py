@@ -78,7 +78,7 @@ def stage(root: Path, params: Path, name: str, sets: list[str]) -> float:
                OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "1"),
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}")
     start = time.perf_counter()
-    args = [sys.executable, "-m", f"flows.{name}", "--params", str(params)]
+    args = [sys.executable, "-m", "flows", name, "--params", str(params)]
     for item in sets:
         args += ["-S", item]
     with (root / f"{name}.log").open("w") as log:

@@ -58,7 +58,7 @@ def environment(root: Path) -> dict:
 def run_stage(stage: str, root: Path, env: dict, *args: str) -> dict:
     record = root / f"record-{stage}.json"
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", f"flows.{stage}", "--record", str(record), *args], cwd=root, env=env,
+    subprocess.run([sys.executable, "-m", "flows", stage, "--record", str(record), *args], cwd=root, env=env,
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wall = time.perf_counter() - start
     data = json.loads(record.read_text())
