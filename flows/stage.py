@@ -134,5 +134,11 @@ def run_stage(argv: Sequence[str] | None = None) -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    run_stage(argv)
+    """``python -m flows``: a bad stage name or configuration ends with its message, not a traceback."""
+    from semlic.errors import SemlicError
+
+    try:
+        run_stage(argv)
+    except SemlicError as exc:
+        raise SystemExit(f"python -m flows: {exc}") from exc
     return 0

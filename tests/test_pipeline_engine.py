@@ -135,10 +135,22 @@ def test_local_command_line_lists_and_runs_stages(tmp_path):
                        "-S", "toy_squares.values=[2, 3]"]) == 0
     assert outputs(tmp_path / "toy") == {"2.txt": "4", "3.txt": "9", "sum.txt": "13"}
     assert [r["value"] for r in json.loads((tmp_path / "r.json").read_text())[STAGE]["records"]] == [2, 3]
+    with pytest.raises(SystemExit, match="python -m semlic.pipeline: no stage 'nope'"):
+        local.main(["nope", "--params", str(params)])
     listing = subprocess.run([sys.executable, "-m", "semlic.pipeline", "--list"], capture_output=True, text=True,
                              check=True, cwd=Path(__file__).resolve().parents[1]).stdout.splitlines()
     assert [line.split()[0] for line in listing] == plan()
     assert listing[0].startswith("weights") and "Stage weights:" in listing[0]
+
+
+def test_either_runner_refuses_an_unknown_stage_or_runner_by_name(monkeypatch):
+    from flows.stage import main as flows_main
+
+    with pytest.raises(SystemExit, match="python -m flows: no stage 'nope' \\(known: .*code.*toy_squares"):
+        flows_main(["nope"])
+    monkeypatch.setenv("SEMLIC_RUNNER", "threads")
+    with pytest.raises(SystemExit, match="SEMLIC_RUNNER='threads': the runners are prefect-ray, local"):
+        flows_main([STAGE])
 
 
 # --- the graph ------------------------------------------------------------------------------------

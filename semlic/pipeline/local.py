@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
+from semlic.errors import SemlicError
 from semlic.pipeline.executor import LocalExecutor
 from semlic.pipeline.params import PARAMS_FILE, load_params
 from semlic.pipeline.stage import dvc_stages, get_stage, plan
@@ -72,7 +73,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in plan():
             print(f"{name:18s} {get_stage(name).description}")
         return 0
-    records = run_local(args.stages, args.params, args.set, args.workers, args.upstream)
+    try:
+        records = run_local(args.stages, args.params, args.set, args.workers, args.upstream)
+    except SemlicError as exc:   # a bad stage name or configuration: its message, not a traceback
+        raise SystemExit(f"python -m semlic.pipeline: {exc}") from exc
     if args.record:
         Path(args.record).write_text(json.dumps(records, indent=2, sort_keys=True, default=str) + "\n")
     return 0
