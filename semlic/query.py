@@ -76,38 +76,72 @@ def connect(source: str | os.PathLike = DEFAULT_SOURCE):
     return con
 
 
-def query(sql: str, source: str | os.PathLike = DEFAULT_SOURCE):
-    """Run ``sql`` over the views; return a pandas DataFrame."""
+def _run(sql: str, source: str | os.PathLike, fetch):
     duckdb = import_extra("duckdb", "pipeline", "semlic results")
 
     con = connect(source)
     try:
-        return con.execute(sql).df()
+        return fetch(con.execute(sql))
     except duckdb.Error as exc:
         raise ConfigError(f"DuckDB could not run the query: {exc}") from exc
     finally:
         con.close()
 
 
-def format_frame(frame, fmt: str = "table") -> str:
-    if fmt == "csv":
-        return frame.to_csv(index=False)
-    if fmt == "json":
-        return frame.to_json(orient="records", indent=2) + "\n"
-    if fmt == "markdown":
-        header = "| " + " | ".join(map(str, frame.columns)) + " |"
-        rule = "|" + "|".join("---" for _ in frame.columns) + "|"
-        lines = ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-        return "\n".join([header, rule, *lines]) + "\n"
-    import pandas as pd
+def query(sql: str, source: str | os.PathLike = DEFAULT_SOURCE):
+    """Run ``sql`` over the views; return a pandas DataFrame."""
+    return _run(sql, source, lambda result: result.df())
 
-    with pd.option_context("display.max_rows", 500, "display.max_columns", 50, "display.width", 200):
-        return frame.to_string(index=False) + "\n"
+
+def query_rows(sql: str, source: str | os.PathLike = DEFAULT_SOURCE) -> tuple[list[str], list[tuple]]:
+    """Run ``sql`` over the views; return (column names, rows) without pandas (what the command prints)."""
+    return _run(sql, source, lambda result: ([d[0] for d in result.description], result.fetchall()))
+
+
+def _cell(value, fmt: str):
+    """A value as the output format writes it: NaN and NULL empty in CSV, null in JSON, as they are
+    in a table."""
+    import math
+
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return {"json": None, "csv": ""}.get(fmt, "NULL" if value is None else "NaN")
+    if fmt == "json":
+        return value if isinstance(value, (int, float, str, bool, list, dict)) else str(value)
+    if isinstance(value, float) and fmt == "table":
+        return f"{value:.6g}"
+    return str(value)
+
+
+def format_rows(columns: list[str], rows: list[tuple], fmt: str = "table") -> str:
+    """``rows`` under ``columns`` as a text table (right-aligned, as pandas prints one), CSV, JSON
+    records or a Markdown table."""
+    if fmt == "json":
+        import json
+
+        return json.dumps([dict(zip(columns, (_cell(v, fmt) for v in row))) for row in rows], indent=2) + "\n"
+    cells = [[_cell(v, fmt) for v in row] for row in rows]
+    if fmt == "csv":
+        import csv
+        import io
+
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows(cells)
+        return out.getvalue()
+    if fmt == "markdown":
+        header = "| " + " | ".join(map(str, columns)) + " |"
+        rule = "|" + "|".join("---" for _ in columns) + "|"
+        return "\n".join([header, rule, *("| " + " | ".join(row) + " |" for row in cells)]) + "\n"
+    widths = [max([len(str(c)), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
+    lines = [" ".join(str(c).rjust(w) for c, w in zip(columns, widths))]
+    lines += [" ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines) + "\n"
 
 
 def _cli(args: argparse.Namespace) -> int:
-    frame = query(args.sql, args.source)
-    sys.stdout.write(format_frame(frame, args.format))
+    columns, rows = query_rows(args.sql, args.source)   # without pandas: the command answers in a fraction of a second
+    sys.stdout.write(format_rows(columns, rows, args.format))
     return 0
 
 

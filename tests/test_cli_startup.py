@@ -180,3 +180,32 @@ def test_a_reader_that_stops_early_gets_no_traceback():
     proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 141, proc.stderr
     assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr, proc.stderr
+
+
+def test_results_prints_its_rows_without_pandas(tmp_path):
+    """``semlic results`` prints the query's rows in every format without importing pandas, numpy or torch
+    (the command answers in a fraction of a second: benchmarks/cli_startup.py)."""
+    pytest.importorskip("duckdb")
+    import pandas as pd
+
+    rows = pd.DataFrame({"method": ["b", "a", "a"], "bpp": [0.5, 0.25, None], "psnr": [30.0, 31.5, 29.0]})
+    rows.to_parquet(tmp_path / "rd.parquet")
+    script = ("import json, sys\nfrom semlic import cli\nfrom contextlib import redirect_stdout\nimport io\n"
+              "out = {}\n"
+              "for fmt in ('table', 'csv', 'json', 'markdown'):\n"
+              "    buf = io.StringIO()\n"
+              "    with redirect_stdout(buf):\n"
+              f"        cli.main(['results', '--source', {str(tmp_path / 'rd.parquet')!r}, '--format', fmt,\n"
+              "                  'select method, bpp, psnr from rd order by method, psnr'])\n"
+              "    out[fmt] = buf.getvalue()\n"
+              "heavy = sorted(m for m in ('pandas', 'numpy', 'torch') if m in sys.modules)\n"
+              "print(json.dumps([heavy, out]))\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=True)
+    heavy, out = json.loads(done.stdout.splitlines()[-1])
+    assert heavy == []
+    assert out["csv"].splitlines() == ["method,bpp,psnr", "a,,29.0", "a,0.25,31.5", "b,0.5,30.0"]
+    assert json.loads(out["json"]) == [{"method": "a", "bpp": None, "psnr": 29.0},
+                                       {"method": "a", "bpp": 0.25, "psnr": 31.5},
+                                       {"method": "b", "bpp": 0.5, "psnr": 30.0}]
+    assert out["table"].splitlines() == ["method  bpp psnr", "     a NULL   29", "     a 0.25 31.5", "     b  0.5   30"]
+    assert out["markdown"].splitlines()[:3] == ["| method | bpp | psnr |", "|---|---|---|", "| a | NULL | 29.0 |"]
