@@ -5,6 +5,7 @@ whose units of work are Prefect tasks on Ray, one concept per module:
 
 * :mod:`flows.stage` - ``python -m flows <stage>``: a stage bound to Prefect and Ray (:func:`~flows.stage.stage_flow`);
 * :mod:`flows.pipeline` - every stage's flow by name (prefect.yaml's entrypoints) and the deployments;
+* :mod:`flows.session` - ``python -m flows.session dvc repro`` (``make repro``): one Prefect server and one Ray for all stages;
 * :mod:`flows.executor` - the executor a stage is given: its units as Prefect tasks on Ray;
 * :mod:`flows.prefect_api` - one Prefect API per stage (its server) and the stage's session;
 * :mod:`flows.ray_cluster` - connecting to Ray, the workers' environment, remote options;
