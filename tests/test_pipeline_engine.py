@@ -143,6 +143,23 @@ def test_local_command_line_lists_and_runs_stages(tmp_path):
     assert listing[0].startswith("weights") and "Stage weights:" in listing[0]
 
 
+def test_the_local_runner_skips_a_stage_whose_params_are_as_when_it_finished(tmp_path):
+    from semlic.pipeline.local import run_local
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(toy_params(tmp_path)))
+    lines = []
+    first = run_local([STAGE], params, workers=0, report=lines.append)
+    assert len(first[STAGE]["records"]) == 4 and lines[-1].startswith(f"{STAGE}: done in")
+    again = run_local([STAGE], params, workers=0, report=lines.append)
+    assert again == {STAGE: {"skipped": True}} and "up to date, skipped" in lines[-1]
+    changed = run_local([STAGE], params, ["toy_squares.values=[5]"], workers=0, report=lines.append)
+    assert [r["value"] for r in changed[STAGE]["records"]] == [5]
+    assert outputs(tmp_path / "toy") == {"5.txt": "25", "sum.txt": "25"}
+    forced = run_local([STAGE], params, ["toy_squares.values=[5]"], workers=0, force=True, report=lines.append)
+    assert [r["value"] for r in forced[STAGE]["records"]] == [5]
+
+
 def test_either_runner_refuses_an_unknown_stage_or_runner_by_name(monkeypatch):
     from flows.stage import main as flows_main
 
