@@ -126,6 +126,13 @@ def test_the_local_executor_runs_as_many_units_as_their_cpus_fit(tmp_path):
     assert two["threads"] == 2
 
 
+def test_leaving_the_local_executor_runs_what_is_queued_first(tmp_path):
+    with LocalExecutor(workers=1) as executor:    # one at a time: three are still queued when the block ends
+        futures = [executor.submit(square_unit, v, str(tmp_path), 0.2) for v in range(4)]
+    assert [f.result()["value"] for f in futures] == [0, 1, 2, 3]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["0.txt", "1.txt", "2.txt", "3.txt"]
+
+
 def test_local_command_line_lists_and_runs_stages(tmp_path):
     from semlic.pipeline import local
 

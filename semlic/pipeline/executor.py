@@ -28,6 +28,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
+from concurrent.futures import wait as futures_wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Protocol, Sequence
@@ -198,7 +199,7 @@ class LocalExecutor:
         self._lock = threading.Lock()
         self._pending: deque = deque()
         self._used = 0.0
-        self.submitted = 0
+        self._outers: list[Future] = []
 
     def __enter__(self) -> LocalExecutor:
         return self
@@ -207,16 +208,19 @@ class LocalExecutor:
         self.shutdown(cancel=exc_info[0] is not None)
 
     def shutdown(self, cancel: bool = False) -> None:
+        """Stop the processes: after every submitted unit ended, or (``cancel``) after the running ones
+        did, the ones not started yet cancelled."""
         with self._lock:
             if cancel:
                 while self._pending:
                     self._pending.popleft()[0].cancel()
+        if not cancel:
+            futures_wait(self._outers)   # units still queued start as others end: let them run first
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=cancel)
             self._pool = None
 
     def submit(self, fn: Callable[..., dict], *args: Any, resources: Resources = Resources(), **kwargs: Any) -> Future:
-        self.submitted += 1
         cpus = max(1, int(resources.cpus))   # the threads the unit uses
         if self.workers == 0:
             future: Future = Future()
@@ -230,6 +234,7 @@ class LocalExecutor:
         share = min(float(resources.cpus), float(self.workers))
         with self._lock:
             self._pending.append((outer, share, fn, cpus, args, kwargs))
+            self._outers.append(outer)
         self._dispatch()
         return outer
 
